@@ -1,0 +1,5 @@
+"""`python -m deskpro` (also how `torchrun -m deskpro train ...` starts DDP training)."""
+
+from deskpro.cli import main
+
+main()

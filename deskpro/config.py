@@ -1,0 +1,113 @@
+"""Frozen settings: the method's hyper-parameters per dataset preset, and training options.
+
+Library code takes these as explicit arguments; nothing here reads the command line or the
+environment. The defaults are the paper's and the official release's (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+# Cloth labels per parser label set: the regions that the CSA mask marks as cloth-relevant.
+CLOTH_LABELS: dict[str, tuple[int, ...]] = {
+    # LIP: upper-clothes, dress, coat, pants, jumpsuits, skirt
+    "lip": (5, 6, 7, 9, 10, 12),
+    # ATR: upper-clothes, skirt, pants, dress
+    "atr": (4, 5, 6, 7),
+    # Pascal-Person-Part has no garment labels; torso and upper legs are the closest regions.
+    "pascal": (2, 5),
+}
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Loss weights of Eq. 7: L = lam*L_att + L_trip + (alpha*L_fkp + (1-alpha)*L_ce^s) + L_ce^g."""
+
+    eps: float = 0.1  # mask value on cloth pixels
+    lam: float = 7.0  # weight of the attention loss
+    tau: float = 5.0  # distillation temperature
+    alpha: float = 0.7  # weight of the distillation term against the student's CE
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """What differs between datasets: evaluation protocols and the method's settings."""
+
+    name: str
+    protocols: tuple[str, ...]
+    method: MethodSettings = MethodSettings()
+    label_set: str = "lip"
+
+
+PRESETS: dict[str, DatasetPreset] = {
+    "celeb-reid": DatasetPreset("celeb-reid", protocols=("standard",)),
+    "celeb-reid-light": DatasetPreset("celeb-reid-light", protocols=("standard",)),
+    "prcc": DatasetPreset("prcc", protocols=("cc", "sc"), method=MethodSettings(tau=1.0, alpha=0.8)),
+    "market1501": DatasetPreset("market1501", protocols=("standard",)),
+    # The synthetic set is written in the PRCC layout and evaluated like PRCC.
+    "synthetic": DatasetPreset(
+        "synthetic", protocols=("cc", "sc"), method=MethodSettings(tau=1.0, alpha=0.8)
+    ),
+}
+
+
+def preset(name: str) -> DatasetPreset:
+    """The preset for a dataset name, with an error listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; stored resolved in every checkpoint."""
+
+    dataset: str = "celeb-reid"
+    phase: str = "deskpro"  # "teacher" or "deskpro"
+    body_size: tuple[int, int] = (384, 128)
+    face_size: int = 224
+    p: int = 5  # identities per batch
+    k: int = 6  # images per identity
+    base_lr: float = 6e-4  # scaled by sqrt(p*k/20)
+    weight_decay: float = 5e-4
+    epochs: int = 140
+    warmup_epochs: int = 10
+    min_lr_factor: float = 1e-3
+    flip_p: float = 0.5
+    translate_p: float = 0.5
+    translate_pad: float = 0.05  # pad-crop at x1.05
+    erase_p: float = 0.5
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.7
+    method: MethodSettings = MethodSettings()
+    label_set: str = "lip"
+    csa_form: str = "official"  # "official" (two 1x1 convs) or "paper" (one point-wise conv)
+    amp: str = "none"  # "none", "bf16", "fp16"
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 2
+    seed: int = 0
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * math.sqrt(self.p * self.k / 20)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        if isinstance(d.get("method"), dict):
+            d["method"] = MethodSettings(**d["method"])
+        if "body_size" in d:
+            d["body_size"] = tuple(d["body_size"])
+        return cls(**d)
+
+    @classmethod
+    def for_dataset(cls, dataset: str, **overrides) -> TrainConfig:
+        p = preset(dataset)
+        return dataclasses.replace(cls(dataset=dataset, method=p.method, label_set=p.label_set), **overrides)

@@ -1,0 +1,91 @@
+"""Small helpers shared by the network wrappers: device, AMP autocast, channels_last, checkpoint prefixes.
+
+Kept tiny and stable: retinaface.py and gpen.py may import from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_amp(amp: str | None) -> str | None:
+    """Return `amp` if it is None, "bf16" or "fp16"; raise ValueError otherwise."""
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    return amp
+
+
+def autocast_context(device: torch.device | str, amp: str | None) -> contextlib.AbstractContextManager:
+    """Autocast for `amp` on `device`, or a no-op context when amp is None.
+
+    fp16 autocast is CUDA-only (CPU fp16 matmuls are slow or missing); bf16 works on both.
+    """
+    check_amp(amp)
+    if amp is None:
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    if amp == "fp16" and device_type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device, got {device!s}; use amp='bf16' or None on CPU")
+    return torch.autocast(device_type=device_type, dtype=AMP_DTYPES[amp])
+
+
+def prepare_module(net: nn.Module, device: torch.device | str, channels_last: bool = False) -> nn.Module:
+    """Move `net` to `device` in eval mode, optionally in channels_last memory format."""
+    net = net.to(torch.device(device)).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def to_input(x: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
+    """Move an NCHW input batch to `device`, in channels_last format when asked."""
+    x = x.to(torch.device(device), non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Drop `prefix` from every key that starts with it (e.g. DataParallel's 'module.')."""
+    n = len(prefix)
+    return {(k[n:] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def unwrap_state_dict(obj: object, path: Path | str, wrapper_keys: tuple[str, ...] = ("state_dict",)) -> dict:
+    """Return the tensor mapping of a loaded checkpoint: `obj` itself or `obj[k]` for a wrapper key.
+
+    Raises ValueError naming `path` when the object is not a mapping of tensors.
+    """
+    if isinstance(obj, Mapping):
+        for key in wrapper_keys:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"{path}: not a checkpoint state dict (got {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: not a state dict: non-tensor entries {sorted(map(str, bad))[:5]}")
+    return dict(obj)
+
+
+def torch_load_weights(path: Path | str, what: str = "checkpoint") -> object:
+    """torch.load(path, map_location='cpu', weights_only=True) with a clear error for a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: {what} file not found; `deskpro weights list` says where each official checkpoint "
+            "comes from"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # re-raised with the file name: torch raises many types
+        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint: {exc}") from exc
