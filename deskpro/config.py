@@ -66,7 +66,7 @@ class TrainConfig:
     """Everything a training run needs; stored resolved in every checkpoint."""
 
     dataset: str = "celeb-reid"
-    phase: str = "deskpro"  # "teacher" or "deskpro"
+    phase: str = "deskpro"  # "teacher", "deskpro" or "baseline" (global stream only, no CSA loss, no faces)
     body_size: tuple[int, int] = (384, 128)
     face_size: int = 224
     p: int = 5  # identities per batch

@@ -1,0 +1,240 @@
+"""A seeded synthetic cloth-changing re-id dataset in the PRCC layout, with ground truth.
+
+`generate(root)` draws pedestrians (numpy + OpenCV, see `_draw.py`) where identity is carried by
+face, hair and body build and clothes change across cameras: cameras A and B show a person in one
+outfit, camera C in another whose upper garment has a clearly different colour; outfits come from a
+shared palette, so different people often dress alike. About 15% of images show no face (back
+views, or an umbrella in front of the head). Faces are small (about 1/10 of the image height).
+
+Written under ROOT:
+  rgb/{train,val}/PID/{A,B,C}_KKK.jpg and rgb/test/{A,B,C}/PID/KKK.jpg   (JPEG q92, RGB content)
+  truth/parse/<image path, suffix .png>   LIP label map (uint8, image size): background 0, hair 2,
+                        upper-clothes 5, dress 6, coat 7, pants 9, skirt 12, face 13 (with the
+                        neck), arms 14/15, legs 16/17, shoes 18/19 (left/right: the person's own)
+  truth/faces.parquet   path, pid, camera, view, has_face, box [4] (x1,y1,x2,y2), landmarks [10]
+                        (x,y of image-left eye, right eye, nose, left/right mouth); null when no face
+  synthetic.json        the options it was made with (written last: marks a complete dataset)
+
+Defaults: 120 identities split 60 train / 20 val / 40 test (PRCC-like proportions, disjoint),
+3 images per camera (1,080 images of 384x128): small enough for the demo to preprocess and train
+in minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from deskpro.data_manifests import _draw
+from deskpro.data_manifests.schema import ManifestError
+
+FORMAT_VERSION = 1
+CAMERAS = ("A", "B", "C")
+NO_FACE_RATE = 0.15
+JPEG_QUALITY = 92
+MARKER = "synthetic.json"
+INCOMPLETE = ".synthetic-incomplete"
+FACES_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("pid", pa.int64()),
+        ("camera", pa.string()),
+        ("view", pa.string()),
+        ("has_face", pa.bool_()),
+        ("box", pa.list_(pa.float32(), 4)),
+        ("landmarks", pa.list_(pa.float32(), 10)),
+    ]
+)
+
+
+def split_sizes(identities: int) -> dict[str, int]:
+    """Identities per split in PRCC-like proportions: val 1/6, test 1/3, train the rest (about 1/2)."""
+    if identities < 3:
+        raise ValueError(
+            f"synthetic dataset needs at least 3 identities (train, val, test), got {identities}"
+        )
+    val = max(1, round(identities / 6))
+    test = max(1, round(identities / 3))
+    return {"train": identities - val - test, "val": val, "test": test}
+
+
+def image_path(split: str, pid: int, camera: str, k: int, width: int = 3) -> str:
+    """The PRCC-layout path of image `k` of person `pid` under `camera`, relative to root."""
+    person = f"{pid:0{width}d}"
+    if split == "test":
+        return f"rgb/test/{camera}/{person}/{k:03d}.jpg"
+    return f"rgb/{split}/{person}/{camera}_{k:03d}.jpg"
+
+
+def generate(
+    root: str | os.PathLike,
+    *,
+    identities: int = 120,
+    images_per_camera: int = 3,
+    image_size: tuple[int, int] = (384, 128),
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Generate the dataset into `root` and return it; a no-op when `root` already holds the same one.
+
+    Refuses (ManifestError) a non-empty `root` that is not a synthetic dataset, or one made with
+    other options. An interrupted generation (marker file left behind) is started over.
+    """
+    root = Path(root)
+    options = {
+        "format_version": FORMAT_VERSION,
+        "identities": int(identities),
+        "images_per_camera": int(images_per_camera),
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "seed": int(seed),
+    }
+    if _existing_matches(root, options):
+        return root
+    sizes = split_sizes(identities)
+    if images_per_camera < 1 or min(image_size) < 32:
+        raise ValueError(
+            f"need images_per_camera >= 1 and image sides >= 32, got {images_per_camera}, {image_size}"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / INCOMPLETE).touch()
+    faces = _write_images(root, sizes, options, progress)
+    pq.write_table(pa.Table.from_pylist(faces, schema=FACES_SCHEMA), root / "truth" / "faces.parquet")
+    counts = {"images": len(faces), "split_identities": sizes}
+    (root / MARKER).write_text(json.dumps({**options, **counts}, indent=2) + "\n")
+    (root / INCOMPLETE).unlink()
+    return root
+
+
+def is_complete(root: str | os.PathLike) -> bool:
+    """True when `root` holds a completely generated synthetic dataset."""
+    root = Path(root)
+    return (root / MARKER).is_file() and not (root / INCOMPLETE).exists()
+
+
+def _existing_matches(root: Path, options: dict) -> bool:
+    """True when `root` already holds this dataset; clears an interrupted one; refuses others."""
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise ManifestError(f"{root}: not a folder")
+    if (root / INCOMPLETE).exists():
+        for leftover in ("rgb", "truth"):
+            shutil.rmtree(root / leftover, ignore_errors=True)
+        return False
+    marker = root / MARKER
+    if marker.is_file():
+        made = json.loads(marker.read_text())
+        made_options = {k: made.get(k) for k in options}
+        if made_options != options:
+            raise ManifestError(f"{root}: holds a synthetic dataset made with {made_options}, not {options}")
+        return True
+    if any(root.iterdir()):
+        raise ManifestError(f"{root}: folder is not empty and holds no synthetic dataset ({MARKER} missing)")
+    return False
+
+
+def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bool) -> list[dict]:
+    seed, per_camera = options["seed"], options["images_per_camera"]
+    size = tuple(options["image_size"])
+    width = max(3, len(str(sum(sizes.values()))))
+    backgrounds = {
+        cam: _draw.camera_background(cam, size, np.random.default_rng([seed, 1, i]))
+        for i, cam in enumerate(CAMERAS)
+    }
+    people = [(split, pid) for split, pid in _assign_pids(sizes)]
+    faces = []
+    bar = tqdm(
+        total=len(people) * len(CAMERAS) * per_camera, desc="synthetic", unit="img", disable=not progress
+    )
+    for split, pid in people:
+        person_rng = np.random.default_rng([seed, 2, pid])
+        ident = _draw.sample_identity(person_rng)
+        outfits = _draw.sample_outfits(person_rng)
+        for cam_index, camera in enumerate(CAMERAS):
+            outfit = outfits[1] if camera == "C" else outfits[0]
+            for k in range(per_camera):
+                rng = np.random.default_rng([seed, 3, pid, cam_index, k])
+                view = _draw.sample_view(rng, NO_FACE_RATE)
+                image, labels, face = _draw.draw_person(
+                    ident, outfit, view, camera, backgrounds[camera], size, rng
+                )
+                rel = image_path(split, pid, camera, k, width)
+                _write_pair(root, rel, image, labels)
+                faces.append(_face_row(rel, pid, camera, view.facing, face))
+                bar.update()
+    bar.close()
+    return faces
+
+
+def _assign_pids(sizes: dict[str, int]) -> list[tuple[str, int]]:
+    """Person ids 1..N, consecutive blocks per split: train, val, test."""
+    out, pid = [], 1
+    for split in ("train", "val", "test"):
+        for _ in range(sizes[split]):
+            out.append((split, pid))
+            pid += 1
+    return out
+
+
+def _write_pair(root: Path, rel: str, image: np.ndarray, labels: np.ndarray) -> None:
+    ok_jpg, jpg = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    )
+    ok_png, png = cv2.imencode(".png", labels)
+    if not (ok_jpg and ok_png):
+        raise RuntimeError(f"{rel}: OpenCV could not encode the image")
+    image_file = root / rel
+    parse_file = root / "truth" / "parse" / Path(rel).with_suffix(".png")
+    for file, data in ((image_file, jpg), (parse_file, png)):
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(data.tobytes())
+
+
+def _face_row(rel: str, pid: int, camera: str, facing: str, face: _draw.FaceTruth | None) -> dict:
+    return {
+        "path": rel,
+        "pid": pid,
+        "camera": camera,
+        "view": facing,
+        "has_face": face is not None,
+        "box": None if face is None else face.box.tolist(),
+        "landmarks": None if face is None else face.landmarks.reshape(-1).tolist(),
+    }
+
+
+# ---- reading the ground truth
+
+
+def read_parse_truth(root: str | os.PathLike, path: str) -> np.ndarray:
+    """The LIP label map (uint8 [H,W]) of the image at `path` (relative to `root`)."""
+    file = Path(root) / "truth" / "parse" / Path(path).with_suffix(".png")
+    labels = cv2.imread(str(file), cv2.IMREAD_UNCHANGED) if file.is_file() else None
+    if labels is None:
+        raise FileNotFoundError(f"{file}: no readable parse ground truth for {path}")
+    return labels
+
+
+def read_face_truth(root: str | os.PathLike) -> dict[str, tuple[bool, np.ndarray, np.ndarray]]:
+    """path -> (has_face, box float32 (4,), landmarks float32 (5,2)); box and landmarks are NaN
+    when the image shows no face."""
+    file = Path(root) / "truth" / "faces.parquet"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no face ground truth (not a synthetic dataset?)")
+    table = pq.read_table(file, columns=["path", "has_face", "box", "landmarks"]).to_pydict()
+    out = {}
+    for path, has_face, box, landmarks in zip(
+        table["path"], table["has_face"], table["box"], table["landmarks"]
+    ):
+        if has_face:
+            out[path] = (True, np.array(box, np.float32), np.array(landmarks, np.float32).reshape(5, 2))
+        else:
+            out[path] = (False, np.full(4, np.nan, np.float32), np.full((5, 2), np.nan, np.float32))
+    return out

@@ -1,0 +1,301 @@
+"""Save and load model checkpoints: ours (state dict + plain metadata) and the official DeSKPro files.
+
+Every file is read with ``torch.load(weights_only=True)`` unless the caller passes ``trust=True``:
+checkpoints are untrusted downloads, so ours hold only tensors and plain Python data (the resolved
+config as a dict, class count, preprocessing constants, format version).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deskpro.model.deskpro import DeSKPro
+from deskpro.model.lmbn import LightMBN
+from deskpro.model.osnet import CheckpointError, _brief
+
+FORMAT = "deskpro-checkpoint"
+FORMAT_VERSION = 1
+KINDS = ("deskpro", "lightmbn")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESSING_KEYS = ("mean", "std", "body_size", "face_size")
+STREAMS = ("face_net", "lr_face_net", "nocloth_net")
+WRAPPER_PREFIXES = ("module.", "model.")  # DataParallel / Lightning wrappers
+# The official module registers each branch twice; a file may hold either name.
+BRANCH_ALIASES = (
+    ("branches.0.", "global_branch."),
+    ("branches.1.", "part_branch."),
+    ("branches.2.", "channel_branch."),
+)
+CLASSIFIER_KEY = "branches.0.reduction_1.classifier.weight"
+
+__all__ = [
+    "CheckpointError",
+    "FORMAT_VERSION",
+    "load",
+    "load_teacher",
+    "load_with_meta",
+    "preprocessing_constants",
+    "save",
+]
+
+
+def preprocessing_constants(
+    body_size: tuple[int, int] = (384, 128),
+    face_size: int = 224,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> dict:
+    """The input conventions a checkpoint was trained with (RGB, /255, then (x - mean) / std)."""
+    return {"mean": list(mean), "std": list(std), "body_size": list(body_size), "face_size": int(face_size)}
+
+
+def _check_plain(obj, where: str) -> None:
+    """Raise TypeError unless ``obj`` is plain data that ``torch.load(weights_only=True)`` accepts."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint {where}: key {k!r} is not a str/int")
+            _check_plain(v, f"{where}.{k}")
+        return
+    raise TypeError(
+        f"checkpoint {where}: {type(obj).__name__} is not plain data (use dicts, lists, numbers, str)"
+    )
+
+
+def save(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    config: dict,
+    num_classes: int,
+    preprocessing: dict,
+    extra: dict | None = None,
+) -> Path:
+    """Write a DeSKPro or LightMBN (teacher) checkpoint that loads with ``weights_only=True``.
+
+    The file is written under a temporary name and renamed when complete. Returns the path.
+    """
+    path = Path(path)
+    if isinstance(model, DeSKPro):
+        kind, arch = "deskpro", {"csa_form": model.csa_form, "feat_dim": model.feat_dim}
+    elif isinstance(model, LightMBN):
+        kind, arch = "lightmbn", {"feat_dim": model.feat_dim}
+    else:
+        raise TypeError(f"save: expected DeSKPro or LightMBN, got {type(model).__name__}")
+    arch["repeat_conv2a"] = bool(model.repeat_conv2a)
+    missing = [k for k in PREPROCESSING_KEYS if k not in preprocessing]
+    if missing:
+        raise ValueError(f"save: preprocessing lacks {', '.join(missing)}")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "config": config,
+        "preprocessing": preprocessing,
+        "extra": extra or {},
+    }
+    _check_plain(payload, "metadata")
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: Path, trust: bool):
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        hint = (
+            ""
+            if trust
+            else "; if it holds pickled objects and you trust it, pass trust=True (--trust-checkpoint)"
+        )
+        raise CheckpointError(
+            f"{path}: cannot be read with weights_only={not trust}: {first}{hint}"
+        ) from None
+
+
+def _unwrap_state(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The flat tensor dict of a foreign checkpoint, without DataParallel/Lightning prefixes."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: not a model checkpoint (no state dict found)")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        state[key] = value
+    if not state:
+        raise CheckpointError(f"{path}: not a model checkpoint (no tensors)")
+    return state
+
+
+def _complete_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the missing twin of each branch key (``branches.N.*`` <-> ``*_branch.*``)."""
+    out = dict(state)
+    for key, value in state.items():
+        for a, b in BRANCH_ALIASES:
+            for src, dst in ((a, b), (b, a)):
+                if key.startswith(src) or f".{src}" in key:
+                    twin = key.replace(src, dst, 1)
+                    out.setdefault(twin, value)
+    return out
+
+
+def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _num_classes(state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> int:
+    for key in (prefix + CLASSIFIER_KEY, prefix + CLASSIFIER_KEY.replace("branches.0.", "global_branch.")):
+        if key in state:
+            return int(state[key].shape[0])
+    raise CheckpointError(f"{path}: cannot infer the class count (no {prefix + CLASSIFIER_KEY})")
+
+
+def _load_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, prefix: str = ""
+) -> None:
+    own = module.state_dict()
+    missing = sorted(prefix + k for k in set(own) - set(state))
+    unexpected = sorted(prefix + k for k in set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not match the {what} layout: missing [{_brief(missing)}], "
+            f"unexpected [{_brief(unexpected)}]"
+        )
+    bad = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
+    ]
+    if bad:
+        raise CheckpointError(f"{path}: wrong tensor shapes for the {what}: {_brief(bad, 3)}")
+    module.load_state_dict(state)
+
+
+def _from_ours(obj: dict, path: Path) -> tuple[nn.Module, dict]:
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: unsupported format_version {version!r} (this deskpro reads <= {FORMAT_VERSION})"
+        )
+    kind, arch, state = obj.get("kind"), obj.get("arch") or {}, obj.get("state_dict")
+    if kind not in KINDS or not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: corrupt deskpro checkpoint (kind {kind!r}, state_dict missing)")
+    num_classes = int(obj["num_classes"])
+    if kind == "deskpro":
+        model: nn.Module = DeSKPro(
+            num_classes,
+            csa_form=arch.get("csa_form", "official"),
+            feat_dim=arch.get("feat_dim", 512),
+            repeat_conv2a=arch.get("repeat_conv2a", True),
+        )
+    else:
+        model = LightMBN(
+            num_classes, feat_dim=arch.get("feat_dim", 512), repeat_conv2a=arch.get("repeat_conv2a", True)
+        )
+    _load_strict(model, _complete_aliases(dict(state)), path, kind)
+    meta = {
+        k: obj.get(k) for k in ("kind", "num_classes", "config", "preprocessing", "extra", "format_version")
+    }
+    return model, meta
+
+
+def _from_official(obj, path: Path) -> tuple[nn.Module, dict]:
+    state = _complete_aliases(_unwrap_state(obj, path))
+    present = [s for s in STREAMS if any(k.startswith(s + ".") for k in state)]
+    if "nocloth_net" not in present or "lr_face_net" not in present:
+        if present == ["face_net"]:
+            raise CheckpointError(
+                f"{path}: a teacher-only file (face_net.* only): load it with load_teacher()"
+            )
+        raise CheckpointError(
+            f"{path}: not a DeSKPro checkpoint (needs lr_face_net.* and nocloth_net.* keys; "
+            f"found e.g. {_brief(sorted(state), 3)})"
+        )
+    csa_form = "paper" if "nocloth_net.spatial_attn.conv.weight" in state else "official"
+    model = DeSKPro(_num_classes(state, path, "nocloth_net."), csa_form=csa_form)
+    streams = ["lr_face_net", "nocloth_net"] + (["face_net"] if "face_net" in present else [])
+    for stream in streams:  # an inference-only file may omit the teacher
+        _load_strict(
+            getattr(model, stream), _sub(state, stream + "."), path, "official DeSKPro", stream + "."
+        )
+    meta = {
+        "kind": "deskpro",
+        "num_classes": model.num_classes,
+        "config": None,
+        "preprocessing": preprocessing_constants(),
+        "extra": {"official": True, "teacher_loaded": "face_net" in present},
+        "format_version": None,
+    }
+    return model, meta
+
+
+def load_with_meta(path: str | Path, *, trust: bool = False) -> tuple[nn.Module, dict]:
+    """(model in eval mode, metadata dict) from our checkpoint or an official DeSKPro file."""
+    path = Path(path)
+    obj = _read(path, trust)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        model, meta = _from_ours(dict(obj), path)
+    else:
+        model, meta = _from_official(obj, path)
+    return model.eval(), meta
+
+
+def load(path: str | Path, *, trust: bool = False) -> nn.Module:
+    """A DeSKPro model (or our LightMBN teacher) in eval mode; metadata in ``model.checkpoint_meta``."""
+    model, meta = load_with_meta(path, trust=trust)
+    model.checkpoint_meta = meta
+    return model
+
+
+def _teacher_state(obj, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        state = dict(obj.get("state_dict") or {})
+        return _sub(state, "face_net.") if obj.get("kind") == "deskpro" else state
+    state = _unwrap_state(obj, path)
+    if any(k.startswith("face_net.") for k in state):
+        return _sub(state, "face_net.")  # the official {dataset}_teacher.pth layout
+    if any(k.startswith(("backbone.", "branches.", "global_branch.")) for k in state):
+        return state  # a bare LightMBN state dict
+    raise CheckpointError(f"{path}: not a teacher checkpoint (no face_net.* or LightMBN keys)")
+
+
+def load_teacher(model: DeSKPro | LightMBN, path: str | Path, *, trust: bool = False) -> None:
+    """Initialise the face teacher (``model.face_net``, or a bare LightMBN) from a teacher file.
+
+    Accepts the official ``{dataset}_teacher.pth`` (``face_net.*``, optional ``module.``/``model.``
+    prefixes), a bare LightMBN state dict, or our LightMBN / DeSKPro checkpoints.
+    """
+    path = Path(path)
+    target = model.face_net if isinstance(model, DeSKPro) else model
+    state = _complete_aliases(_teacher_state(_read(path, trust), path))
+    found = _num_classes(state, path)
+    if found != target.num_classes:
+        raise CheckpointError(f"{path}: teacher has {found} classes, the model {target.num_classes}")
+    _load_strict(target, state, path, "LightMBN teacher")

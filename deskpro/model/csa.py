@@ -1,0 +1,39 @@
+"""Cloth-irrelevant Spatial Attention (CSA): a per-location weight in (0, 1) over the conv3[0] features.
+
+Two forms: ``"official"`` is the release's module (1x1 conv C->C, ReLU, 1x1 conv C->1, sigmoid, both convs
+bias-free; keys ``conv1``/``conv2``); ``"paper"`` is the paper's single point-wise conv C->1 + sigmoid
+(key ``conv``, with a bias so that the sigmoid's operating point can move). The module returns the map;
+the global stream multiplies its features by it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CSA_FORMS = ("official", "paper")
+
+
+class CSA(nn.Module):
+    """Spatial attention map [B,1,H,W] from features [B,C,H,W]."""
+
+    def __init__(self, channels: int = 384, form: str = "official"):
+        super().__init__()
+        if form not in CSA_FORMS:
+            raise ValueError(f"CSA: unknown form {form!r}; expected one of {', '.join(CSA_FORMS)}")
+        self.form = form
+        if form == "official":
+            self.conv1 = nn.Conv2d(channels, channels, 1, bias=False)
+            self.conv2 = nn.Conv2d(channels, 1, 1, bias=False)
+        else:
+            self.conv = nn.Conv2d(channels, 1, 1, bias=True)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "official":
+            return torch.sigmoid(self.conv2(torch.relu(self.conv1(x))))
+        return torch.sigmoid(self.conv(x))

@@ -1,0 +1,584 @@
+"""SCHP human parser (ResNet-101 CE2P) in plain PyTorch: the network, checkpoint loading and inference.
+
+The official checkpoints (`exp-schp-*-{lip,atr,pascal}*.pth`) load unchanged. The math follows the
+official code (GoGoDuck912/Self-Correction-Human-Parsing): normalisation layers are InPlaceABN, which
+scales by `|weight| + eps` and, in the heads, applies LeakyReLU(0.01); inference letterboxes the whole
+image onto a square, takes the fusion logits, upsamples them and warps them back to the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deskpro.pipeline.nets._common import (
+    autocast_context,
+    check_amp,
+    prepare_module,
+    strip_prefix,
+    to_input,
+    torch_load_weights,
+    unwrap_state_dict,
+)
+
+LABELS: dict[str, tuple[str, ...]] = {
+    "lip": (
+        "Background", "Hat", "Hair", "Glove", "Sunglasses", "Upper-clothes", "Dress", "Coat", "Socks",
+        "Pants", "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm", "Left-leg", "Right-leg",
+        "Left-shoe", "Right-shoe",
+    ),
+    "atr": (
+        "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt",
+        "Left-shoe", "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag", "Scarf",
+    ),
+    "pascal": ("Background", "Head", "Torso", "Upper Arms", "Lower Arms", "Upper Legs", "Lower Legs"),
+}  # fmt: skip
+INPUT_SIZES: dict[str, int] = {"lip": 473, "atr": 512, "pascal": 512}
+# Left/right label pairs swapped when a flipped image's logits are mapped back.
+FLIP_PAIRS: dict[str, tuple[tuple[int, int], ...]] = {
+    "lip": ((14, 15), (16, 17), (18, 19)),
+    "atr": ((9, 10), (12, 13), (14, 15)),
+    "pascal": (),
+}
+ABN_EPS = 1e-5
+LEAKY_SLOPE = 0.01
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a parsing network wants its input and where its logits come out.
+
+    bgr: channel order of the input; mean/std: per-channel stats in that order (on [0, 1] values);
+    output_stride: logits are at 1/output_stride of the input (upsampled to the square by the Parser);
+    size_multiple: the square side must be a multiple of this; input_size: preferred side, or None.
+    """
+
+    bgr: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    output_stride: int = 1
+    size_multiple: int = 1
+    input_size: int | None = None
+
+
+SCHP_SPEC = InputSpec(bgr=True, mean=(0.406, 0.456, 0.485), std=(0.225, 0.224, 0.229), output_stride=4)
+
+
+def check_labels(labels: str) -> str:
+    """Return `labels` if it names a known label set; raise ValueError otherwise."""
+    if labels not in LABELS:
+        raise ValueError(f"unknown label set {labels!r}: expected one of {sorted(LABELS)}")
+    return labels
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class InPlaceABN(nn.Module):
+    """inplace_abn batch norm: `(x - mean) / sqrt(var + eps) * (|weight| + eps) + bias`, then activation.
+
+    activation is "leaky_relu" (slope 0.01, the InPlaceABNSync default) or "none". Parameter and buffer
+    names match the checkpoint (weight, bias, running_mean, running_var; no num_batches_tracked).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        activation: str = "leaky_relu",
+        eps: float = ABN_EPS,
+        momentum: float = 0.1,
+        slope: float = LEAKY_SLOPE,
+    ) -> None:
+        super().__init__()
+        if activation not in ("leaky_relu", "none"):
+            raise ValueError(f"activation must be 'leaky_relu' or 'none', got {activation!r}")
+        self.num_features = num_features
+        self.activation = activation
+        self.eps = eps
+        self.momentum = momentum
+        self.slope = slope
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight.abs() + self.eps
+        x = F.batch_norm(
+            x, self.running_mean, self.running_var, scale, self.bias, self.training, self.momentum, self.eps
+        )
+        if self.activation == "leaky_relu":
+            x = F.leaky_relu(x, self.slope)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, activation={self.activation}"
+
+
+def _backbone_norm(channels: int) -> InPlaceABN:
+    # The backbone uses InPlaceABNSync(activation='none') followed by an explicit ReLU.
+    return InPlaceABN(channels, activation="none")
+
+
+def _conv_abn(cin: int, cout: int, kernel: int = 1, padding: int = 0) -> nn.Sequential:
+    """Conv (no bias) + InPlaceABN with LeakyReLU: the head building block (keys `.0`, `.1`)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, bias=False), InPlaceABN(cout))
+
+
+def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (1x1, 3x3 dilated, 1x1) with InPlaceABN(none) + ReLU."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = _backbone_norm(planes)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
+        self.bn2 = _backbone_norm(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = _backbone_norm(planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + residual)
+
+
+class PSPModule(nn.Module):
+    """Pyramid pooling context (bins 1, 2, 3, 6) + 3x3 bottleneck, all with LeakyReLU ABN."""
+
+    def __init__(self, features: int = 2048, out_features: int = 512, sizes: Sequence[int] = (1, 2, 3, 6)):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(size),
+                nn.Conv2d(features, out_features, 1, bias=False),
+                InPlaceABN(out_features),
+            )
+            for size in sizes
+        )
+        self.bottleneck = _conv_abn(features + len(sizes) * out_features, out_features, 3, padding=1)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        size = (feats.shape[2], feats.shape[3])
+        priors = [_upsample(stage(feats), size) for stage in self.stages] + [feats]
+        return self.bottleneck(torch.cat(priors, 1))
+
+
+class EdgeModule(nn.Module):
+    """Edge branch: features of layer1-3 reduced to 256 each (LeakyReLU ABN) plus 2-class edge logits."""
+
+    def __init__(self, in_fea: Sequence[int] = (256, 512, 1024), mid_fea: int = 256, out_fea: int = 2):
+        super().__init__()
+        self.conv1 = _conv_abn(in_fea[0], mid_fea)
+        self.conv2 = _conv_abn(in_fea[1], mid_fea)
+        self.conv3 = _conv_abn(in_fea[2], mid_fea)
+        self.conv4 = nn.Conv2d(mid_fea, out_fea, 3, padding=1, bias=True)
+        self.conv5 = nn.Conv2d(out_fea * 3, out_fea, 1, bias=True)
+
+    def features(self, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor) -> list[torch.Tensor]:
+        """The three 256-channel edge features, at x1's size (the fusion head needs only these)."""
+        size = (x1.shape[2], x1.shape[3])
+        return [self.conv1(x1), _upsample(self.conv2(x2), size), _upsample(self.conv3(x3), size)]
+
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        size = (x1.shape[2], x1.shape[3])
+        f1, f2, f3 = self.conv1(x1), self.conv2(x2), self.conv3(x3)
+        # Edge logits are taken at each level's own size, then upsampled (as the official code does).
+        edges = [self.conv4(f1), _upsample(self.conv4(f2), size), _upsample(self.conv4(f3), size)]
+        edge = self.conv5(torch.cat(edges, 1))
+        return edge, torch.cat([f1, _upsample(f2, size), _upsample(f3, size)], 1)
+
+
+class DecoderModule(nn.Module):
+    """Parsing decoder: context features upsampled to layer1's size, joined with its 48-channel reduction."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.conv1 = _conv_abn(512, 256)
+        self.conv2 = _conv_abn(256, 48)
+        self.conv3 = nn.Sequential(
+            nn.Conv2d(304, 256, 1, bias=False),
+            InPlaceABN(256),
+            nn.Conv2d(256, 256, 1, bias=False),
+            InPlaceABN(256),
+        )
+        self.conv4 = nn.Conv2d(256, num_classes, 1, bias=True)
+
+    def features(self, xt: torch.Tensor, xl: torch.Tensor) -> torch.Tensor:
+        """The 256-channel decoder feature (the fusion head's input)."""
+        xt = _upsample(self.conv1(xt), (xl.shape[2], xl.shape[3]))
+        return self.conv3(torch.cat([xt, self.conv2(xl)], 1))
+
+    def forward(self, xt: torch.Tensor, xl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.features(xt, xl)
+        return self.conv4(x), x
+
+
+class SCHPNet(nn.Module):
+    """ResNet-101 CE2P with the official module names; `forward(x)` returns the fusion logits at 1/4.
+
+    `input_spec` and `num_classes` tell a Parser how to feed it.
+    """
+
+    def __init__(self, num_classes: int, layers: Sequence[int] = (3, 4, 23, 3)):
+        super().__init__()
+        self.num_classes = num_classes
+        self.input_spec = SCHP_SPEC
+        # Deep stem: three 3x3 convs (3->64 s2, 64->64, 64->128).
+        self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
+        self.bn1 = _backbone_norm(64)
+        self.conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+        self.bn2 = _backbone_norm(64)
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1, bias=False)
+        self.bn3 = _backbone_norm(128)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.inplanes = 128
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], stride=2)
+        self.layer4 = self._make_layer(512, layers[3], dilation=2)  # stride 1: output stride 16
+        self.context_encoding = PSPModule(2048, 512)
+        self.edge = EdgeModule()
+        self.decoder = DecoderModule(num_classes)
+        self.fushion = nn.Sequential(  # sic: the checkpoint's key
+            nn.Conv2d(1024, 256, 1, bias=False),
+            InPlaceABN(256),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(256, num_classes, 1, bias=True),
+        )
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * 4:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False), _backbone_norm(planes * 4)
+            )
+        layer = [Bottleneck(self.inplanes, planes, stride, dilation, downsample)]
+        self.inplanes = planes * 4
+        layer += [Bottleneck(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layer)
+
+    def backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """layer1..layer4 outputs (strides 4, 8, 16, 16)."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        x2 = self.layer1(self.maxpool(x))
+        x3 = self.layer2(x2)
+        x4 = self.layer3(x3)
+        return x2, x3, x4, self.layer4(x4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fusion logits [B, C, ~S/4, ~S/4] for the official input (BGR, normalised, letterboxed)."""
+        x2, x3, x4, x5 = self.backbone(x)
+        parsing_fea = self.decoder.features(self.context_encoding(x5), x2)
+        return self.fushion(torch.cat([parsing_fea, *self.edge.features(x2, x3, x4)], 1))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(parsing, fusion, edge) logits: all three official outputs, for training or inspection."""
+        x2, x3, x4, x5 = self.backbone(x)
+        parsing, parsing_fea = self.decoder(self.context_encoding(x5), x2)
+        edge, edge_fea = self.edge(x2, x3, x4)
+        return parsing, self.fushion(torch.cat([parsing_fea, edge_fea], 1)), edge
+
+
+def build(labels: str = "lip") -> SCHPNet:
+    """An untrained SCHP network for a label set (lip 20, atr 18, pascal 7 classes), in eval mode."""
+    return SCHPNet(len(LABELS[check_labels(labels)])).eval()
+
+
+# ----------------------------------------------------------------------------- checkpoint loading
+
+
+def _labels_for_classes(num_classes: int) -> str | None:
+    return next((name for name, names in LABELS.items() if len(names) == num_classes), None)
+
+
+def _check_state_dict(state: Mapping[str, torch.Tensor], net: SCHPNet, labels: str, source: str) -> None:
+    """Raise ValueError, naming `source`, when `state` is not an SCHP checkpoint for `labels`."""
+    expected = net.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    if unexpected or missing:
+        raise ValueError(
+            f"{source}: not an SCHP ResNet-101 checkpoint: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    num_classes = state["fushion.3.weight"].shape[0]
+    if num_classes != net.num_classes:
+        hint = _labels_for_classes(num_classes)
+        advice = f": pass --labels {hint}" if hint else " (no known label set has that many)"
+        raise ValueError(
+            f"{source}: this checkpoint has {num_classes} classes{advice} "
+            f"(labels={labels!r} has {net.num_classes})"
+        )
+    bad = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if bad:
+        raise ValueError(f"{source}: SCHP checkpoint has wrong tensor shapes: {bad[:3]}")
+
+
+def load_state_dict(
+    net: SCHPNet, checkpoint: object, labels: str = "lip", source: str = "<state dict>"
+) -> SCHPNet:
+    """Load an SCHP checkpoint object into `net`, strictly.
+
+    Accepts `{"state_dict": ...}` or a bare mapping, with or without the `module.` prefix.
+    """
+    state = unwrap_state_dict(checkpoint, source)
+    state = strip_prefix(state, "module.")
+    # A re-saved file may carry BatchNorm counters; the ABN math has no use for them.
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    _check_state_dict(state, net, labels, source)
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def load(path: str | Path, labels: str = "lip") -> SCHPNet:
+    """Build the network for `labels` and load an official SCHP file (weights only), in eval mode."""
+    net = build(labels)
+    checkpoint = torch_load_weights(path, what=f"SCHP ({labels})")
+    return load_state_dict(net, checkpoint, labels, source=str(path)).eval()
+
+
+def load_any(path: str | Path, labels: str = "lip", arch: str = "schp") -> nn.Module:
+    """A parsing network for `Parser`: the SCHP file (arch "schp") or an "smp:ARCH:ENCODER" checkpoint
+    with as many classes as `labels` has."""
+    if arch == "schp":
+        return load(path, labels)
+    if not arch.startswith("smp:"):
+        raise ValueError(f"unknown parser arch {arch!r}: expected 'schp' or 'smp:ARCH:ENCODER'")
+    from deskpro.pipeline.nets import smp_parser  # imports this module: keep the import local
+
+    return smp_parser.load(arch, path, len(LABELS[check_labels(labels)]))
+
+
+# ----------------------------------------------------------------------------- letterbox geometry
+
+
+def letterbox_matrix(height: int, width: int, size: int, inverse: bool = False) -> np.ndarray:
+    """The official affine (2x3) mapping the whole image box onto a `size` square, or its inverse.
+
+    Box [0, 0, w-1, h-1] -> centre ((w-1)/2, (h-1)/2), side max(w-1, h-1) mapped onto size-1 pixels,
+    aspect ratio kept. Built from three float32 point pairs with cv2.getAffineTransform, as the official
+    get_affine_transform does, so the matrix is bit-identical.
+    """
+    side = float(max(width - 1, height - 1))
+    if side <= 0:
+        raise ValueError(f"image of {height}x{width} pixels is too small to parse (needs 2 pixels on a side)")
+    centre = np.array([(width - 1) * 0.5, (height - 1) * 0.5], np.float32)
+    half_dst = (size - 1) * 0.5
+    src = np.zeros((3, 2), np.float32)
+    dst = np.zeros((3, 2), np.float32)
+    src[0], src[1] = centre, centre + np.array([0.0, side * -0.5], np.float32)
+    dst[0], dst[1] = [half_dst, half_dst], [half_dst, 0.0]
+    src[2], dst[2] = _third_point(src[0], src[1]), _third_point(dst[0], dst[1])
+    return cv2.getAffineTransform(dst, src) if inverse else cv2.getAffineTransform(src, dst)
+
+
+def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b + (a - b) rotated by 90 degrees: completes a right angle so the affine has no shear."""
+    d = a - b
+    return b + np.array([-d[1], d[0]], np.float32)
+
+
+def letterbox(image: np.ndarray, size: int) -> np.ndarray:
+    """The image warped onto a `size` square (aspect kept, centred, black border, INTER_LINEAR)."""
+    matrix = letterbox_matrix(image.shape[0], image.shape[1], size)
+    return cv2.warpAffine(
+        np.ascontiguousarray(image),
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+
+
+def content_window(height: int, width: int, size: int, margin: int = 2) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), half-open: the part of the `size` square that holds the letterboxed image.
+
+    The inverse warp of an image reads only this window (`margin` pixels cover bilinear neighbours),
+    so only it needs to leave the device.
+    """
+    matrix = letterbox_matrix(height, width, size)
+    xs, ys = matrix @ np.array([[0.0, width - 1.0], [0.0, height - 1.0], [1.0, 1.0]])
+    x0, y0 = (max(0, int(np.floor(v.min())) - margin) for v in (xs, ys))
+    x1, y1 = (min(size, int(np.ceil(v.max())) + margin + 1) for v in (xs, ys))
+    return x0, y0, x1, y1
+
+
+def unletterbox(
+    square: np.ndarray,
+    height: int,
+    width: int,
+    interpolation: int = cv2.INTER_LINEAR,
+    *,
+    size: int | None = None,
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
+    """Warp a square map [S, S] or [S, S, C] back to the image's [H, W(, C)] (border 0).
+
+    `square` may be a window of the S-square (S = `size`) starting at `origin` (x0, y0), as given by
+    content_window: it is pasted into a zero S-square, so the result is bit-identical to warping the
+    whole square. Channels are warped one at a time, as the official transform_logits does: cv2's
+    multi-channel path rounds differently for more than 4 channels.
+    """
+    full = size or square.shape[0]
+    matrix = letterbox_matrix(height, width, full, inverse=True)
+    planes = square[:, :, None] if square.ndim == 2 else square
+    rows, cols = planes.shape[:2]
+    x0, y0 = origin
+    canvas = None
+    if (rows, cols) != (full, full):
+        canvas = np.zeros((full, full), planes.dtype)
+    out = []
+    for c in range(planes.shape[2]):
+        if canvas is None:
+            plane = np.ascontiguousarray(planes[:, :, c])
+        else:
+            canvas[y0 : y0 + rows, x0 : x0 + cols] = planes[:, :, c]
+            plane = canvas
+        out.append(
+            cv2.warpAffine(
+                plane,
+                matrix,
+                (width, height),
+                flags=interpolation,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
+        )
+    return out[0] if square.ndim == 2 else np.stack(out, axis=2)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def flip_permutation(labels: str, num_classes: int) -> list[int]:
+    """Channel order that swaps each left/right label pair of `labels` (identity elsewhere)."""
+    perm = list(range(num_classes))
+    for a, b in FLIP_PAIRS[labels]:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+def _check_image(image: object, index: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image {index}: expected a uint8 HxWx3 array, got {desc}")
+    return image
+
+
+class Parser:
+    """Human parsing of whole images: letterbox, network, (flip test), upsample, warp back, argmax.
+
+    `net` is an SCHP network (or any module with `input_spec` and `num_classes`, e.g. from
+    smp_parser.load); images are uint8 HxWx3 BGR of any sizes; each gets a uint8 label map of its own size.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        labels: str = "lip",
+        input_size: int | None = None,
+        flip: bool = False,
+        device: str | torch.device = "cpu",
+        amp: str | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.labels = check_labels(labels)
+        self.spec: InputSpec = getattr(net, "input_spec", SCHP_SPEC)
+        self.num_classes = int(getattr(net, "num_classes", len(LABELS[labels])))
+        if self.num_classes != len(LABELS[labels]):
+            raise ValueError(
+                f"the network has {self.num_classes} classes but labels={labels!r} has {len(LABELS[labels])}"
+            )
+        self.input_size = int(input_size or self.spec.input_size or INPUT_SIZES[labels])
+        if self.input_size % self.spec.size_multiple:
+            raise ValueError(
+                f"input_size {self.input_size} must be a multiple of {self.spec.size_multiple} "
+                "for this network"
+            )
+        self.flip = flip
+        self.device = torch.device(device)
+        self.amp = check_amp(amp)
+        autocast_context(self.device, self.amp)  # fail now, not at the first batch, on e.g. fp16 on CPU
+        self.channels_last = channels_last
+        self.net = prepare_module(net, self.device, channels_last)
+        self._perm = flip_permutation(labels, self.num_classes)
+        order = [2, 1, 0] if not self.spec.bgr else [0, 1, 2]  # input arrays are BGR
+        self._channel_order = torch.tensor(order, device=self.device)
+        self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 label maps [H, W], one per BGR image, each at that image's size."""
+        return [logits.argmax(axis=2).astype(np.uint8) for logits in self.logits(images)]
+
+    def logits(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """float32 logits [H, W, C] per image, warped back to each image's size (border pixels 0)."""
+        images = [_check_image(im, i) for i, im in enumerate(images)]
+        if not images:
+            return []
+        squares = np.stack([letterbox(im, self.input_size) for im in images])
+        square_logits = self.square_logits(squares)
+        out = []
+        for sl, im in zip(square_logits, images):
+            height, width = im.shape[:2]
+            x0, y0, x1, y1 = content_window(height, width, self.input_size)
+            window = sl[:, y0:y1, x0:x1].cpu().numpy()  # only the image's part leaves the device
+            # [C, h, w] viewed as [h, w, C]: each channel plane stays contiguous for the warp.
+            out.append(
+                unletterbox(window.transpose(1, 2, 0), height, width, size=self.input_size, origin=(x0, y0))
+            )
+        return out
+
+    @torch.inference_mode()
+    def square_logits(self, squares: np.ndarray) -> torch.Tensor:
+        """float32 logits [B, C, S, S] for letterboxed uint8 BGR squares [B, S, S, 3] (flip-averaged)."""
+        x = torch.from_numpy(np.ascontiguousarray(squares)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)[:, self._channel_order]
+        x = (x - self._mean) / self._std
+        batch = x.shape[0]
+        if self.flip:
+            x = torch.cat([x, x.flip(-1)])
+        with autocast_context(self.device, self.amp):
+            out = self.net(to_input(x, self.device, self.channels_last))
+        out = out.float()
+        if self.flip:
+            # Official flip test: swap left/right channels of the flipped output, flip it back, average.
+            out = (out[:batch] + out[batch:][:, self._perm].flip(-1)) * 0.5
+        if out.shape[-2:] != (self.input_size, self.input_size):
+            out = _upsample(out, (self.input_size, self.input_size))
+        return out.contiguous()

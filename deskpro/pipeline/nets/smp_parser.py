@@ -1,0 +1,87 @@
+"""A segmentation_models_pytorch network as a human parser: build from "smp:ARCH:ENCODER", load user weights.
+
+The returned module carries `input_spec` (RGB, ImageNet stats, full-resolution logits) and `num_classes`,
+so `deskpro.pipeline.nets.schp.Parser` runs it exactly like SCHP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deskpro.pipeline.nets._common import strip_prefix, torch_load_weights, unwrap_state_dict
+from deskpro.pipeline.nets.schp import InputSpec
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+DEFAULT_INPUT_SIZE = 512
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """("ARCH", "ENCODER") from "smp:ARCH:ENCODER"; ValueError with an example otherwise."""
+    parts = spec.split(":") if isinstance(spec, str) else []
+    if len(parts) != 3 or parts[0] != "smp" or not parts[1] or not parts[2]:
+        raise ValueError(f"bad parser spec {spec!r}: expected 'smp:ARCH:ENCODER', e.g. 'smp:Unet:resnet34'")
+    return parts[1], parts[2]
+
+
+def build(
+    spec: str,
+    num_classes: int,
+    *,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    mean: tuple[float, float, float] = IMAGENET_MEAN_RGB,
+    std: tuple[float, float, float] = IMAGENET_STD_RGB,
+) -> nn.Module:
+    """An untrained smp model for `spec` with `num_classes` outputs, tagged with its InputSpec (eval mode)."""
+    import segmentation_models_pytorch as smp  # heavy import: only when an smp parser is asked for
+
+    arch, encoder = parse_spec(spec)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    try:
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes)
+    except (KeyError, ValueError) as exc:
+        message = exc.args[0] if exc.args else exc
+        raise ValueError(f"bad parser spec {spec!r}: {message}") from exc
+    stride = int(getattr(getattr(net, "encoder", None), "output_stride", 32))
+    net.input_spec = InputSpec(
+        bgr=False, mean=mean, std=std, output_stride=1, size_multiple=stride, input_size=input_size
+    )
+    net.num_classes = num_classes
+    return net.eval()
+
+
+def load(spec: str, path: str | Path, num_classes: int, **spec_options: object) -> nn.Module:
+    """Build `spec` and load a user checkpoint (weights only; bare or wrapped, `module.` or not), eval mode.
+
+    spec_options (input_size, mean, std) go to `build`.
+    """
+    net = build(spec, num_classes, **spec_options)
+    checkpoint = torch_load_weights(path, what=f"segmentation model ({spec})")
+    state = strip_prefix(unwrap_state_dict(checkpoint, path, WRAPPER_KEYS), "module.")
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: not a {spec} checkpoint with {num_classes} classes: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    bad = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if bad:
+        raise ValueError(f"{path}: wrong tensor shapes for {spec} with {num_classes} classes: {bad[:3]}")
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def save(net: nn.Module, path: str | Path) -> None:
+    """Write `net`'s state dict (the format `load` reads) to `path`."""
+    torch.save(net.state_dict(), Path(path))

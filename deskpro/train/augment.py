@@ -1,0 +1,160 @@
+"""Batch augmentation on tensors (on the GPU when there is one), seeded by a torch.Generator.
+
+One flip and one shift decision per sample apply alike to the body, its parse map and (flip
+always, shift optionally) its faces; random erasing touches the body only; then ImageNet
+normalisation. Every per-sample decision is drawn as a vector, so a batch costs a few kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Probabilities and sizes of the training augmentation (the official settings by default)."""
+
+    flip_p: float = 0.5
+    translate_p: float = 0.5
+    translate_pad: float = 0.05  # padded size = size * (1 + translate_pad)
+    erase_p: float = 0.5
+    erase_area: tuple[float, float] = (0.02, 0.4)
+    erase_aspect: float = 0.3
+    shift_faces: bool = False
+
+
+def to_float_images(images: torch.Tensor, device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B,H,W,3] -> float [B,3,H,W] in [0, 1] on the device."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of float [B,3,H,W] images in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _rand(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device)
+
+
+def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror the samples where mask [B] is true along the last (width) axis."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return torch.where(mask.view(shape), x.flip(-1), x)
+
+
+def translate(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad [B,C,H,W] by `pad` (y, x) on every side and crop back at offsets dy, dx in [0, 2*pad].
+
+    Offsets equal to `pad` leave a sample unchanged.
+    """
+    b, _, h, w = x.shape
+    py, px = pad
+    padded = torch.nn.functional.pad(x, (px, px, py, py))
+    rows = dy.view(b, 1) + torch.arange(h, device=x.device).view(1, h)  # [B,H]
+    cols = dx.view(b, 1) + torch.arange(w, device=x.device).view(1, w)  # [B,W]
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows.view(b, h, 1), cols.view(b, 1, w)]  # [B,H,W,C]
+    return out.permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(x))
+
+
+def _memory_format(x: torch.Tensor):
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _shift_offsets(n, size_hw, settings, generator, device):
+    """Per-sample crop offsets for the pad-crop shift; unshifted samples sit at the centre."""
+    h, w = size_hw
+    py = max(1, round(h * settings.translate_pad / 2))
+    px = max(1, round(w * settings.translate_pad / 2))
+    apply = _rand(n, generator, device) < settings.translate_p
+    dy = torch.floor(_rand(n, generator, device) * (2 * py + 1)).long()
+    dx = torch.floor(_rand(n, generator, device) * (2 * px + 1)).long()
+    dy = torch.where(apply, dy, torch.full_like(dy, py))
+    dx = torch.where(apply, dx, torch.full_like(dx, px))
+    return dy, dx, (py, px)
+
+
+def erase_masks(n, size_hw, settings, generator, device, attempts: int = 10) -> torch.Tensor:
+    """Boolean [B,1,H,W] rectangles to erase: area fraction and aspect ratio drawn as in random erasing.
+
+    Each sample draws `attempts` candidate rectangles at once and uses the first that fits; a
+    sample where none fits (rare) is not erased.
+    """
+    h, w = size_hw
+    lo, hi = settings.erase_area
+    area = (lo + (hi - lo) * torch.rand(n, attempts, generator=generator, device=device)) * h * w
+    log_r = math.log(settings.erase_aspect)
+    aspect = torch.exp(log_r + (-2 * log_r) * torch.rand(n, attempts, generator=generator, device=device))
+    eh = torch.sqrt(area * aspect).round().long()
+    ew = torch.sqrt(area / aspect).round().long()
+    fits = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
+    first = torch.argmax(fits.int(), dim=1, keepdim=True)
+    eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)
+    apply = fits.any(dim=1) & (_rand(n, generator, device) < settings.erase_p)
+    y0 = torch.floor(_rand(n, generator, device) * (h - eh + 1).float()).long()
+    x0 = torch.floor(_rand(n, generator, device) * (w - ew + 1).float()).long()
+    yy = torch.arange(h, device=device).view(1, h, 1)
+    xx = torch.arange(w, device=device).view(1, 1, w)
+    inside = (
+        (yy >= y0.view(-1, 1, 1)) & (yy < (y0 + eh).view(-1, 1, 1))
+        & (xx >= x0.view(-1, 1, 1)) & (xx < (x0 + ew).view(-1, 1, 1))
+    )
+    return (inside & apply.view(-1, 1, 1)).unsqueeze(1)
+
+
+def augment_batch(
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    settings: AugmentSettings = AugmentSettings(),
+    *,
+    device="cpu",
+    channels_last: bool = False,
+    train: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Loader batch (uint8 NHWC images) -> model inputs on the device.
+
+    Returns body, face_lr, face_hr as normalised float [B,3,*,*], parse as long [B,H,W], and
+    has_face / label moved to the device. `generator` must live on `device`. With train=False
+    only conversion and normalisation happen.
+    """
+    body = to_float_images(batch["body"], device)
+    parse = batch["parse"].to(device, non_blocking=True).unsqueeze(1).float()
+    faces = {key: to_float_images(batch[key], device) for key in ("face_lr", "face_hr")}
+    n = body.shape[0]
+    if train:
+        flipped = _rand(n, generator, device) < settings.flip_p
+        body, parse = flip(body, flipped), flip(parse, flipped)
+        faces = {key: flip(face, flipped) for key, face in faces.items()}
+        dy, dx, pad = _shift_offsets(n, body.shape[-2:], settings, generator, device)
+        body, parse = translate(body, dy, dx, pad), translate(parse, dy, dx, pad)
+        if settings.shift_faces:
+            for key, face in faces.items():
+                fdy, fdx, fpad = _shift_offsets(n, face.shape[-2:], settings, generator, device)
+                faces[key] = translate(face, fdy, fdx, fpad)
+    body = normalize(body)
+    if train:
+        # Erase after normalisation: the rectangle becomes 0, the ImageNet mean colour.
+        body = body.masked_fill(erase_masks(n, body.shape[-2:], settings, generator, device), 0.0)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    out = {
+        "body": body.contiguous(memory_format=memory),
+        "parse": parse.squeeze(1).round().long(),
+        "face_lr": normalize(faces["face_lr"]).contiguous(memory_format=memory),
+        "face_hr": normalize(faces["face_hr"]).contiguous(memory_format=memory),
+    }
+    for key in ("has_face", "label"):
+        if key in batch:
+            out[key] = batch[key].to(device, non_blocking=True)
+    return out

@@ -1,0 +1,228 @@
+"""Synthetic cloth-changing dataset: layout, determinism, ground truth alignment, and that identity
+is carried by face/hair/build while clothes change across cameras (checked from the ground truth)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from deskpro import cli
+from deskpro.data_manifests import ManifestError, manifest_info, read_manifest, scan, synthetic
+
+IDENTITIES, PER_CAMERA = 12, 3
+LIP_DRAWN = {0, 2, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18, 19}
+UPPER_LABELS = [5, 6, 7]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    return synthetic.generate(
+        root, identities=IDENTITIES, images_per_camera=PER_CAMERA, seed=7, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def rows(dataset: Path) -> list[dict]:
+    return scan("synthetic", dataset).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def views(dataset: Path) -> dict[str, str]:
+    """path -> "front", "back" or "occluded"."""
+    table = pq.read_table(dataset / "truth" / "faces.parquet", columns=["path", "view"]).to_pydict()
+    return dict(zip(table["path"], table["view"]))
+
+
+@pytest.fixture(scope="module")
+def loaded(dataset: Path, rows: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """path -> (RGB float image, LIP labels)."""
+    out = {}
+    for r in rows:
+        image = cv2.cvtColor(cv2.imread(str(dataset / r["path"])), cv2.COLOR_BGR2RGB).astype(np.float32)
+        out[r["path"]] = (image, synthetic.read_parse_truth(dataset, r["path"]))
+    return out
+
+
+def test_layout_splits_and_clothes(dataset: Path, rows: list[dict]) -> None:
+    table = scan("synthetic", dataset)
+    assert manifest_info(table)["dataset"] == "synthetic"
+    assert len(rows) == IDENTITIES * 3 * PER_CAMERA
+    ids = defaultdict(set)
+    for r in rows:
+        group = {"train": "train", "val": "val"}.get(r["split"], "test")
+        ids[group].add(r["pid"])
+    sizes = {"train": 6, "val": 2, "test": 4}
+    assert {k: len(v) for k, v in ids.items()} == synthetic.split_sizes(IDENTITIES) == sizes
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    clothes = defaultdict(set)
+    for r in rows:
+        clothes[(r["pid"], r["camid"])].add(r["clothes_id"])
+    for pid in {r["pid"] for r in rows}:
+        (a,), (b,), (c,) = clothes[(pid, 0)], clothes[(pid, 1)], clothes[(pid, 2)]
+        assert a == b != c
+    image = cv2.imread(str(dataset / rows[0]["path"]))
+    assert image.shape == (384, 128, 3)
+
+
+def test_generation_is_deterministic_per_seed(tmp_path: Path) -> None:
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    kwargs = {"identities": 3, "images_per_camera": 2, "image_size": (192, 64), "progress": False}
+    first = files(synthetic.generate(tmp_path / "a", seed=1, **kwargs))
+    second = files(synthetic.generate(tmp_path / "b", seed=1, **kwargs))
+    other = files(synthetic.generate(tmp_path / "c", seed=2, **kwargs))
+    assert len(first) == 3 * 3 * 2 * 2 + 2  # images + parse maps + faces.parquet + synthetic.json
+    assert first == second
+    images = [k for k in first if k.endswith(".jpg")]
+    assert sum(first[k] != other[k] for k in images) == len(images)
+
+
+def test_parse_maps_use_lip_labels_at_image_size(rows: list[dict], loaded: dict, views: dict) -> None:
+    for r in rows:
+        image, labels = loaded[r["path"]]
+        assert labels.dtype == np.uint8 and labels.shape == image.shape[:2]
+        assert set(np.unique(labels).tolist()) <= LIP_DRAWN
+        assert np.isin(labels, UPPER_LABELS).any() and np.isin(labels, [18, 19]).any()
+        assert np.isin(labels, [2]).any() or views[r["path"]] == "occluded"  # an umbrella may hide the head
+
+
+def test_landmarks_lie_in_face_box_on_face_label(dataset: Path, rows: list[dict], loaded: dict) -> None:
+    faces = synthetic.read_face_truth(dataset)
+    assert set(faces) == {r["path"] for r in rows}
+    with_face = [p for p, (has, _, _) in faces.items() if has]
+    assert 0.05 <= 1 - len(with_face) / len(faces) <= 0.3  # some back views / occluded heads
+    heights = []
+    for path in with_face:
+        _, box, landmarks = faces[path]
+        labels = loaded[path][1]
+        x1, y1, x2, y2 = box
+        assert ((landmarks[:, 0] > x1) & (landmarks[:, 0] < x2)).all(), path
+        assert ((landmarks[:, 1] > y1) & (landmarks[:, 1] < y2)).all(), path
+        assert landmarks[0, 0] < landmarks[1, 0] and landmarks[3, 0] < landmarks[4, 0]  # image-left first
+        assert landmarks[0, 1] < landmarks[2, 1] < landmarks[3, 1]  # eyes above nose above mouth
+        cols, rows_ = np.round(landmarks[:, 0]).astype(int), np.round(landmarks[:, 1]).astype(int)
+        assert (labels[rows_, cols] == 13).all(), path
+        inside = labels[int(np.ceil(y1)) : int(y2), int(np.ceil(x1)) : int(x2)]
+        assert (inside == 13).mean() > 0.7, path  # the box is tight around the face ellipse
+        heights.append((y2 - y1) / labels.shape[0])
+    assert 0.06 < np.median(heights) < 0.12  # small surveillance faces, about 1/10 of the image
+
+
+def test_no_face_images_show_no_face(dataset: Path, loaded: dict) -> None:
+    faces = synthetic.read_face_truth(dataset)
+    face_area = np.median([(b[2] - b[0]) * (b[3] - b[1]) for has, b, _ in faces.values() if has])
+    for path, (has_face, box, landmarks) in faces.items():
+        if not has_face:
+            assert np.isnan(box).all() and np.isnan(landmarks).all()
+            assert (loaded[path][1] == 13).sum() < 0.3 * face_area, path  # at most a bit of neck
+
+
+def test_left_and_right_follow_the_person(loaded: dict, views: dict) -> None:
+    """LIP left/right are the person's: image-right in front views, image-left in back views."""
+    for path, (_, labels) in loaded.items():
+        xs = {label: np.nonzero(labels == label)[1].mean() for label in (14, 15, 18, 19)}  # hands, shoes
+        sign = 1 if views[path] != "back" else -1
+        assert sign * (xs[14] - xs[15]) > 0 and sign * (xs[18] - xs[19]) > 0, path
+
+
+def _region_mean(image: np.ndarray, labels: np.ndarray, wanted: list[int]) -> np.ndarray:
+    return image[np.isin(labels, wanted)].mean(axis=0)
+
+
+def test_identity_cues_consistent_clothes_misleading(dataset: Path, rows: list[dict], loaded: dict) -> None:
+    faces = synthetic.read_face_truth(dataset)
+    # Identity: mean face-skin and hair colour, within an identity vs across identities.
+    feats, pids = [], []
+    for r in rows:
+        if faces[r["path"]][0]:
+            image, labels = loaded[r["path"]]
+            skin_and_hair = [_region_mean(image, labels, [13]), _region_mean(image, labels, [2])]
+            feats.append(np.concatenate(skin_and_hair))
+            pids.append(r["pid"])
+    feats, pids = np.stack(feats), np.array(pids)
+    dist = np.linalg.norm(feats[:, None] - feats[None], axis=2)
+    same = (pids[:, None] == pids[None]) & ~np.eye(len(pids), dtype=bool)
+    assert dist[same].mean() < 0.35 * dist[pids[:, None] != pids[None]].mean()
+    # Build: figure height varies less within an identity than over the dataset.
+    height = {r["path"]: np.ptp(np.nonzero((loaded[r["path"]][1] > 0).any(1))[0]) for r in rows}
+    by_pid = defaultdict(list)
+    for r in rows:
+        by_pid[r["pid"]].append(height[r["path"]])
+    assert np.mean([np.var(v) for v in by_pid.values()]) < 0.6 * np.var(list(height.values()))
+    # Clothes: a person's A and B upper garments match, the C one differs clearly.
+    upper = defaultdict(list)
+    for r in rows:
+        upper[(r["pid"], r["camid"])].append(_region_mean(*loaded[r["path"]], UPPER_LABELS))
+    mean = {k: np.mean(v, axis=0) for k, v in upper.items()}
+    for pid in by_pid:
+        a_b = np.linalg.norm(mean[(pid, 0)] - mean[(pid, 1)])
+        a_c = np.linalg.norm(mean[(pid, 0)] - mean[(pid, 2)])
+        assert a_c > 50 and a_c > 2 * a_b, pid
+
+
+def test_outfits_shared_across_people() -> None:
+    """Different people often wear the same garment colours (one shared palette)."""
+    from deskpro.data_manifests import _draw
+
+    colours = [tuple(_draw.sample_outfits(np.random.default_rng([0, p]))[0].upper.colour) for p in range(200)]
+    counts = np.unique(np.array(colours), axis=0, return_counts=True)[1]
+    assert len(counts) <= len(_draw.GARMENT_PALETTE) and counts.max() >= 20
+
+
+def test_generate_reuses_refuses_and_restarts(tmp_path: Path) -> None:
+    kwargs = {"identities": 3, "images_per_camera": 1, "image_size": (96, 32), "progress": False}
+    root = synthetic.generate(tmp_path / "d", **kwargs)
+    stamp = (root / "synthetic.json").stat().st_mtime_ns
+    synthetic.generate(root, **kwargs)  # same options: kept as is
+    assert (root / "synthetic.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ManifestError, match="made with"):
+        synthetic.generate(root, **{**kwargs, "identities": 4})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("mine")
+    with pytest.raises(ManifestError, match="not empty and holds no synthetic dataset"):
+        synthetic.generate(other, **kwargs)
+    (root / "synthetic.json").unlink()
+    (root / ".synthetic-incomplete").touch()  # as left by an interrupted run
+    (root / "rgb" / "stray.jpg").write_bytes(b"")
+    synthetic.generate(root, **kwargs)
+    assert synthetic.is_complete(root) and not (root / "rgb" / "stray.jpg").exists()
+    with pytest.raises(ValueError, match="at least 3 identities"):
+        synthetic.generate(tmp_path / "e", **{**kwargs, "identities": 2})
+
+
+def test_truth_readers_name_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="faces.parquet"):
+        synthetic.read_face_truth(tmp_path)
+    with pytest.raises(FileNotFoundError, match="rgb/train/001/A_000.png"):
+        synthetic.read_parse_truth(tmp_path, "rgb/train/001/A_000.jpg")
+
+
+def test_cli_generates_then_scans(tmp_path: Path) -> None:
+    root, out = tmp_path / "syn", tmp_path / "syn.parquet"
+    args = ["manifest", "synthetic", str(root), "-o", str(out), "--no-progress"]
+    size = ["--identities", "3", "--images-per-camera", "1", "--image-size", "96x32", "--seed", "3"]
+    result = CliRunner().invoke(cli.main, args + size)
+    assert result.exit_code == 0, result.output
+    table = read_manifest(out)
+    assert table.num_rows == 9 and manifest_info(table)["dataset"] == "synthetic"
+    assert CliRunner().invoke(cli.main, args).exit_code == 0  # reuses the dataset without options
+    bad = CliRunner().invoke(cli.main, args + ["--image-size", "96by32"])
+    assert bad.exit_code == 2 and "is not HxW" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("identities", "expected"),
+    [(3, (1, 1, 1)), (4, (2, 1, 1)), (12, (6, 2, 4)), (120, (60, 20, 40)), (221, (110, 37, 74))],
+)
+def test_split_sizes_prcc_like(identities: int, expected: tuple[int, int, int]) -> None:
+    sizes = synthetic.split_sizes(identities)
+    assert (sizes["train"], sizes["val"], sizes["test"]) == expected

@@ -1,0 +1,171 @@
+"""Trainer: schedule, phases end to end on tiny shards, exact resume, checkpoints and logs, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from deskpro.cli import main
+from deskpro.model import checkpoint
+from deskpro.train.evaluate import evaluate
+from deskpro.train.schedule import lr_factor, warmup_cosine
+from deskpro.train.trainer import RunOptions, load_train_state, resolve_config, train
+from tests._train_utils import write_tiny_shards
+
+QUIET = RunOptions(progress=False)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_tiny_shards(tmp_path_factory.mktemp("shards") / "s", train_ids=4, per_id=4)
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory):
+    return write_tiny_shards(tmp_path_factory.mktemp("small") / "s", train_ids=4, per_id=2, test_ids=2)
+
+
+def _config(shards, phase, **kw):
+    base = {"p": 2, "k": 2, "epochs": 2, "warmup_epochs": 1, "num_workers": 0}
+    return resolve_config(shards, phase, **(base | kw))
+
+
+def test_schedule_matches_the_official_form():
+    kw = {"epochs": 140, "warmup_epochs": 10, "min_factor": 1e-3}
+    assert lr_factor(0, **kw) == pytest.approx(0.1)
+    assert lr_factor(9, **kw) == pytest.approx(1.0)
+    assert lr_factor(10, **kw) == pytest.approx(1.0)
+    assert lr_factor(139, **kw) == pytest.approx(1e-3)
+    mid = lr_factor(10 + 129 // 2, **kw)
+    assert 0.4 < mid < 0.6
+    factors = [lr_factor(e, **kw) for e in range(10, 140)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_cosine(opt, **kw)
+    lrs = []
+    for _ in range(140):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.2) and lrs[-1] == pytest.approx(2e-3)
+
+
+def test_config_comes_from_the_shards(shards):
+    config = _config(shards, "deskpro")
+    assert config.dataset == "synthetic" and config.body_size == (64, 32) and config.face_size == 32
+    assert config.method.tau == 1.0 and config.method.alpha == 0.8  # the PRCC-like preset
+    assert config.lr == pytest.approx(6e-4 * (4 / 20) ** 0.5)
+
+
+def test_resume_is_exact(small_shards, tmp_path):
+    config = _config(small_shards, "baseline")  # 2 iterations per epoch
+    straight = train(small_shards, tmp_path / "a", config, QUIET)
+    train(small_shards, tmp_path / "b", config, RunOptions(progress=False, max_iters=2))
+    assert load_train_state(tmp_path / "b")["epoch"] == 1
+    after_one = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
+    resumed = train(small_shards, tmp_path / "b", config, RunOptions(progress=False, resume=True))
+    a = torch.load(straight, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The comparison can fail: the second epoch really changed the weights.
+    assert not all(torch.equal(a[k], after_one[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and [r["step"] for r in log] == [2, 4]
+    assert all(r["total"] > 0 and r["images_per_s"] > 0 for r in log)
+
+
+def test_resume_refuses_changed_settings(shards, tmp_path):
+    train(
+        shards, tmp_path / "r", _config(shards, "baseline", epochs=1), RunOptions(progress=False, max_iters=1)
+    )
+    with pytest.raises(ValueError, match="changed settings: k"):
+        train(
+            shards, tmp_path / "r", _config(shards, "baseline", k=3), RunOptions(progress=False, resume=True)
+        )
+    with pytest.raises(FileNotFoundError, match="train_state.pt"):
+        train(shards, tmp_path / "none", _config(shards, "baseline"), RunOptions(progress=False, resume=True))
+
+
+def test_teacher_then_deskpro(shards, tmp_path):
+    teacher_ckpt = train(
+        shards, tmp_path / "t", _config(shards, "teacher", epochs=1), RunOptions(progress=False, max_iters=2)
+    )
+    teacher = checkpoint.load(teacher_ckpt)
+    assert type(teacher).__name__ == "LightMBN" and teacher.num_classes == 4
+    options = RunOptions(progress=False, max_iters=2, teacher=str(teacher_ckpt))  # one face-less row
+    final = train(shards, tmp_path / "d", _config(shards, "deskpro", epochs=1), options)
+    model = checkpoint.load(final)
+    assert model.checkpoint_meta["config"]["phase"] == "deskpro"
+    assert model.checkpoint_meta["preprocessing"]["body_size"] == [64, 32]
+    # The teacher stayed frozen; the trained streams moved away from their seeded init.
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(model.face_net.state_dict()[key], value), key
+    state = load_train_state(tmp_path / "d")  # weights_only-loadable
+    assert state["step"] == 2 and state["epoch"] == 1
+    record = json.loads((tmp_path / "d" / "log.jsonl").read_text().splitlines()[-1])
+    assert {"att", "fkp", "ce_face", "ce_body", "triplet", "total", "lr"} <= set(record)
+    report = evaluate(shards, final, progress=False, trials=2)
+    protocols = {(r["protocol"], r["stream"]) for r in report["results"]}
+    assert ("cc", "both") in protocols and ("sc-single", "face") in protocols
+    assert all(0.0 <= r["mAP"] <= 1.0 and r["queries"] == 3 for r in report["results"])
+
+
+def test_deskpro_needs_a_teacher(shards, tmp_path):
+    with pytest.raises(ValueError, match="teacher"):
+        train(shards, tmp_path / "x", _config(shards, "deskpro"), QUIET)
+
+
+def test_cli_baseline_and_evaluate(small_shards, tmp_path):
+    shards = small_shards
+    runner = CliRunner()
+    run = tmp_path / "cli"
+    args = [
+        "train",
+        str(shards),
+        "-o",
+        str(run),
+        "--baseline",
+        "--p",
+        "2",
+        "--k",
+        "2",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--max-iters",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (run / "checkpoint.pt").is_file()
+    out_json = tmp_path / "eval.json"
+    result = runner.invoke(
+        main,
+        [
+            "evaluate",
+            str(shards),
+            "--checkpoint",
+            str(run / "checkpoint.pt"),
+            "--json",
+            str(out_json),
+            "--trials",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cc-single" in result.output and "sc" in result.output
+    report = json.loads(out_json.read_text())
+    assert {r["stream"] for r in report["results"]} == {"body"}  # a baseline reports the body stream
+    result = runner.invoke(main, ["train", str(shards), "-o", str(run)])
+    assert result.exit_code != 0 and "--baseline" in result.output
