@@ -243,6 +243,24 @@ def test_letterbox_keeps_aspect_and_centres() -> None:
     np.testing.assert_allclose(inverse @ np.append(matrix @ [10.0, 70.0, 1.0], 1.0), [10.0, 70.0], atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "size"), [(384, 128, 473), (128, 384, 512), (90, 90, 473), (3, 300, 512)]
+)
+def test_windowed_unletterbox_is_bit_identical(height: int, width: int, size: int) -> None:
+    logits = np.random.default_rng(size + height).normal(size=(size, size, 5)).astype(np.float32)
+    x0, y0, x1, y1 = schp.content_window(height, width, size)
+    assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+    assert (x1 - x0) * (y1 - y0) < size * size or height == width  # a non-square image needs less
+    window = logits[y0:y1, x0:x1]
+    full = schp.unletterbox(logits, height, width)
+    assert np.array_equal(schp.unletterbox(window, height, width, size=size, origin=(x0, y0)), full)
+    # The window holds everything the warp reads: logits outside it do not matter.
+    outside = logits.copy()
+    outside[:y0] = outside[y1:] = 99.0
+    outside[:, :x0] = outside[:, x1:] = 99.0
+    assert np.array_equal(schp.unletterbox(outside, height, width), full)
+
+
 def test_too_small_image_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="1x1 pixels is too small"):
         schp.letterbox_matrix(1, 1, 473)

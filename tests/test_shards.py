@@ -248,6 +248,18 @@ def test_verify_catches_an_index_that_points_elsewhere(raw_dir):
     assert any(p.startswith("shard-00000.h5: 2 rows hold another sample") for p in report.problems), (
         report.problems
     )
+    assert (
+        "index.parquet: sha256 differs from manifest.json (the file changed or is corrupt)"
+        in verify(out_dir, strict=False).problems
+    )
+
+
+def test_verify_without_hashes_still_sees_a_truncated_shard(raw_dir):
+    out_dir, _ = raw_dir
+    path = out_dir / "shard-00000.h5"
+    path.write_bytes(path.read_bytes()[:-10])
+    problems = verify(out_dir, check_hashes=False, strict=False).problems
+    assert problems and problems[0].startswith("shard-00000.h5: ") and "truncated" in problems[0]
 
 
 class _ShardDataset(torch.utils.data.Dataset):
@@ -284,3 +296,18 @@ def test_reader_in_dataloader_workers(raw_dir, context):
     np.testing.assert_array_equal(body, np.stack([s["body"] for s in samples]))
     np.testing.assert_array_equal(torch.cat(parses).numpy(), np.stack([s["parse"] for s in samples]))
     assert torch.cat(has_face).tolist() == [s["face_lr"] is not None for s in samples]
+
+
+def test_reader_reopens_files_in_a_new_process(raw_dir, monkeypatch):
+    """A forked worker (new pid) must open its own handles and leave the parent's alone."""
+    import os
+
+    out_dir, samples = raw_dir
+    reader = ShardReader(out_dir)
+    reader.read(0)
+    parent_handle = reader._handles[0]
+    real_pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: real_pid + 1)
+    np.testing.assert_array_equal(reader.read(1)["body"], samples[1]["body"])
+    assert reader._handles[0] is not parent_handle
+    assert parent_handle.id.valid  # not closed by the "child"

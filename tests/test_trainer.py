@@ -78,16 +78,15 @@ def test_resume_is_exact(small_shards, tmp_path):
     assert all(r["total"] > 0 and r["images_per_s"] > 0 for r in log)
 
 
-def test_resume_refuses_changed_settings(shards, tmp_path):
-    train(
-        shards, tmp_path / "r", _config(shards, "baseline", epochs=1), RunOptions(progress=False, max_iters=1)
-    )
+def test_resume_refuses_changed_settings(small_shards, tmp_path):
+    config = _config(small_shards, "baseline", epochs=1)
+    train(small_shards, tmp_path / "r", config, RunOptions(progress=False, max_iters=1))
     with pytest.raises(ValueError, match="changed settings: k"):
-        train(
-            shards, tmp_path / "r", _config(shards, "baseline", k=3), RunOptions(progress=False, resume=True)
-        )
+        train(small_shards, tmp_path / "r", _config(small_shards, "baseline", k=1), RunOptions(resume=True))
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(small_shards, tmp_path / "r", config, QUIET)
     with pytest.raises(FileNotFoundError, match="train_state.pt"):
-        train(shards, tmp_path / "none", _config(shards, "baseline"), RunOptions(progress=False, resume=True))
+        train(small_shards, tmp_path / "none", config, RunOptions(progress=False, resume=True))
 
 
 def test_teacher_then_deskpro(shards, tmp_path):

@@ -16,7 +16,7 @@ from torch import nn
 
 from deskpro.model.deskpro import DeSKPro
 from deskpro.model.lmbn import LightMBN
-from deskpro.model.osnet import CheckpointError, _brief
+from deskpro.model.osnet import CheckpointError, brief_keys, read_checkpoint
 
 FORMAT = "deskpro-checkpoint"
 FORMAT_VERSION = 1
@@ -117,24 +117,6 @@ def save(
     return path
 
 
-def _read(path: Path, trust: bool):
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        hint = (
-            ""
-            if trust
-            else "; if it holds pickled objects and you trust it, pass trust=True (--trust-checkpoint)"
-        )
-        raise CheckpointError(
-            f"{path}: cannot be read with weights_only={not trust}: {first}{hint}"
-        ) from None
-
-
 def _unwrap_state(obj, path: Path) -> dict[str, torch.Tensor]:
     """The flat tensor dict of a foreign checkpoint, without DataParallel/Lightning prefixes."""
     if isinstance(obj, Mapping):
@@ -187,14 +169,14 @@ def _load_strict(
     unexpected = sorted(prefix + k for k in set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: does not match the {what} layout: missing [{_brief(missing)}], "
-            f"unexpected [{_brief(unexpected)}]"
+            f"{path}: does not match the {what} layout: missing [{brief_keys(missing)}], "
+            f"unexpected [{brief_keys(unexpected)}]"
         )
     bad = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
     ]
     if bad:
-        raise CheckpointError(f"{path}: wrong tensor shapes for the {what}: {_brief(bad, 3)}")
+        raise CheckpointError(f"{path}: wrong tensor shapes for the {what}: {brief_keys(bad, 3)}")
     module.load_state_dict(state)
 
 
@@ -236,7 +218,7 @@ def _from_official(obj, path: Path) -> tuple[nn.Module, dict]:
             )
         raise CheckpointError(
             f"{path}: not a DeSKPro checkpoint (needs lr_face_net.* and nocloth_net.* keys; "
-            f"found e.g. {_brief(sorted(state), 3)})"
+            f"found e.g. {brief_keys(sorted(state), 3)})"
         )
     csa_form = "paper" if "nocloth_net.spatial_attn.conv.weight" in state else "official"
     model = DeSKPro(_num_classes(state, path, "nocloth_net."), csa_form=csa_form)
@@ -259,7 +241,7 @@ def _from_official(obj, path: Path) -> tuple[nn.Module, dict]:
 def load_with_meta(path: str | Path, *, trust: bool = False) -> tuple[nn.Module, dict]:
     """(model in eval mode, metadata dict) from our checkpoint or an official DeSKPro file."""
     path = Path(path)
-    obj = _read(path, trust)
+    obj = read_checkpoint(path, trust=trust)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         model, meta = _from_ours(dict(obj), path)
     else:
@@ -294,7 +276,7 @@ def load_teacher(model: DeSKPro | LightMBN, path: str | Path, *, trust: bool = F
     """
     path = Path(path)
     target = model.face_net if isinstance(model, DeSKPro) else model
-    state = _complete_aliases(_teacher_state(_read(path, trust), path))
+    state = _complete_aliases(_teacher_state(read_checkpoint(path, trust=trust), path))
     found = _num_classes(state, path)
     if found != target.num_classes:
         raise CheckpointError(f"{path}: teacher has {found} classes, the model {target.num_classes}")

@@ -218,17 +218,25 @@ class CheckpointError(ValueError):
     """A checkpoint file that is not what the loader expects (the message names the file)."""
 
 
-def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
-    """A flat tensor dict from a checkpoint file, unwrapping ``state_dict``/``model`` and ``module.``."""
+def read_checkpoint(path: str | Path, *, trust: bool = False):
+    """``torch.load`` on the CPU, ``weights_only`` unless trusted; a one-line CheckpointError otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as exc:  # torch raises many types for foreign/corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if trust else " (if it holds pickled objects and you trust it, load it with trust=True)"
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint: {first}{hint}") from None
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        hint = "" if trust else "; if it holds pickled objects and you trust it, pass trust=True"
+        raise CheckpointError(
+            f"{path}: cannot be read with weights_only={not trust}: {first}{hint}"
+        ) from None
+
+
+def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
+    """A flat tensor dict from a checkpoint file, unwrapping ``state_dict``/``model`` and ``module.``."""
+    obj = read_checkpoint(path, trust=trust)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -238,7 +246,8 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def _brief(keys: list[str], limit: int = 5) -> str:
+def brief_keys(keys: list[str], limit: int = 5) -> str:
+    """The first ``limit`` keys, comma-separated, and how many more there are."""
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
 
@@ -251,14 +260,14 @@ def load_osnet_state(osnet: OSNet, state: dict[str, torch.Tensor], source: str) 
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(
-            f"{source}: not an OSNet x1.0 ImageNet checkpoint: missing keys [{_brief(missing)}], "
-            f"unexpected keys [{_brief(unexpected)}]"
+            f"{source}: not an OSNet x1.0 ImageNet checkpoint: missing keys [{brief_keys(missing)}], "
+            f"unexpected keys [{brief_keys(unexpected)}]"
         )
     bad = [
         f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
     ]
     if bad:
-        raise CheckpointError(f"{source}: OSNet checkpoint has wrong shapes: {_brief(bad, 3)}")
+        raise CheckpointError(f"{source}: OSNet checkpoint has wrong shapes: {brief_keys(bad, 3)}")
     osnet.load_state_dict(state)
 
 

@@ -231,7 +231,11 @@ class ShardWriter:
             "shard_size": int(shard_size),
             "parse_compression": parse_compression,
         }
-        self.meta = dict(meta or {})
+        self.meta = dict(meta or {})  # may be updated until close(); must stay JSON-serialisable
+        try:
+            json.dumps(self.meta, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"meta must be JSON-serialisable: {e}") from None
         self._body_shape = (*body_size, 3)
         self._parse_shape = body_size
         self._face_shape = (int(face_size), int(face_size), 3)
@@ -243,6 +247,7 @@ class ShardWriter:
         self._pending: list[dict] = []
         self._rows_in_shard = 0
         self._closed = False
+        self._aborted = False
 
     # -- public
 
@@ -312,6 +317,8 @@ class ShardWriter:
 
     def close(self) -> Path:
         """Finish the last shard, write index.parquet, then manifest.json; returns the directory."""
+        if self._aborted:
+            raise ShardError(f"{self.out_dir}: the writer was aborted; the directory is incomplete")
         if self._closed:
             return self.out_dir
         if len(self) == 0:
@@ -345,7 +352,7 @@ class ShardWriter:
             self._file.close()
             self._file = None
             path.unlink(missing_ok=True)
-        self._closed = True
+        self._closed = self._aborted = True
 
     # -- internals
 

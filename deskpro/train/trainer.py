@@ -372,6 +372,8 @@ def train(shards_dir, run_dir, config: TrainConfig, options: RunOptions = RunOpt
         raise ValueError("--select-on-val is for the body / DeSKPro phases (evaluation uses the student)")
     run_dir = Path(run_dir)
     dist = _setup_dist(options)
+    if not options.resume and _state_path(run_dir).exists():
+        raise FileExistsError(f"{run_dir}: already holds a run ({STATE_NAME}); resume it or use another -o")
     saved = load_train_state(run_dir) if options.resume else None
     if saved is not None:
         config = _resume_config(saved["config"], config, run_dir)
