@@ -327,8 +327,10 @@ def _train_options(fn):
                      help="Run directory: checkpoint.pt, train_state.pt, log.jsonl."),
         click.option("--epochs", type=int, help="Epochs (default: the dataset preset's)."),
         click.option("--warmup-epochs", type=int, help="Linear warm-up epochs."),
-        click.option("--p", "p", type=int, help="Identities per batch."),
-        click.option("--k", "k", type=int, help="Images per identity."),
+        click.option("--p", "--ids-per-batch", "p", type=int,
+                     help="Identities per batch (spell it --ids-per-batch under torchrun, whose parser "
+                     "takes --p for its own --print-completion)."),
+        click.option("--k", "--images-per-id", "k", type=int, help="Images per identity."),
         click.option("--lr", "base_lr", type=float, help="Base lr, scaled by sqrt(P*K/20)."),
         click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
         click.option("--channels-last/--no-channels-last", default=None),

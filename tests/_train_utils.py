@@ -52,12 +52,14 @@ def write_tiny_shards(
     train_ids=4,
     per_id=4,
     test_ids=3,
+    val_ids=0,
     body_size=(64, 32),
     face_size=32,
     seed=0,
     dataset="synthetic",
 ):
-    """A tiny PRCC-layout shard set: train rows, and test rows (gallery A, query_same B, query_diff C).
+    """A tiny PRCC-layout shard set: train rows, test rows (gallery A, query_same B, query_diff C) and
+    optionally val rows (split "val", the same three subsets).
 
     Each identity has its own colour on the head region and a clothes colour per camera group,
     so that the body images carry learnable identity signal. Every third train sample has no face.
@@ -66,7 +68,7 @@ def write_tiny_shards(
 
     rng = np.random.default_rng(seed)
     h, w = body_size
-    id_colours = rng.integers(0, 256, (train_ids + test_ids, 3))
+    id_colours = rng.integers(0, 256, (train_ids + test_ids + val_ids, 3))
     with ShardWriter(
         out_dir,
         body_size=body_size,
@@ -77,11 +79,12 @@ def write_tiny_shards(
     ) as writer:
         n = 0
         rows = [("train", "train", pid, cam) for pid in range(train_ids) for cam in range(per_id)]
-        for pid in range(train_ids, train_ids + test_ids):
+        for pid in range(train_ids, train_ids + test_ids + val_ids):
+            val = pid >= train_ids + test_ids
             rows += [
-                ("gallery", "gallery", pid, 0),
-                ("query", "query_same", pid, 1),
-                ("query", "query_diff", pid, 2),
+                ("val" if val else "gallery", "gallery", pid, 0),
+                ("val" if val else "query", "query_same", pid, 1),
+                ("val" if val else "query", "query_diff", pid, 2),
             ]
         for split, subset, pid, cam in rows:
             clothes = pid * 2 + (1 if cam == 2 else 0)

@@ -106,3 +106,64 @@ def test_bad_input_is_named():
         rank(np.zeros((1, 2)), [1], [1, 2], [0], [0, 0], mode="cc")
     with pytest.raises(ValueError, match="mode"):
         rank(np.zeros((1, 2)), [1], [1, 2], [0], [0, 0], mode="bogus")
+
+
+def _index(pids, cams, clothes, splits, subsets):
+    import pyarrow as pa
+
+    n = len(pids)
+    return pa.table(
+        {
+            "pid": pa.array(pids, pa.int64()),
+            "camid": pa.array(cams, pa.int64()),
+            "clothes_id": pa.array(clothes, pa.int64()),
+            "split": splits,
+            "subset": subsets,
+            "has_face": [True] * n,
+        }
+    )
+
+
+def test_protocols_streams_and_single_shot():
+    import torch
+
+    from deskpro.train.evaluate import build_protocols, evaluate_features, single_shot_columns
+
+    # PRCC layout: 3 ids; gallery A (2 images each), query_same B, query_diff C.
+    pids, cams, clothes, splits, subsets = [], [], [], [], []
+    for pid in range(3):
+        for cam, split, subset in (
+            (0, "gallery", "gallery"),
+            (0, "gallery", "gallery"),
+            (1, "query", "query_same"),
+            (2, "query", "query_diff"),
+        ):
+            pids.append(pid), cams.append(cam), clothes.append(pid * 2 + (cam == 2))
+            splits.append(split), subsets.append(subset)
+    index = _index(pids, cams, clothes, splits, subsets)
+    protocols = build_protocols(index, ("cc", "sc"))
+    assert [p.name for p in protocols] == ["cc", "cc-single", "sc", "sc-single"]
+    assert [p.mode for p in protocols] == ["cc", "cc", "sc", "sc"]
+    n = len(pids)
+    # Face chunks identify the person; body chunks are the clothes (so cross-clothes body fails).
+    ident = torch.nn.functional.one_hot(torch.tensor(pids), 8).float()
+    clothes_code = torch.nn.functional.one_hot(torch.tensor(clothes), 8).float()
+    has_face = torch.ones(n, dtype=torch.bool)
+    has_face[11] = False  # the last id's cross-clothes query has no face: body only for it
+    features = {
+        "face": ident[:, None, :].repeat(1, 7, 1),
+        "body": clothes_code[:, None, :].repeat(1, 7, 1),
+        "has_face": has_face,
+    }
+    features["face"][~has_face] = 0
+    rows = {(r.protocol, r.stream): r for r in evaluate_features(features, index, protocols, trials=3)}
+    assert (
+        rows[("cc", "face")].r1 == 1.0 and rows[("cc", "face")].queries == 2
+    )  # the face-less query left out
+    # Clothes differ: every body distance ties, so gallery order decides and only id 0 ranks first.
+    assert rows[("cc", "body")].r1 == pytest.approx(1 / 3)
+    assert rows[("cc", "both")].r1 == pytest.approx(2 / 3)  # the face-less query falls back to body
+    assert rows[("sc", "body")].r1 == 1.0
+    assert rows[("cc-single", "face")].gallery == 3 and rows[("cc-single", "face")].trials == 3
+    cols = single_shot_columns(np.array([5, 5, 7, 7, 7, 9]), np.random.default_rng(0))
+    assert sorted(np.array([5, 5, 7, 7, 7, 9])[cols].tolist()) == [5, 7, 9]

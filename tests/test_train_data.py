@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from deskpro.train.augment import AugmentSettings, augment_batch, translate
+from deskpro.train.augment import (
+    AugmentSettings,
+    _shift_flip_gather,
+    _shift_flip_slices,
+    augment_batch,
+    shift_and_flip,
+)
 from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader
 from tests._train_utils import FakeReader
 
@@ -173,9 +179,32 @@ def test_augmentation_is_seeded():
     assert not torch.equal(a["body"], c["body"])
 
 
-def test_translate_moves_content_by_the_offset():
-    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
-    out = translate(x, torch.tensor([1, 2]), torch.tensor([1, 0]), (1, 1))
+def test_shift_moves_content_by_the_offset():
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 4, 4)  # [B,H,W]
+    out = shift_and_flip(x, torch.tensor([1, 2]), torch.tensor([1, 0]), (1, 1), torch.tensor([False, False]))
     assert torch.equal(out[0], x[0])  # offset == pad: unchanged
-    assert torch.equal(out[1, 0, :3, 1:], x[1, 0, 1:, :3])  # moved up one row and right one column
-    assert (out[1, 0, 3] == 0).all() and (out[1, 0, :, 0] == 0).all()
+    assert torch.equal(out[1, :3, 1:], x[1, 1:, :3])  # moved up one row and right one column
+    assert (out[1, 3] == 0).all() and (out[1, :, 0] == 0).all()
+    flipped = shift_and_flip(
+        x, torch.tensor([1, 1]), torch.tensor([1, 1]), (1, 1), torch.tensor([True, False])
+    )
+    assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1])
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_cpu_slices_match_the_gpu_gather(channels):
+    rng = np.random.default_rng(0)
+    shape = (7, 9, 6) + ((channels,) if channels else ())
+    x = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+    pad = (2, 1)
+    dy, dx = torch.from_numpy(rng.integers(0, 5, 7)), torch.from_numpy(rng.integers(0, 3, 7))
+    flipped = torch.from_numpy(rng.random(7) < 0.5)
+    spatial = (0, 0, 1, 1, 2, 2) if channels else (1, 1, 2, 2)
+    padded = torch.nn.functional.pad(x, spatial)
+    sliced = _shift_flip_slices(padded, dy, dx, flipped, (9, 6))
+    gathered = _shift_flip_gather(padded, dy, dx, flipped, (9, 6), pad[1])
+    assert torch.equal(sliced, gathered)
+    # Flip-then-shift, written out for one flipped sample.
+    i = int(torch.nonzero(flipped)[0])
+    expected = padded[i].flip(1)[dy[i] : dy[i] + 9, dx[i] : dx[i] + 6]
+    assert torch.equal(sliced[i], expected)

@@ -13,6 +13,7 @@ Ray is imported only inside the functions that use it: the in-process executor n
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import inspect
 import json
@@ -460,6 +461,17 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
+def _ray_source(plan: _Plan, batch_size: int):
+    """The input dataset: manifest rows (ids and paths, small) from the driver; restore's input, which
+    holds the face crops, read from detect's part files by the workers so that it streams."""
+    import ray.data
+
+    if plan.upstream_dir is None:
+        return ray.data.from_arrow(list(_source_tables(plan, batch_size)))
+    files = [str(part_path(plan.upstream_dir, i)) for i in plan.missing]
+    return ray.data.read_parquet(files).select_columns(list(plan.stage_class.input_columns))
+
+
 def _run_ray(plan: _Plan, opts: RunOptions, collector: _PartCollector) -> None:
     import ray
     import ray.data
@@ -478,7 +490,7 @@ def _run_ray(plan: _Plan, opts: RunOptions, collector: _PartCollector) -> None:
                 num_gpus = (
                     1.0 if _wants_gpu(plan.kwargs) and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
                 )
-            ds = ray.data.from_arrow(list(_source_tables(plan, opts.batch_size)))
+            ds = _ray_source(plan, opts.batch_size)
             if plan.stage_class.needs_images:
                 ds = ds.map_batches(
                     imageio.decode_batch,
@@ -494,10 +506,21 @@ def _run_ray(plan: _Plan, opts: RunOptions, collector: _PartCollector) -> None:
                 num_gpus=num_gpus or None,
                 num_cpus=opts.num_cpus,
             )
-            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                collector.add(table)
+            failure = None
+            try:
+                for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    collector.add(table)
+            except Exception as exc:  # re-raised below as text
+                failure = _describe(exc)
         finally:
             ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+    if failure is not None:
+        # Raised as text only, after dropping every reference to the failed dataset: its actors are
+        # released by reference counting, and a caller keeping the original exception (whose
+        # traceback holds the executor) would keep them and their CPUs/GPUs busy in a reused Ray.
+        del ds
+        gc.collect()
+        raise RuntimeError(failure)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class RunOptions:
     device: str = "cpu"
     teacher: str | None = None  # teacher checkpoint for phase "deskpro" (ours or the official file)
     imagenet: str | None = None  # OSNet x1.0 ImageNet weights to initialise the trained streams
-    max_iters: int | None = None  # stop after this many iterations in all (tests, demo)
+    max_iters: int | None = None  # stop after this many iterations in all (tests, demo); the epoch
+    # it stops in is checkpointed as done, so resume is exact only when it falls on an epoch's end
     resume: bool = False
     select_on_val: bool = False
     progress: bool = True
@@ -66,6 +67,7 @@ class _Dist:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this call initialised torch.distributed, so it tears it down
 
     @property
     def main(self) -> bool:
@@ -106,12 +108,13 @@ def _setup_dist(options: RunOptions) -> _Dist:
     import torch.distributed as dist
 
     cuda = resolve_device(options.device).type == "cuda"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
     device = torch.device("cuda", options.local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    return _Dist(dist.get_rank(), dist.get_world_size(), device)
+    return _Dist(dist.get_rank(), dist.get_world_size(), device, owns)
 
 
 def _build_model(config: TrainConfig, num_classes: int, options: RunOptions):
@@ -310,7 +313,10 @@ class _Logger:
         self.path = run_dir / LOG_NAME
         self.tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("--tensorboard needs the tensorboard package (not installed)") from None
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -432,6 +438,10 @@ def train(shards_dir, run_dir, config: TrainConfig, options: RunOptions = RunOpt
     finally:
         if logger is not None:
             logger.close()
+        if dist.owns_group:
+            from torch import distributed
+
+            distributed.destroy_process_group()
     return final
 
 

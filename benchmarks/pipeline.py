@@ -1,0 +1,329 @@
+"""Benchmark of the preprocessing pipeline on a synthetic set: Ray against the plain loop, pack, memory.
+
+Measures, on one machine:
+- per stage, images/s through Ray Data (decode tasks + an actor pool) and through the same stage
+  class called in a plain loop (`--executor local`): Ray's overhead on one machine. Backends are the
+  oracle/none ones (no model compute) and, with --net, a random-weight RetinaFace mobilenet0.25 so
+  that there is real compute per image (its detections mean nothing; only the speed is measured);
+- `deskpro.pipeline.pack.pack` throughput and shard bytes per image against the source JPEGs;
+- peak RSS of the driver and all its descendant processes (the local Ray's workers) while a Ray
+  stage runs over 1x and `--scale`x the data: a stage holds a bounded number of batches.
+
+    python benchmarks/pipeline.py --images 120 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# ---- process memory
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size in bytes: shared pages (torch, Ray libraries) split among processes."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss(root_pid: int) -> int:
+    """Memory (PSS bytes) of a process and all its descendants (Linux /proc): driver + local Ray."""
+    children, total, todo = _children_map(), 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        total += _pss(pid)
+    return total
+
+
+class PeakRSS:
+    """Samples tree_rss of this process every `interval` seconds while in the `with` block."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss(os.getpid()))
+
+
+# ---- data
+
+
+def make_set(base: Path, images: int, name: str) -> tuple[Path, Path]:
+    """A synthetic PRCC-layout set of about `images` images (384x128) and its manifest."""
+    from deskpro.data_manifests import scan, synthetic, write_manifest
+
+    per_camera = 2
+    identities = max(3, round(images / (3 * per_camera)))
+    root = synthetic.generate(
+        base / name, identities=identities, images_per_camera=per_camera, progress=False
+    )
+    manifest = base / f"{name}.parquet"
+    write_manifest(scan("synthetic", root), manifest)
+    return root, manifest
+
+
+def source_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in (root / "rgb").rglob("*.jpg"))
+
+
+def random_retinaface(base: Path) -> str:
+    import torch
+
+    from deskpro.pipeline.nets import retinaface
+
+    torch.manual_seed(0)  # fills a stand-in checkpoint; speed only
+    path = base / "mobilenet0.25_random.pth"
+    torch.save(retinaface.build("mobilenet0.25").state_dict(), path)
+    return str(path)
+
+
+# ---- runs
+
+
+def stage_plan(args, base: Path) -> list[tuple[str, str, dict]]:
+    loose = {"min_score": 0.0, "min_size": 0.0, "max_center_y": 1.0}
+    plan = [
+        ("parse", "oracle", {"backend": "oracle"}),
+        ("detect", "oracle", {"backend": "oracle", **loose}),
+        ("restore", "none", {"backend": "none"}),
+    ]
+    if args.net:
+        weights = random_retinaface(base)
+        plan.append(
+            (
+                "detect",
+                "retinaface-mobilenet0.25 (random)",
+                {
+                    "backend": "retinaface-mobilenet0.25",
+                    "weights": weights,
+                    "device": "cpu",
+                    **loose,
+                },
+            )
+        )
+    return plan
+
+
+def run_once(stage: str, manifest: Path, work: Path, options: dict, executor: str, args) -> dict:
+    from deskpro.pipeline.runner import RunOptions, run_stage
+
+    run = RunOptions(
+        part_size=args.part_size,
+        batch_size=args.batch_size,
+        executor=executor,
+        num_actors=args.actors,
+        overwrite=True,
+        progress=False,
+    )
+    with PeakRSS() as mem:
+        summary = run_stage(stage, manifest, work, options, run)
+    return {
+        "images_per_s": summary.images_per_s,
+        "seconds": summary.seconds,
+        "rows": summary.rows,
+        "peak_rss_mib": mem.peak / 2**20,
+    }
+
+
+def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
+    rows = []
+    for stage, label, options in stage_plan(args, base):
+        work = base / f"work-{stage}-{label.split()[0]}"
+        if stage == "restore":  # restore reads detect's outputs: make them once per work dir
+            for executor in ("local", "ray"):
+                run_once("detect", manifest, work / executor, {"backend": "oracle"}, "local", args)
+        result = {"stage": stage, "backend": label}
+        for executor in ("local", "ray"):
+            result[executor] = run_once(stage, manifest, work / executor, options, executor, args)
+        result["ray_vs_local"] = result["ray"]["images_per_s"] / max(result["local"]["images_per_s"], 1e-9)
+        rows.append(result)
+        print(
+            f"  {stage:8s} {label:36s} local {result['local']['images_per_s']:8.1f} img/s   "
+            f"ray {result['ray']['images_per_s']:8.1f} img/s",
+            flush=True,
+        )
+    return rows
+
+
+def bench_pack(args, base: Path, root: Path, manifest: Path) -> dict:
+    from deskpro.pipeline.pack import pack
+    from deskpro.pipeline.runner import RunOptions, run_preprocess
+
+    work = base / "work-pack"
+    loose = {"min_score": 0.0, "min_size": 0.0, "max_center_y": 1.0}
+    run_preprocess(
+        manifest,
+        work,
+        {
+            "parse": {"backend": "oracle"},
+            "detect": {"backend": "oracle", **loose},
+            "restore": {"backend": "none"},
+        },
+        RunOptions(part_size=args.part_size, executor="local", progress=False),
+    )
+    start = time.perf_counter()
+    summary = pack(
+        work,
+        base / "shards",
+        body_size=(384, 128),
+        face_size=224,
+        codec="jpeg",
+        quality=95,
+        shard_size=1024,
+        progress=False,
+    )
+    seconds = time.perf_counter() - start
+    shard_bytes = sum(p.stat().st_size for p in (base / "shards").rglob("*") if p.is_file())
+    images = summary.rows
+    return {
+        "rows": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "shard_bytes_per_image": shard_bytes / images,
+        "source_bytes_per_image": source_bytes(root) / images,
+        "with_face": summary.with_face,
+    }
+
+
+def bench_memory(args, base: Path, first: tuple[Path, Path]) -> list[dict]:
+    """Peak memory of a Ray parse run over 1x and scale x the data, and the run times.
+
+    Runs first, on a fresh Ray, so that idle workers of other runs do not blur the figures; the
+    two run times also give Ray's marginal throughput and its fixed cost per run.
+    """
+    out = []
+    # One discarded run first: the first Ray Data run of a session also starts worker processes.
+    run_once("parse", first[1], base / "mem-warmup", {"backend": "oracle"}, "ray", args)
+    for factor in (1, args.scale):
+        _, manifest = first if factor == 1 else make_set(base, args.images * factor, f"x{factor}")
+        idle = tree_rss(os.getpid())
+        result = run_once("parse", manifest, base / f"mem-x{factor}", {"backend": "oracle"}, "ray", args)
+        out.append(
+            {
+                "factor": factor,
+                "rows": result["rows"],
+                "peak_mib": result["peak_rss_mib"],
+                "idle_mib": idle / 2**20,
+                "seconds": result["seconds"],
+            }
+        )
+    return out
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        f"Pipeline benchmark: {report['images']} synthetic images 384x128, batch {report['batch_size']}, "
+        f"part {report['part_size']}, {report['actors']} actor(s), {report['cpus']} CPUs; "
+        f"Ray start {report['ray_start_s']:.1f} s (not in the figures)",
+        "",
+        f"{'stage':8s} {'backend':36s} {'local img/s':>12s} {'ray img/s':>10s} {'ray/local':>9s}",
+    ]
+    for r in report["stages"]:
+        lines.append(
+            f"{r['stage']:8s} {r['backend']:36s} {r['local']['images_per_s']:12.1f} "
+            f"{r['ray']['images_per_s']:10.1f} {r['ray_vs_local']:9.2f}"
+        )
+    p = report.get("pack")
+    if p:
+        lines += [
+            "",
+            f"pack: {p['rows']} images in {p['seconds']:.1f} s = {p['images_per_s']:.1f} img/s; "
+            f"shards {p['shard_bytes_per_image'] / 1024:.1f} KiB/image vs source JPEG "
+            f"{p['source_bytes_per_image'] / 1024:.1f} KiB/image",
+        ]
+    lines += ["", "memory (PSS of driver + local Ray processes) during a Ray parse (oracle) run:"]
+    for m in report["memory"]:
+        lines.append(
+            f"  {m['factor']}x data ({m['rows']:4d} images): peak {m['peak_mib']:.0f} MiB, "
+            f"{m['peak_mib'] - m['idle_mib']:+.0f} MiB over idle; {m['seconds']:.1f} s"
+        )
+    one, big = report["memory"][0], report["memory"][-1]
+    if big["seconds"] > one["seconds"]:
+        marginal = (big["rows"] - one["rows"]) / (big["seconds"] - one["seconds"])
+        lines.append(
+            f"  Ray parse (oracle) marginal throughput {marginal:.1f} img/s; fixed cost per run "
+            f"(actor start, planning) {one['seconds'] - one['rows'] / marginal:.1f} s"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=120, help="images in the base set")
+    parser.add_argument("--scale", type=int, default=4, help="data multiple for the memory check")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--part-size", type=int, default=64)
+    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--net", action="store_true", help="add a random-weight RetinaFace mobilenet0.25 run")
+    parser.add_argument("--no-pack", action="store_true", help="skip the pack benchmark")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--dir", type=Path, default=None, help="scratch dir (default: a temporary one)")
+    args = parser.parse_args()
+
+    from deskpro.pipeline.runner import ray_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = args.dir or Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        root, manifest = make_set(base, args.images, "x1")
+        start = time.perf_counter()
+        with ray_session():
+            import ray
+
+            ray_start = time.perf_counter() - start
+            report = {
+                "images": sum(1 for _ in (root / "rgb").rglob("*.jpg")),
+                "batch_size": args.batch_size,
+                "part_size": args.part_size,
+                "actors": args.actors,
+                "ray_start_s": ray_start,
+                "cpus": int(ray.cluster_resources().get("CPU", 0)),
+            }
+            report["memory"] = bench_memory(args, base, (root, manifest))
+            report["stages"] = bench_stages(args, base, manifest)
+        if not args.no_pack:
+            report["pack"] = bench_pack(args, base, root, manifest)
+    print(format_table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
