@@ -42,7 +42,9 @@ def _parser(size: int) -> tuple[str, Callable[..., Callable], np.ndarray]:
     net = schp.build("lip")
 
     def make(device, amp, channels_last):
-        return schp.Parser(net, labels="lip", input_size=size, device=device, amp=amp, channels_last=channels_last)
+        return schp.Parser(
+            net, labels="lip", input_size=size, device=device, amp=amp, channels_last=channels_last
+        )
 
     return f"re-id crop 384x128 -> {size}^2", make, np.zeros((384, 128, 3), np.uint8)
 
@@ -125,7 +127,9 @@ def run(nets: list[str], batch_sizes: list[int], device: str, iters: int, full: 
     return rows
 
 
-HEADER = f"{'net':<26}{'device':<8}{'amp':<6}{'ch_last':<9}{'batch':>6}{'images/s':>11}{'x batch1':>10}  input"
+HEADER = (
+    f"{'net':<26}{'device':<8}{'amp':<6}{'ch_last':<9}{'batch':>6}{'images/s':>11}{'x batch1':>10}  input"
+)
 
 
 def _format_row(r: Row) -> str:
@@ -159,8 +163,9 @@ def main() -> None:
     with torch.inference_mode():
         rows = run(args.nets.split(","), batch_sizes, device, iters, full)
     if args.json:
+        report = {"machine": machine, "torch": torch.__version__, "rows": [asdict(r) for r in rows]}
         with open(args.json, "w") as f:
-            json.dump({"machine": machine, "torch": torch.__version__, "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":

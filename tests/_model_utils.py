@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
+from _reference import REFERENCE_DIR
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = REFERENCE_DIR
 CLASS_COUNT_OFFICIAL = 632
 
 

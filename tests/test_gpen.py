@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference import REFERENCE_DIR
 
 from deskpro.pipeline.nets import gpen
 
-REFERENCE = Path("/work/shared/reference/gpen_keys.json")
-if not REFERENCE.is_file():  # the tree's own copy, when the shared folder is not mounted
-    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "gpen_keys.json"
+REFERENCE = REFERENCE_DIR / "gpen_keys.json"
 
 
 def reference_shapes(size: int) -> dict[str, tuple[int, ...]]:

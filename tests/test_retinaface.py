@@ -15,12 +15,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _reference import REFERENCE_DIR
 from torch import nn
 
 from deskpro.pipeline.nets import retinaface as rf
 from deskpro.pipeline.nets.retinaface import Face, FaceDetector, FacePolicy, choose_face
 
-KEYS_JSON = Path("/work/shared/reference/retinaface_keys.json")
+KEYS_JSON = REFERENCE_DIR / "retinaface_keys.json"
 REFERENCE_NAMES = {"mobilenet0.25": "retinaface_mobilenet0.25", "resnet50": "retinaface_resnet50"}
 # The stem BatchNorm of each variant: its running variance absorbs the input scale (pixels minus mean are
 # O(100)), as trained statistics would, so random networks give unsaturated scores.

@@ -10,13 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _reference import REFERENCE_DIR
 from torch import nn
 
 from deskpro.pipeline.nets import schp
 
-REFERENCE = Path("/work/shared/reference/schp_keys.json")
-if not REFERENCE.is_file():  # the repository copy, when the shared folder is not mounted
-    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "schp_keys.json"
+REFERENCE = REFERENCE_DIR / "schp_keys.json"
 SMALL = 65  # square side for forwards: fast on CPU, odd on purpose (logits at 17 = ceil(65 / 4))
 HEAD_PREFIXES = {"context_encoding", "edge", "decoder", "fushion"}
 

@@ -197,7 +197,7 @@ def pack(
     *,
     body_size: tuple[int, int] = (384, 128),
     face_size: int = 224,
-    codec: str = "jpeg",
+    codec: str = "raw",
     quality: int = 95,
     shard_size: int = 1024,
     parse_compression: str = DEFAULT_PARSE_COMPRESSION,

@@ -26,10 +26,12 @@ rates per CPU-second on one thread; ``python benchmarks/codec.py`` reprints the 
     raw       gzip        451.1      1.86            1442
     raw       none        498.4     49.15            1733
 
-- Image codec ``jpeg`` q95: a tenth of the raw bytes (Celeb-reID, 34k images: about 1.5 GB instead
-  of 15 GB, so the shards fit in the page cache) at about 700 samples/s per core, i.e. over 20
-  batches of 30 per second from each DataLoader worker. ``raw`` is exact and twice as fast to
-  read, for checks or when disk and memory are plentiful.
+- Image codec ``raw`` (the default): exact (no second JPEG generation on top of the dataset's own)
+  and the fastest to read, since a DataLoader worker only copies arrays: about 13x the official
+  per-image PIL loader per worker in ``benchmarks/loader.py``, where JPEG decoding holds ``jpeg`` to
+  about 3x. It costs about 450 KB per sample (Celeb-reID, 34k images: about 15 GB). ``jpeg`` q95
+  takes a tenth of the bytes (about 1.5 GB) and still reads about 700 samples/s per core: the
+  choice for machines whose disk or page cache is the limit.
 - Parse maps ``gzip`` (level 4): label maps are large flat regions, so gzip stores them 26x smaller
   (49 KB -> 1.9 KB, less than lzf's 4.5 KB) and still decodes about 4,000 maps/s, a small part of
   the per-sample read time; uncompressed maps would double the shard size for a ~12% faster read.
@@ -202,7 +204,7 @@ class ShardWriter:
         *,
         body_size: tuple[int, int] = (384, 128),
         face_size: int = 224,
-        codec: str = "jpeg",
+        codec: str = "raw",
         quality: int = 95,
         shard_size: int = 1024,
         meta: Mapping[str, Any] | None = None,
