@@ -5,12 +5,30 @@ Heavy modules are imported inside each command so that `deskpro --help` stays in
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """A group whose commands report bad input as one line, not a traceback.
+
+    The library raises ValueError (and its subclasses: ManifestError, ShardError, CheckpointError,
+    ...) and FileNotFoundError with messages that name the file and what is wrong; those are the
+    whole message a user needs. DESKPRO_TRACEBACK=1 shows the traceback instead.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError) as exc:
+            if os.environ.get("DESKPRO_TRACEBACK"):
+                raise
+            raise click.ClickException(str(exc) or repr(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="deskpro")
 def main() -> None:
     """deskpro: reproducible DeSKPro for cloth-changing person re-identification."""
@@ -21,33 +39,58 @@ def main() -> None:
 MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "synthetic")
 
 
-def _parse_hxw(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+def _parse_hw(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """'384x128' -> (384, 128); None stays None."""
     if value is None:
         return None
     try:
         h, w = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not HxW, e.g. 384x128") from None
+        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 384x128, got {value!r}") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
     return h, w
+
+
+def _with(options):
+    """Apply a list of click decorators in order (the first one is the first in --help)."""
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @main.command()
 @click.argument("dataset", type=click.Choice(MANIFEST_DATASETS))
 @click.argument("root", type=click.Path(file_okay=False, path_type=Path))
-@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Manifest file to write (Parquet).")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Manifest file to write (Parquet).",
+)
 @click.option("--identities", type=int, default=None, help="synthetic: number of people (default 120).")
 @click.option("--images-per-camera", type=int, default=None, help="synthetic: images per person, camera (3).")
-@click.option("--image-size", callback=_parse_hxw, default=None, help="synthetic: HxW (default 384x128).")
+@click.option("--image-size", callback=_parse_hw, default=None, help="synthetic: HxW (default 384x128).")
 @click.option("--seed", type=int, default=None, help="synthetic: random seed (default 0).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar while generating.")
-def manifest(dataset: str, root: Path, output: Path, identities, images_per_camera, image_size, seed,
-             progress: bool) -> None:
+def manifest(
+    dataset: str, root: Path, output: Path, identities, images_per_camera, image_size, seed, progress: bool
+) -> None:
     """Scan DATASET's folder layout in ROOT into a manifest (synthetic: generate it into ROOT first)."""
     from deskpro.data_manifests import ManifestError, build_manifest, format_stats
 
-    given = {"identities": identities, "images_per_camera": images_per_camera, "image_size": image_size,
-             "seed": seed}
+    given = {
+        "identities": identities,
+        "images_per_camera": images_per_camera,
+        "image_size": image_size,
+        "seed": seed,
+    }
     options = {k: v for k, v in given.items() if v is not None}
     try:
         table = build_manifest(dataset, root, output, synthetic_options=options, progress=progress)
@@ -88,33 +131,46 @@ def weights_verify(directory: Path) -> None:
 # ---- stages: parse, detect, restore, preprocess (owner: pipeline)
 
 
-def _stage_run_options(command):
-    """Options shared by parse / detect / restore / preprocess: where to write and how to run."""
-    options = [
-        click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
-        click.option("-w", "--work", "work_dir", required=True,
-                     type=click.Path(file_okay=False, path_type=Path),
-                     help="Work dir: WORK/stages/<stage>/part-*.parquet (shared storage on a cluster)."),
-        click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
-                     help="ray: Ray Data with an actor pool; local: the same classes in a plain loop."),
-        click.option("--ray-address", default=None, help="Join a cluster ('auto', 'ray://HOST:10001'); "
-                     "default: start a local Ray for this command."),
-        click.option("--part-size", default=1000, show_default=True, help="Manifest rows per part file."),
-        click.option("--batch-size", default=16, show_default=True, help="Images per model call."),
-        click.option("--actors", "num_actors", default=1, show_default=True, help="Most model replicas."),
-        click.option("--num-gpus", type=float, default=None, help="GPUs per actor, fractional allowed "
-                     "[default: 1 when the cluster has GPUs and the backend is a network, else 0]."),
-        click.option("--num-cpus", type=float, default=1.0, show_default=True, help="CPUs per actor."),
-        click.option("--device", default="auto", show_default=True, help="auto: cuda when available."),
-        click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True),
-        click.option("--channels-last", is_flag=True, help="channels_last memory format for the networks."),
-        click.option("--overwrite", is_flag=True, help="Recompute every part (needed when options changed)."),
-        click.option("--max-errors", type=int, default=None, help="Fail above this many error rows."),
-        click.option("--no-progress", is_flag=True, help="No progress bar."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+_STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where to write, how to run
+    click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+    click.option(
+        "-w",
+        "--work",
+        "work_dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Work dir: WORK/stages/<stage>/part-*.parquet (shared storage on a cluster).",
+    ),
+    click.option(
+        "--executor",
+        type=click.Choice(["ray", "local"]),
+        default="ray",
+        show_default=True,
+        help="ray: Ray Data with an actor pool; local: the same classes in a plain loop.",
+    ),
+    click.option(
+        "--ray-address",
+        default=None,
+        help="Join a cluster ('auto', 'ray://HOST:10001'); default: start a local Ray for this command.",
+    ),
+    click.option("--part-size", default=1000, show_default=True, help="Manifest rows per part file."),
+    click.option("--batch-size", default=16, show_default=True, help="Images per model call."),
+    click.option("--actors", "num_actors", default=1, show_default=True, help="Most model replicas."),
+    click.option(
+        "--num-gpus",
+        type=float,
+        default=None,
+        help="GPUs per actor, fractional allowed "
+        "[default: 1 when the cluster has GPUs and the backend is a network, else 0].",
+    ),
+    click.option("--num-cpus", type=float, default=1.0, show_default=True, help="CPUs per actor."),
+    click.option("--device", default="auto", show_default=True, help="auto: cuda when available."),
+    click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True),
+    click.option("--channels-last", is_flag=True, help="channels_last memory format for the networks."),
+    click.option("--overwrite", is_flag=True, help="Recompute every part (needed when options changed)."),
+    click.option("--max-errors", type=int, default=None, help="Fail above this many error rows."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+]
 
 
 def _split_run_options(kw: dict):
@@ -122,14 +178,23 @@ def _split_run_options(kw: dict):
     from deskpro.pipeline.runner import RunOptions
 
     run = RunOptions(
-        part_size=kw.pop("part_size"), batch_size=kw.pop("batch_size"), executor=kw.pop("executor"),
-        ray_address=kw.pop("ray_address"), num_actors=kw.pop("num_actors"), num_gpus=kw.pop("num_gpus"),
-        num_cpus=kw.pop("num_cpus"), overwrite=kw.pop("overwrite"), max_errors=kw.pop("max_errors"),
+        part_size=kw.pop("part_size"),
+        batch_size=kw.pop("batch_size"),
+        executor=kw.pop("executor"),
+        ray_address=kw.pop("ray_address"),
+        num_actors=kw.pop("num_actors"),
+        num_gpus=kw.pop("num_gpus"),
+        num_cpus=kw.pop("num_cpus"),
+        overwrite=kw.pop("overwrite"),
+        max_errors=kw.pop("max_errors"),
         progress=not kw.pop("no_progress"),
     )
     amp = kw.pop("amp")
-    common = {"device": kw.pop("device"), "amp": None if amp == "none" else amp,
-              "channels_last": kw.pop("channels_last")}
+    common = {
+        "device": kw.pop("device"),
+        "amp": None if amp == "none" else amp,
+        "channels_last": kw.pop("channels_last"),
+    }
     return run, common
 
 
@@ -155,8 +220,18 @@ def _run_stage_command(stage: str, kw: dict) -> None:
 
 _STAGE_KEYS = {
     "parse": ("backend", "weights", "labels", "flip", "input_size", "num_classes"),
-    "detect": ("backend", "weights", "landmarks_weights", "conf_threshold", "nms_threshold", "min_score",
-               "min_size", "max_center_y", "upscale", "face_lr_size"),
+    "detect": (
+        "backend",
+        "weights",
+        "landmarks_weights",
+        "conf_threshold",
+        "nms_threshold",
+        "min_score",
+        "min_size",
+        "max_center_y",
+        "upscale",
+        "face_lr_size",
+    ),
     "restore": ("backend", "weights", "face_hr_size", "quality"),
 }
 
@@ -173,11 +248,18 @@ def _by_stage(kw: dict) -> dict:
 def _parse_options(prefix: str = ""):
     dest = prefix.replace("-", "_")
     return [
-        click.option(f"--{prefix}backend", "--parser", f"{dest}backend", default="schp", show_default=True,
-                     help="schp | smp:ARCH:ENCODER | oracle (synthetic ground truth)."),
+        click.option(
+            f"--{prefix}backend",
+            "--parser",
+            f"{dest}backend",
+            default="schp",
+            show_default=True,
+            help="schp | smp:ARCH:ENCODER | oracle (synthetic ground truth).",
+        ),
         click.option(f"--{prefix}weights", f"{dest}weights", default=None, help="Parser checkpoint path."),
-        click.option("--labels", type=click.Choice(["lip", "atr", "pascal"]), default="lip",
-                     show_default=True),
+        click.option(
+            "--labels", type=click.Choice(["lip", "atr", "pascal"]), default="lip", show_default=True
+        ),
         click.option("--flip", is_flag=True, help="Flip test (average with the mirrored image)."),
         click.option("--input-size", type=int, default=None, help="Square input size."),
         click.option("--num-classes", type=int, default=None, help="smp parsers: output classes."),
@@ -187,18 +269,31 @@ def _parse_options(prefix: str = ""):
 def _detect_options(prefix: str = ""):
     dest = prefix.replace("-", "_")
     return [
-        click.option(f"--{prefix}backend", "--detector", f"{dest}backend", default="retinaface-resnet50",
-                     show_default=True,
-                     help="retinaface-resnet50 | retinaface-mobilenet0.25 | face-alignment | oracle."),
-        click.option(f"--{prefix}weights", f"{dest}weights", default=None,
-                     help="Detector checkpoint (face-alignment: the S3FD file)."),
+        click.option(
+            f"--{prefix}backend",
+            "--detector",
+            f"{dest}backend",
+            default="retinaface-resnet50",
+            show_default=True,
+            help="retinaface-resnet50 | retinaface-mobilenet0.25 | face-alignment | oracle.",
+        ),
+        click.option(
+            f"--{prefix}weights",
+            f"{dest}weights",
+            default=None,
+            help="Detector checkpoint (face-alignment: the S3FD file).",
+        ),
         click.option("--landmarks-weights", default=None, help="face-alignment: FAN checkpoint."),
         click.option("--conf-threshold", default=0.5, show_default=True),
         click.option("--nms-threshold", default=0.4, show_default=True),
         click.option("--min-score", default=0.8, show_default=True, help="FacePolicy: lowest score."),
         click.option("--min-size", default=8.0, show_default=True, help="FacePolicy: least side, px."),
-        click.option("--max-center-y", default=0.5, show_default=True,
-                     help="FacePolicy: lowest face centre, as a fraction of the image height."),
+        click.option(
+            "--max-center-y",
+            default=0.5,
+            show_default=True,
+            help="FacePolicy: lowest face centre, as a fraction of the image height.",
+        ),
         click.option("--upscale", default=1.0, show_default=True, help="Enlarge images before detection."),
         click.option("--face-lr-size", default=128, show_default=True, help="Aligned low-res crop size."),
     ]
@@ -207,25 +302,22 @@ def _detect_options(prefix: str = ""):
 def _restore_options(prefix: str = ""):
     dest = prefix.replace("-", "_")
     return [
-        click.option(f"--{prefix}backend", "--restorer", f"{dest}backend", default="gpen-512",
-                     show_default=True, help="gpen-512 | gpen-256 | none (bicubic upsampling)."),
+        click.option(
+            f"--{prefix}backend",
+            "--restorer",
+            f"{dest}backend",
+            default="gpen-512",
+            show_default=True,
+            help="gpen-512 | gpen-256 | none (bicubic upsampling).",
+        ),
         click.option(f"--{prefix}weights", f"{dest}weights", default=None, help="GPEN checkpoint path."),
         click.option("--face-hr-size", default=256, show_default=True, help="Restored face size."),
         click.option("--quality", default=95, show_default=True, help="JPEG quality of restored faces."),
     ]
 
 
-def _with(options):
-    def decorate(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
-
-
 @main.command("parse")
-@_stage_run_options
+@_with(_STAGE_RUN_OPTIONS)
 @_with(_parse_options())
 def parse_command(**kw) -> None:
     """Human parsing of every image in MANIFEST -> WORK/stages/parse."""
@@ -233,7 +325,7 @@ def parse_command(**kw) -> None:
 
 
 @main.command("detect")
-@_stage_run_options
+@_with(_STAGE_RUN_OPTIONS)
 @_with(_detect_options())
 def detect_command(**kw) -> None:
     """Face detection, 5 landmarks and aligned low-res crops -> WORK/stages/detect."""
@@ -241,7 +333,7 @@ def detect_command(**kw) -> None:
 
 
 @main.command("restore")
-@_stage_run_options
+@_with(_STAGE_RUN_OPTIONS)
 @_with(_restore_options())
 def restore_command(**kw) -> None:
     """Restoration of the detect stage's faces -> WORK/stages/restore."""
@@ -249,27 +341,19 @@ def restore_command(**kw) -> None:
 
 
 @main.command("preprocess")
-@_stage_run_options
+@_with(_STAGE_RUN_OPTIONS)
 @_with(_parse_options("parse-") + _detect_options("detect-") + _restore_options("restore-"))
 def preprocess_command(**kw) -> None:
     """parse, detect and restore in order with the same run options."""
-    run_keys = set(kw) - {k for keys in _STAGE_KEYS.values() for k in keys} - {
-        f"{s}_{k}" for s in _STAGE_KEYS for k in ("backend", "weights")}
+    run_keys = (
+        set(kw)
+        - {k for keys in _STAGE_KEYS.values() for k in keys}
+        - {f"{s}_{k}" for s in _STAGE_KEYS for k in ("backend", "weights")}
+    )
     _run_stage_command("preprocess", {**{k: kw[k] for k in run_keys}, **_by_stage(kw)})
 
 
 # ---- pack, verify (owner: shards)
-
-
-def _parse_hw(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    """'384x128' -> (384, 128)."""
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 384x128, got {value!r}") from None
-    if h < 1 or w < 1:
-        raise click.BadParameter(f"sizes must be positive, got {value!r}")
-    return h, w
 
 
 @main.command("pack")
@@ -278,7 +362,10 @@ def _parse_hw(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @click.option("--body-size", default="384x128", show_default=True, callback=_parse_hw, help="HEIGHTxWIDTH.")
 @click.option("--face-size", default=224, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--codec", default="raw", show_default=True, type=click.Choice(["raw", "jpeg"]),
+    "--codec",
+    default="raw",
+    show_default=True,
+    type=click.Choice(["raw", "jpeg"]),
     help="raw: exact, fastest to read; jpeg: a tenth of the bytes (see shards.py)",
 )
 @click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
@@ -321,72 +408,85 @@ def verify_cmd(shards: Path, no_hash: bool, progress: bool) -> None:
 # ---- train-teacher, train, evaluate, demo (owner: train)
 
 
-def _train_options(fn):
-    """Options shared by train-teacher and train: settings overrides and how to run."""
-    options = [
-        click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path)),
-        click.option("-o", "--out", "run_dir", required=True,
-                     type=click.Path(file_okay=False, path_type=Path),
-                     help="Run directory: checkpoint.pt, train_state.pt, log.jsonl."),
-        click.option("--epochs", type=int, help="Epochs (default: the dataset preset's)."),
-        click.option("--warmup-epochs", type=int, help="Linear warm-up epochs."),
-        click.option("--p", "--ids-per-batch", "p", type=int,
-                     help="Identities per batch (spell it --ids-per-batch under torchrun, whose parser "
-                     "takes --p for its own --print-completion)."),
-        click.option("--k", "--images-per-id", "k", type=int, help="Images per identity."),
-        click.option("--lr", "base_lr", type=float, help="Base lr, scaled by sqrt(P*K/20)."),
-        click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
-        click.option("--channels-last/--no-channels-last", default=None),
-        click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model."),
-        click.option("--workers", "num_workers", type=int, help="DataLoader worker processes."),
-        click.option("--seed", type=int),
-        click.option("--device", default="auto", show_default=True, help="auto: cuda when available."),
-        click.option("--imagenet", type=click.Path(exists=True, dir_okay=False),
-                     help="OSNet x1.0 ImageNet weights."),
-        click.option("--max-iters", type=int, help="Stop after this many iterations (tests, demo)."),
-        click.option("--resume", is_flag=True, help="Continue from RUN/train_state.pt."),
-        click.option("--select-on-val", is_flag=True, help="Keep the best epoch on the val split (PRCC)."),
-        click.option("--tensorboard", is_flag=True, help="Also log to RUN/tensorboard."),
-        click.option("--no-progress", is_flag=True, help="No progress bar."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+_TRAIN_OPTIONS = [  # shared by train-teacher and train: settings overrides and how to run
+    click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path)),
+    click.option(
+        "-o",
+        "--out",
+        "run_dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Run directory: checkpoint.pt, train_state.pt, log.jsonl.",
+    ),
+    click.option("--epochs", type=int, help="Epochs (default: the dataset preset's)."),
+    click.option("--warmup-epochs", type=int, help="Linear warm-up epochs."),
+    click.option(
+        "--p",
+        "--ids-per-batch",
+        "p",
+        type=int,
+        help="Identities per batch (spell it --ids-per-batch under torchrun, whose parser "
+        "takes --p for its own --print-completion).",
+    ),
+    click.option("--k", "--images-per-id", "k", type=int, help="Images per identity."),
+    click.option("--lr", "base_lr", type=float, help="Base lr, scaled by sqrt(P*K/20)."),
+    click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), help="Mixed precision."),
+    click.option("--channels-last/--no-channels-last", default=None),
+    click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model."),
+    click.option("--workers", "num_workers", type=int, help="DataLoader worker processes."),
+    click.option("--seed", type=int),
+    click.option("--device", default="auto", show_default=True, help="auto: cuda when available."),
+    click.option(
+        "--imagenet", type=click.Path(exists=True, dir_okay=False), help="OSNet x1.0 ImageNet weights."
+    ),
+    click.option("--max-iters", type=int, help="Stop after this many iterations (tests, demo)."),
+    click.option("--resume", is_flag=True, help="Continue from RUN/train_state.pt."),
+    click.option("--select-on-val", is_flag=True, help="Keep the best epoch on the val split (PRCC)."),
+    click.option("--tensorboard", is_flag=True, help="Also log to RUN/tensorboard."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+]
 
 
 def _run_training(phase: str, shards: Path, run_dir: Path, teacher: str | None, trust: bool, **kw) -> None:
-    import os
-
     from deskpro.train.trainer import RunOptions, run_training
 
     names = ("epochs", "warmup_epochs", "p", "k", "base_lr", "amp", "channels_last", "num_workers", "seed")
     overrides = {key: kw.pop(key) for key in names}
     overrides["compile"] = kw.pop("compile_")
     options = RunOptions(
-        device=kw["device"], teacher=teacher, imagenet=kw["imagenet"], max_iters=kw["max_iters"],
-        resume=kw["resume"], select_on_val=kw["select_on_val"], progress=not kw["no_progress"],
-        tensorboard=kw["tensorboard"], distributed="WORLD_SIZE" in os.environ,
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)), trust_checkpoint=trust,
+        device=kw["device"],
+        teacher=teacher,
+        imagenet=kw["imagenet"],
+        max_iters=kw["max_iters"],
+        resume=kw["resume"],
+        select_on_val=kw["select_on_val"],
+        progress=not kw["no_progress"],
+        tensorboard=kw["tensorboard"],
+        distributed="WORLD_SIZE" in os.environ,
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        trust_checkpoint=trust,
     )
     final = run_training(shards, run_dir, phase, overrides, options)
     click.echo(f"checkpoint: {final}")
 
 
 @main.command("train-teacher")
-@_train_options
+@_with(_TRAIN_OPTIONS)
 def train_teacher_cmd(shards: Path, run_dir: Path, **kw) -> None:
     """Train the face teacher (LightMBN on restored faces, CE + triplet) from SHARDS."""
     _run_training("teacher", shards, run_dir, None, False, **kw)
 
 
 @main.command("train")
-@_train_options
-@click.option("--teacher", type=click.Path(exists=True, dir_okay=False),
-              help="Teacher checkpoint (ours or official).")
+@_with(_TRAIN_OPTIONS)
+@click.option(
+    "--teacher", type=click.Path(exists=True, dir_okay=False), help="Teacher checkpoint (ours or official)."
+)
 @click.option("--baseline", is_flag=True, help="Global stream only: no CSA loss, no face streams.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a teacher file that needs full unpickling.")
-def train_cmd(shards: Path, run_dir: Path, teacher: str | None, baseline: bool, trust_checkpoint: bool,
-              **kw) -> None:
+def train_cmd(
+    shards: Path, run_dir: Path, teacher: str | None, baseline: bool, trust_checkpoint: bool, **kw
+) -> None:
     """Train DeSKPro (global stream + student, frozen teacher) or, with --baseline, the global stream."""
     if baseline == (teacher is not None):
         raise click.UsageError("give exactly one of --teacher CKPT (DeSKPro) or --baseline")
@@ -398,32 +498,69 @@ def train_cmd(shards: Path, run_dir: Path, teacher: str | None, baseline: bool, 
 @click.option("--checkpoint", "checkpoint_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
-@click.option("--stream", "streams", multiple=True, type=click.Choice(["body", "face", "both"]),
-              help="Streams to report (default: all; body only for a baseline).")
+@click.option(
+    "--stream",
+    "streams",
+    multiple=True,
+    type=click.Choice(["body", "face", "both"]),
+    help="Streams to report (default: all; body only for a baseline).",
+)
 @click.option("--trials", type=int, default=10, show_default=True, help="Single-shot gallery trials.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
 @click.option("--no-progress", is_flag=True)
-def evaluate_cmd(shards: Path, checkpoint_path: str, json_path, split, streams, trials, seed, batch_size,
-                 device, trust_checkpoint: bool, no_progress: bool) -> None:
+def evaluate_cmd(
+    shards: Path,
+    checkpoint_path: str,
+    json_path,
+    split,
+    streams,
+    trials,
+    seed,
+    batch_size,
+    device,
+    trust_checkpoint: bool,
+    no_progress: bool,
+) -> None:
     """CMC / mAP of a checkpoint under the dataset's protocols (a table, and JSON with --json)."""
     from deskpro.train.evaluate import evaluate, format_report
 
-    report = evaluate(shards, checkpoint_path, split=split, streams=streams or None, device=device,
-                      batch_size=batch_size, trials=trials, seed=seed, trust=trust_checkpoint,
-                      progress=not no_progress, json_path=json_path)
+    report = evaluate(
+        shards,
+        checkpoint_path,
+        split=split,
+        streams=streams or None,
+        device=device,
+        batch_size=batch_size,
+        trials=trials,
+        seed=seed,
+        trust=trust_checkpoint,
+        progress=not no_progress,
+        json_path=json_path,
+    )
     click.echo(format_report(report))
 
 
 @main.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
-              show_default=True, help="Where the synthetic data, shards and runs go.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-out"),
+    show_default=True,
+    help="Where the synthetic data, shards and runs go.",
+)
 @click.option("--quick", is_flag=True, help="Tiny sizes and a few iterations (under a minute).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
-              help="Preprocessing on a local Ray (falls back to local if Ray fails) or in-process.")
+@click.option(
+    "--executor",
+    type=click.Choice(["ray", "local"]),
+    default="ray",
+    show_default=True,
+    help="Preprocessing on a local Ray (falls back to local if Ray fails) or in-process.",
+)
 def demo_cmd(out_dir: Path, quick: bool, seed: int, executor: str) -> None:
     """A synthetic cloth-changing dataset through every step, on CPU: baseline vs DeSKPro."""
     from deskpro.demo import run_demo

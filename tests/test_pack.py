@@ -22,32 +22,13 @@ from deskpro.cli import main
 from deskpro.data_manifests import SCHEMA, write_manifest
 from deskpro.pipeline.pack import PackError, pack
 from deskpro.pipeline.shards import ShardError, ShardReader
+from deskpro.pipeline.stages import DETECT_SCHEMA, PARSE_SCHEMA, RESTORE_SCHEMA
 
 N = 6
 IMAGE_HW = (96, 48)
 BODY = (48, 24)
 FACE = 16
 NO_FACE = 1  # detect finds no face in this sample
-PARSE_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("parse_png", pa.binary()),
-        ("label_set", pa.string()),
-        ("error", pa.string()),
-    ]
-)
-DETECT_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("has_face", pa.bool_()),
-        ("face_score", pa.float32()),
-        ("face_box", pa.list_(pa.float32(), 4)),
-        ("landmarks", pa.list_(pa.float32(), 10)),
-        ("face_lr_png", pa.binary()),
-        ("error", pa.string()),
-    ]
-)
-RESTORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("face_hr_jpg", pa.binary()), ("error", pa.string())])
 
 
 def colour(i: int, part: int) -> tuple[int, int, int]:

@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from deskpro.files import atomic_path
+
 SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -160,9 +162,8 @@ def write_manifest(table: pa.Table, path: str | os.PathLike) -> None:
     """Write `table` to Parquet at `path` (parent folders created), via a temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_manifest(path: str | os.PathLike) -> pa.Table:

@@ -7,16 +7,17 @@ config as a dict, class count, preprocessing constants, format version).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from deskpro.files import atomic_path
 from deskpro.model.deskpro import DeSKPro
 from deskpro.model.lmbn import LightMBN
-from deskpro.model.osnet import CheckpointError, brief_keys, read_checkpoint
+from deskpro.model.osnet import CheckpointError, read_checkpoint
+from deskpro.state_dicts import brief_keys, check_keys, check_shapes
 
 FORMAT = "deskpro-checkpoint"
 FORMAT_VERSION = 1
@@ -111,9 +112,8 @@ def save(
     _check_plain(payload, "metadata")
     payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -165,18 +165,9 @@ def _load_strict(
     module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, prefix: str = ""
 ) -> None:
     own = module.state_dict()
-    missing = sorted(prefix + k for k in set(own) - set(state))
-    unexpected = sorted(prefix + k for k in set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: does not match the {what} layout: missing [{brief_keys(missing)}], "
-            f"unexpected [{brief_keys(unexpected)}]"
-        )
-    bad = [
-        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
-    ]
-    if bad:
-        raise CheckpointError(f"{path}: wrong tensor shapes for the {what}: {brief_keys(bad, 3)}")
+    options = {"source": path, "error": CheckpointError, "prefix": prefix}
+    check_keys(own, state, what=f"does not match the {what} layout", **options)
+    check_shapes(own, state, what=f"wrong tensor shapes for the {what}", **options)
     module.load_state_dict(state)
 
 

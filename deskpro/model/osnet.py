@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deskpro.state_dicts import check_keys, check_shapes
+
 # Channel widths of OSNet x1.0: stem, conv2, conv3, conv4 (conv5 keeps conv4's width).
 CHANNELS = (64, 256, 384, 512)
 BLOCKS_PER_STAGE = 2
@@ -246,28 +248,12 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
-def brief_keys(keys: list[str], limit: int = 5) -> str:
-    """The first ``limit`` keys, comma-separated, and how many more there are."""
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_osnet_state(osnet: OSNet, state: dict[str, torch.Tensor], source: str) -> None:
     """Load an ImageNet OSNet state dict (head dropped) into ``osnet``, strictly, with a clear error."""
     state = {k: v for k, v in state.items() if not k.startswith(IMAGENET_HEAD_PREFIXES)}
     own = osnet.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: not an OSNet x1.0 ImageNet checkpoint: missing keys [{brief_keys(missing)}], "
-            f"unexpected keys [{brief_keys(unexpected)}]"
-        )
-    bad = [
-        f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
-    ]
-    if bad:
-        raise CheckpointError(f"{source}: OSNet checkpoint has wrong shapes: {brief_keys(bad, 3)}")
+    check_keys(own, state, source=source, what="not an OSNet x1.0 ImageNet checkpoint", error=CheckpointError)
+    check_shapes(own, state, source=source, what="OSNet checkpoint has wrong shapes", error=CheckpointError)
     osnet.load_state_dict(state)
 
 

@@ -22,7 +22,6 @@ import math
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from deskpro.files import atomic_path, sha256_file
 from deskpro.pipeline import images as imageio
 from deskpro.pipeline.stages import STAGE_CLASSES, STAGE_NAMES, batch_to_table, check_options, table_to_batch
 
@@ -138,14 +138,6 @@ def read_stage(work_dir: Path | str, stage: str, columns: list[str] | None = Non
 # Fingerprints
 
 
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest_fingerprint(table: pa.Table, root: str) -> str:
     """sha256 of the manifest's rows and root (not its scan time: a rescan of the same data matches)."""
     digest = hashlib.sha256(root.encode())
@@ -162,7 +154,7 @@ def options_fingerprint(backend_options: Mapping[str, Any]) -> dict:
         if key in UNFINGERPRINTED:
             continue
         if key.endswith("weights") and value is not None:
-            value = {"sha256": file_sha256(value)} if Path(value).is_file() else {"missing": str(value)}
+            value = {"sha256": sha256_file(value)} if Path(value).is_file() else {"missing": str(value)}
         out[key] = value
     return out
 
@@ -178,9 +170,8 @@ def _read_stage_json(directory: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -380,9 +371,8 @@ class _PartCollector:
             raise StageError(f"part {part}: the stage returned duplicate or foreign rows")
         table = table.take(pa.array(np.argsort(order)))
         final = part_path(self.out_dir, part)
-        tmp = self.out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:  # ".part-*.tmp", which _prepare clears after a crash
+            pq.write_table(table, tmp)
         self.written += 1
 
     def finish(self) -> None:

@@ -39,7 +39,6 @@ rates per CPU-second on one thread; ``python benchmarks/codec.py`` reprints the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
+
+from deskpro.files import atomic_path, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -95,14 +96,6 @@ class ShardError(ValueError):
 
 def shard_file_name(shard: int) -> str:
     return f"shard-{shard:05d}.h5"
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- image codec helpers
@@ -154,10 +147,9 @@ def load_manifest(shards_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _atomic(path: Path):
+    """`atomic_path` through NAME.tmp, the name `_is_ours` knows to clear after a crash."""
+    return atomic_path(path, tmp=path.with_name(path.name + ".tmp"))
 
 
 def _is_ours(path: Path) -> bool:
@@ -330,9 +322,8 @@ class ShardWriter:
             self._finish_shard()
         index = pa.Table.from_pydict(self._index, schema=INDEX_SCHEMA)
         index_path = self.out_dir / INDEX_NAME
-        tmp = index_path.with_name(INDEX_NAME + ".tmp")
-        pq.write_table(index, tmp, compression="zstd")
-        os.replace(tmp, index_path)
+        with _atomic(index_path) as tmp:
+            pq.write_table(index, tmp, compression="zstd")
         manifest = {
             "format_version": FORMAT_VERSION,
             "options": self.options,
@@ -341,9 +332,8 @@ class ShardWriter:
             "index": {"file": INDEX_NAME, "sha256": sha256_file(index_path), "rows": index.num_rows},
             "totals": self._totals(),
         }
-        _write_atomic(
-            self.out_dir / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-        )
+        with _atomic(self.out_dir / MANIFEST_NAME) as tmp:
+            tmp.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
         self._closed = True
         return self.out_dir
 

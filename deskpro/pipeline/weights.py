@@ -8,9 +8,10 @@ and says so; verification then compares that prefix.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deskpro.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -19,20 +20,24 @@ class OfficialWeights:
 
     name: str  # the backend / option value that uses it
     file: str
-    size: int  # bytes
-    sha256: str  # full hex digest, or the known prefix of it
+    size: int | None  # bytes; None where no size has been published
+    sha256: str  # full hex digest, the known prefix of it, or "" where none has been published
     source: str
     licence: str
     used_by: str  # the command and flag that take it
 
     @property
     def sha256_is_prefix(self) -> bool:
-        return len(self.sha256) < 64
+        return 0 < len(self.sha256) < 64
 
 
 SCHP_SOURCE = "SCHP README (GoGoDuck912/Self-Correction-Human-Parsing), 'Trained models': Google Drive"
 RETINAFACE_SOURCE = "biubug6/Pytorch_Retinaface README, 'weights' folder on Google Drive / Baidu"
 GPEN_SOURCE = "yangxy/GPEN README model table: public-vigen-video.oss-cn-shanghai.aliyuncs.com/robin/models/"
+OSNET_SOURCE = (
+    "deep-person-reid (KaiyangZhou) model zoo, ImageNet-pretrained osnet_x1_0: "
+    "drive.google.com/uc?id=1LaG1EJpHrxdAxKnSCJ_i0u-nbxSAeiFY"
+)
 
 REGISTRY: tuple[OfficialWeights, ...] = (
     OfficialWeights(
@@ -71,6 +76,10 @@ REGISTRY: tuple[OfficialWeights, ...] = (
         GPEN_SOURCE + "GPEN-BFR-256.pth", "academic, non-commercial use only",
         "deskpro restore --restorer gpen-256 --weights",
     ),
+    OfficialWeights(
+        "osnet-x1.0-imagenet", "osnet_x1_0_imagenet.pth", None, "", OSNET_SOURCE, "MIT",
+        "deskpro train-teacher / train --imagenet",
+    ),
 )
 
 _BY_NAME = {w.name: w for w in REGISTRY}
@@ -92,23 +101,15 @@ def missing_weights_message(path: Path | str, flag: str, name: str) -> str:
     return f"{flag} {path}: no such file{where} (see `deskpro weights list`)"
 
 
-def sha256_of(path: Path | str, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def format_table() -> str:
     """The registry as a plain-text table for `deskpro weights list`."""
     lines = []
     for w in REGISTRY:
-        sha = w.sha256 + ("... (prefix)" if w.sha256_is_prefix else "")
+        sha = w.sha256 + ("... (prefix)" if w.sha256_is_prefix else "") if w.sha256 else "not published"
+        size = f"{w.size:,} bytes" if w.size is not None else "size not published"
         lines += [
             f"{w.name}",
-            f"  file     {w.file}  ({w.size:,} bytes)",
+            f"  file     {w.file}  ({size})",
             f"  sha256   {sha}",
             f"  source   {w.source}",
             f"  licence  {w.licence}",
@@ -132,9 +133,11 @@ class VerifyReport:
 def verify_file(path: Path, entry: OfficialWeights) -> str | None:
     """None when the file matches the registry entry, else what is wrong (one line)."""
     size = path.stat().st_size
-    if size != entry.size:
+    if entry.size is not None and size != entry.size:
         return f"size {size:,} bytes, expected {entry.size:,} (truncated or a different file)"
-    digest = sha256_of(path)
+    if not entry.sha256:
+        return None  # nothing published to compare with; reported as unchecked by verify_dir
+    digest = sha256_file(path)
     if not digest.startswith(entry.sha256):
         return f"sha256 {digest[:16]}..., expected {entry.sha256[:16]}..."
     return None
@@ -157,7 +160,9 @@ def verify_dir(directory: Path | str) -> VerifyReport:
             continue
         found += 1
         problem = verify_file(path, entry)
-        if problem is None:
+        if problem is None and not entry.sha256:
+            report.rows.append((entry.file, "present (no published size or sha256 to check)"))
+        elif problem is None:
             kind = "sha256 prefix" if entry.sha256_is_prefix else "sha256"
             report.rows.append((entry.file, f"ok (size, {kind})"))
         else:

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deskpro.config import CLOTH_LABELS, TrainConfig, preset
+from deskpro.files import atomic_path
 from deskpro.train.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSettings, augment_batch
 from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader, open_reader
 from deskpro.train.schedule import warmup_cosine
@@ -231,9 +231,8 @@ def _state_path(run_dir: Path) -> Path:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _train_state(epoch, step, model, optimizer, scheduler, sampler, scaler, config) -> dict:

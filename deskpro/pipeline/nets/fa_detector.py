@@ -18,6 +18,7 @@ from torch import nn
 
 from deskpro.pipeline.nets._common import torch_load_weights, unwrap_state_dict
 from deskpro.pipeline.nets.retinaface import Face, _check_image
+from deskpro.state_dicts import check_keys, check_shapes
 
 # 68-point (iBUG 300-W) indices: 36-41 and 42-47 are the eyes that appear image-left and image-right,
 # 30 the nose tip, 48 and 54 the image-left and image-right mouth corners.
@@ -92,16 +93,8 @@ def _is_torchscript(path: Path) -> bool:
 
 def _load_strict(net: nn.Module, state: dict, path: Path, what: str) -> None:
     expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: not a {what} checkpoint: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}"
-        )
-    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        raise ValueError(f"{path}: {len(wrong)} {what} tensors have the wrong shape, e.g. {wrong[:3]}")
+    check_keys(expected, state, source=path, what=f"not a {what} checkpoint", quote=True)
+    check_shapes(expected, state, source=path, what=f"wrong tensor shapes for {what}", quote=True)
     net.load_state_dict(state, strict=True)
 
 

@@ -32,12 +32,14 @@ from deskpro.pipeline.nets._common import (
     torch_load_weights,
     unwrap_state_dict,
 )
+from deskpro.state_dicts import check_keys, check_shapes
 
 VARIANTS: tuple[str, ...] = ("mobilenet0.25", "resnet50")
 MIN_SIZES: tuple[tuple[int, int], ...] = ((16, 32), (64, 128), (256, 512))
 STEPS: tuple[int, ...] = (8, 16, 32)
 VARIANCES: tuple[float, float] = (0.1, 0.2)
 MEAN_BGR: tuple[int, int, int] = (104, 117, 123)
+_SHAPES_MESSAGE = "{source}: {n_wrong} {what} tensors have the wrong shape, e.g. [{wrong}]"
 ANCHORS_PER_CELL = 2
 
 # Backbone width (the FPN inputs are 2x, 4x, 8x it) and FPN/SSH width per variant.
@@ -220,26 +222,11 @@ def load(path: Path | str, variant: str = "resnet50") -> RetinaFace:
     if found != variant:
         raise ValueError(f"{path}: {found} keys given to {variant}; load it with variant={found!r}")
     net = build(variant)
-    _check_keys(net.state_dict(), state, path)
+    expected = net.state_dict()
+    check_keys(expected, state, source=path, what="RetinaFace keys do not match", quote=True)
+    check_shapes(expected, state, source=path, what="RetinaFace", message=_SHAPES_MESSAGE, quote=True)
     net.load_state_dict(state, strict=True)
     return net.eval()
-
-
-def _check_keys(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], path) -> None:
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: RetinaFace keys do not match: {len(missing)} missing {missing[:4]}, "
-            f"{len(unexpected)} unexpected {unexpected[:4]}"
-        )
-    wrong = [
-        f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if tuple(given[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise ValueError(f"{path}: {len(wrong)} RetinaFace tensors have the wrong shape, e.g. {wrong[:3]}")
 
 
 # ---------------------------------------------------------------------------------------------------------

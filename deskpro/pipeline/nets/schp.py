@@ -27,6 +27,7 @@ from deskpro.pipeline.nets._common import (
     torch_load_weights,
     unwrap_state_dict,
 )
+from deskpro.state_dicts import check_keys, check_shapes
 
 LABELS: dict[str, tuple[str, ...]] = {
     "lip": (
@@ -324,13 +325,7 @@ def _labels_for_classes(num_classes: int) -> str | None:
 def _check_state_dict(state: Mapping[str, torch.Tensor], net: SCHPNet, labels: str, source: str) -> None:
     """Raise ValueError, naming `source`, when `state` is not an SCHP checkpoint for `labels`."""
     expected = net.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    if unexpected or missing:
-        raise ValueError(
-            f"{source}: not an SCHP ResNet-101 checkpoint: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-        )
+    check_keys(expected, state, source=source, what="not an SCHP ResNet-101 checkpoint", quote=True)
     num_classes = state["fushion.3.weight"].shape[0]
     if num_classes != net.num_classes:
         hint = _labels_for_classes(num_classes)
@@ -339,13 +334,7 @@ def _check_state_dict(state: Mapping[str, torch.Tensor], net: SCHPNet, labels: s
             f"{source}: this checkpoint has {num_classes} classes{advice} "
             f"(labels={labels!r} has {net.num_classes})"
         )
-    bad = [
-        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if bad:
-        raise ValueError(f"{source}: SCHP checkpoint has wrong tensor shapes: {bad[:3]}")
+    check_shapes(expected, state, source=source, what="SCHP checkpoint has wrong tensor shapes", quote=True)
 
 
 def load_state_dict(

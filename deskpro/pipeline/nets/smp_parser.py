@@ -13,11 +13,16 @@ from torch import nn
 
 from deskpro.pipeline.nets._common import strip_prefix, torch_load_weights, unwrap_state_dict
 from deskpro.pipeline.nets.schp import InputSpec
+from deskpro.state_dicts import check_keys, check_shapes
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = 512
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+_KEYS_MESSAGE = (
+    "{source}: {what}: {n_missing} missing keys (e.g. [{missing}]), "
+    "{n_unexpected} unexpected keys (e.g. [{unexpected}])"
+)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -63,21 +68,16 @@ def load(spec: str, path: str | Path, num_classes: int, **spec_options: object) 
     net = build(spec, num_classes, **spec_options)
     checkpoint = torch_load_weights(path, what=f"segmentation model ({spec})")
     state = strip_prefix(unwrap_state_dict(checkpoint, path, WRAPPER_KEYS), "module.")
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: not a {spec} checkpoint with {num_classes} classes: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-        )
-    bad = [
-        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if bad:
-        raise ValueError(f"{path}: wrong tensor shapes for {spec} with {num_classes} classes: {bad[:3]}")
+    expected, classes = net.state_dict(), f"with {num_classes} classes"
+    check_keys(
+        expected,
+        state,
+        source=path,
+        what=f"not a {spec} checkpoint {classes}",
+        message=_KEYS_MESSAGE,
+        quote=True,
+    )
+    check_shapes(expected, state, source=path, what=f"wrong tensor shapes for {spec} {classes}", quote=True)
     net.load_state_dict(state, strict=True)
     return net.eval()
 
