@@ -46,7 +46,7 @@ def _parse_hw(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     try:
         h, w = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 384x128, got {value!r}") from None
+        raise click.BadParameter(f"{value!r} is not HxW: expected HEIGHTxWIDTH such as 384x128") from None
     if h < 1 or w < 1:
         raise click.BadParameter(f"sizes must be positive, got {value!r}")
     return h, w
