@@ -15,14 +15,14 @@ class _Group(click.Group):
     """A group whose commands report bad input as one line, not a traceback.
 
     The library raises ValueError (and its subclasses: ManifestError, ShardError, CheckpointError,
-    ...) and FileNotFoundError with messages that name the file and what is wrong; those are the
-    whole message a user needs. DESKPRO_TRACEBACK=1 shows the traceback instead.
+    ...), FileNotFoundError and FileExistsError with messages that name the file and what is
+    wrong: the whole message a user needs. DESKPRO_TRACEBACK=1 shows the traceback instead.
     """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise
             raise click.ClickException(str(exc) or repr(exc)) from None
