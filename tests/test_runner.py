@@ -215,3 +215,16 @@ def test_parts_are_typed_even_when_a_batch_has_no_faces(reference):
     for stage, table in reference.items():
         for field in table.schema:
             assert not pa.types.is_null(field.type), (stage, field.name)
+
+
+def test_preprocess_checks_every_stage_before_running_any(data, tmp_path):
+    from deskpro.pipeline.stages import StageConfigError
+
+    options = {
+        "parse": {"backend": "oracle"},
+        "detect": {"backend": "oracle"},
+        "restore": {"backend": "gpen-512", "weights": str(tmp_path / "missing.pth")},
+    }
+    with pytest.raises(StageConfigError, match="--restore-weights"):
+        run_preprocess(data[1], tmp_path / "work", options, RunOptions(executor="local", progress=False))
+    assert not (tmp_path / "work" / "stages" / "parse").exists()  # parse never started

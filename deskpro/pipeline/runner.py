@@ -625,7 +625,13 @@ def run_preprocess(
     backend_options: Mapping[str, Mapping[str, Any]],
     run_options: RunOptions = RunOptions(),
 ) -> list[StageSummary]:
-    """parse, detect and restore in order with the same run options; `backend_options[stage]` each."""
+    """parse, detect and restore in order with the same run options; `backend_options[stage]` each.
+
+    Every stage's options (backends, weights files) are checked before anything runs, so that a
+    wrong restore weights path fails at once rather than after hours of parsing.
+    """
+    for stage in STAGE_NAMES:
+        check_options(stage, dict(backend_options.get(stage, {})), f"{stage}-")
     summaries = []
     session = (
         ray_session(run_options.ray_address) if run_options.executor == "ray" else contextlib.nullcontext()
