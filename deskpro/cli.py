@@ -245,18 +245,26 @@ def _by_stage(kw: dict) -> dict:
     }
 
 
-def _parse_options(prefix: str = ""):
+def _backend_options(prefix: str, alias: str, default: str, backends: str, weights_help: str) -> list:
+    """--[PREFIX]backend (also ALIAS, e.g. --parser) and --[PREFIX]weights of one stage."""
     dest = prefix.replace("-", "_")
     return [
         click.option(
-            f"--{prefix}backend",
-            "--parser",
-            f"{dest}backend",
-            default="schp",
-            show_default=True,
-            help="schp | smp:ARCH:ENCODER | oracle (synthetic ground truth).",
+            f"--{prefix}backend", alias, f"{dest}backend", default=default, show_default=True, help=backends
         ),
-        click.option(f"--{prefix}weights", f"{dest}weights", default=None, help="Parser checkpoint path."),
+        click.option(f"--{prefix}weights", f"{dest}weights", default=None, help=weights_help),
+    ]
+
+
+def _parse_options(prefix: str = ""):
+    return [
+        *_backend_options(
+            prefix,
+            "--parser",
+            "schp",
+            "schp | smp:ARCH:ENCODER | oracle (synthetic ground truth).",
+            "Parser checkpoint path.",
+        ),
         click.option(
             "--labels", type=click.Choice(["lip", "atr", "pascal"]), default="lip", show_default=True
         ),
@@ -267,21 +275,13 @@ def _parse_options(prefix: str = ""):
 
 
 def _detect_options(prefix: str = ""):
-    dest = prefix.replace("-", "_")
     return [
-        click.option(
-            f"--{prefix}backend",
+        *_backend_options(
+            prefix,
             "--detector",
-            f"{dest}backend",
-            default="retinaface-resnet50",
-            show_default=True,
-            help="retinaface-resnet50 | retinaface-mobilenet0.25 | face-alignment | oracle.",
-        ),
-        click.option(
-            f"--{prefix}weights",
-            f"{dest}weights",
-            default=None,
-            help="Detector checkpoint (face-alignment: the S3FD file).",
+            "retinaface-resnet50",
+            "retinaface-resnet50 | retinaface-mobilenet0.25 | face-alignment | oracle.",
+            "Detector checkpoint (face-alignment: the S3FD file).",
         ),
         click.option("--landmarks-weights", default=None, help="face-alignment: FAN checkpoint."),
         click.option("--conf-threshold", default=0.5, show_default=True),
@@ -300,17 +300,14 @@ def _detect_options(prefix: str = ""):
 
 
 def _restore_options(prefix: str = ""):
-    dest = prefix.replace("-", "_")
     return [
-        click.option(
-            f"--{prefix}backend",
+        *_backend_options(
+            prefix,
             "--restorer",
-            f"{dest}backend",
-            default="gpen-512",
-            show_default=True,
-            help="gpen-512 | gpen-256 | none (bicubic upsampling).",
+            "gpen-512",
+            "gpen-512 | gpen-256 | none (bicubic upsampling).",
+            "GPEN checkpoint path.",
         ),
-        click.option(f"--{prefix}weights", f"{dest}weights", default=None, help="GPEN checkpoint path."),
         click.option("--face-hr-size", default=256, show_default=True, help="Restored face size."),
         click.option("--quality", default=95, show_default=True, help="JPEG quality of restored faces."),
     ]
