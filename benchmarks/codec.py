@@ -104,21 +104,22 @@ def measure(
     shard = out_dir / "shard-00000.h5"
     with h5py.File(shard, "r") as f:
         parse_bytes = f["parse"].id.get_storage_size()
-    reader = ShardReader(out_dir)
     rng = np.random.default_rng(seed)
-    reader.read_many(rng.permutation(len(samples))[:32])  # open the file, warm caches
-    decoded, start = 0, time.process_time()
-    for _ in range(batches):
-        batch = rng.permutation(len(samples))[:32]
-        reader.read_many(batch)
-        decoded += len(batch)
-    read_s = time.process_time() - start
+    # Closed before the parse maps are timed: HDF5 refuses to open a file again with other locking
+    # flags (the reader opens shards with locking=False) while it is open.
+    with ShardReader(out_dir) as reader:
+        reader.read_many(rng.permutation(len(samples))[:32])  # open the file, warm caches
+        decoded, start = 0, time.process_time()
+        for _ in range(batches):
+            batch = rng.permutation(len(samples))[:32]
+            reader.read_many(batch)
+            decoded += len(batch)
+        read_s = time.process_time() - start
     parse_start = time.process_time()
     with h5py.File(shard, "r") as f:
         for i in range(len(samples)):
             f["parse"][i]
     parse_s = time.process_time() - parse_start
-    reader.close()
     n = len(samples)
     total = shard.stat().st_size
     return {

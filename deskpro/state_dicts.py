@@ -1,13 +1,18 @@
 """Compares a checkpoint's tensors with a module's layout and says what differs, in one line.
 
 `layout_problems` finds the missing and unexpected keys and the tensors of the wrong shape;
-`check_keys` and `check_shapes` raise an error naming the checkpoint when there are any. Each loader
-keeps its own heading (`what`), and a message template where its wording is relied on.
+`check_keys` and `check_shapes` raise an error naming the checkpoint when there are any; `load_checked`
+runs both, then a strict ``load_state_dict``. Each loader keeps its own heading (`what`), and a message
+template where its wording is relied on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 KEYS_MESSAGE = "{source}: {what}: {n_missing} missing [{missing}], {n_unexpected} unexpected [{unexpected}]"
 SHAPES_MESSAGE = "{source}: {what}: [{wrong}]"
@@ -87,3 +92,22 @@ def check_shapes(
     if wrong:
         listed = brief_keys([prefix + w for w in wrong], limit, quote=quote)
         raise error(message.format(source=source, what=what, n_wrong=len(wrong), wrong=listed))
+
+
+def load_checked(
+    module: nn.Module,
+    state: Mapping[str, object],
+    *,
+    source: object,
+    keys_what: str,
+    shapes_what: str,
+    **options,
+) -> None:
+    """`check_keys` (heading ``keys_what``), `check_shapes` (``shapes_what``), then a strict load.
+
+    ``options`` (``error``, ``quote``, ``prefix``) go to both checks.
+    """
+    expected = module.state_dict()
+    check_keys(expected, state, source=source, what=keys_what, **options)
+    check_shapes(expected, state, source=source, what=shapes_what, **options)
+    module.load_state_dict(state, strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _model_utils import CLASS_COUNT_OFFICIAL, images, random_state, reference_shapes, tie_aliases
 
 from deskpro.config import TrainConfig
 from deskpro.model import DeSKPro, LightMBN
@@ -15,7 +16,6 @@ from deskpro.model.checkpoint import (
     preprocessing_constants,
     save,
 )
-from tests._model_utils import CLASS_COUNT_OFFICIAL, images, random_state, reference_shapes, tie_aliases
 
 SMALL_CLASSES = 4
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _model_utils import images
 
 from deskpro.config import CLOTH_LABELS, MethodSettings
 from deskpro.model import DeSKPro, freeze_teacher, retrieval_distance, retrieval_features
 from deskpro.model.csa import CSA
 from deskpro.model.losses import deskpro_loss
-from tests._model_utils import images
 
 NUM_CLASSES = 4
 BODY = (64, 32)

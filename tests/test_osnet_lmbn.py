@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _model_utils import images, random_state, reference_shapes
 
 from deskpro.model.lmbn import NUM_EMBEDDINGS, LightMBN, drop_top_rows_mask
 from deskpro.model.osnet import CheckpointError, OSBlock, OSNet, load_imagenet
-from tests._model_utils import images, random_state, reference_shapes
 
 NUM_CLASSES = 5
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from _pipeline_utils import LOOSE_POLICY
 from click.testing import CliRunner
 
 from deskpro.cli import main
@@ -313,13 +314,12 @@ def test_pack_after_the_real_stage_runner(tmp_path):
     write_manifest(scan("synthetic", root), tmp_path / "manifest.parquet")
     work = tmp_path / "work"
     options = RunOptions(part_size=4, batch_size=4, executor="local", progress=False)
-    loose = {"min_score": 0.0, "min_size": 0.0, "max_center_y": 1.0}
     run_stage("parse", tmp_path / "manifest.parquet", work, {"backend": "oracle"}, options)
     run_stage(
         "detect",
         tmp_path / "manifest.parquet",
         work,
-        {"backend": "oracle", "face_lr_size": 32, **loose},
+        {"backend": "oracle", "face_lr_size": 32, **LOOSE_POLICY},
         options,
     )
     summary = pack_small(work, tmp_path / "shards", body_size=(96, 32), codec="jpeg")

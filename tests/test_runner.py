@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -71,12 +72,12 @@ def test_max_errors_fails_after_writing_and_names_count_and_path(data, tmp_path)
     path = read_manifest(data[1])["path"][CORRUPT_ROW].as_py()
     with pytest.raises(StageError, match=r"1 error rows, more than --max-errors 0") as info:
         run_stage(
-            "parse", data[1], tmp_path, BACKENDS["parse"], RunOptions(**{**LOCAL.__dict__, "max_errors": 0})
+            "parse", data[1], tmp_path, BACKENDS["parse"], dataclasses.replace(LOCAL, max_errors=0)
         )
     assert path in str(info.value)
     assert info.value.summary.rows == 18 and len(read_stage(tmp_path, "parse")) == 18
     summary = run_stage(
-        "parse", data[1], tmp_path, BACKENDS["parse"], RunOptions(**{**LOCAL.__dict__, "max_errors": 1})
+        "parse", data[1], tmp_path, BACKENDS["parse"], dataclasses.replace(LOCAL, max_errors=1)
     )
     assert (summary.errors, summary.parts_written, summary.parts_skipped) == (1, 0, 5)
 
@@ -115,7 +116,7 @@ def test_changed_options_are_refused_unless_overwrite(data, reference, tmp_path)
     again = run_stage("detect", data[1], tmp_path, BACKENDS["detect"], LOCAL)  # same options: all skipped
     assert (again.parts_written, again.parts_skipped) == (0, 5)
     redone = run_stage(
-        "detect", data[1], tmp_path, changed, RunOptions(**{**LOCAL.__dict__, "overwrite": True})
+        "detect", data[1], tmp_path, changed, dataclasses.replace(LOCAL, overwrite=True)
     )
     assert redone.parts_written == 5
     crop = read_stage(tmp_path, "detect")["face_lr_png"]
@@ -132,6 +133,17 @@ def test_a_different_manifest_is_refused(data, tmp_path):
     write_manifest(table.slice(0, 10).replace_schema_metadata(table.schema.metadata), other)
     with pytest.raises(StageError, match="holds a different manifest"):
         run_stage("parse", other, tmp_path, BACKENDS["parse"], LOCAL)
+
+
+def test_a_stage_returning_a_foreign_sample_is_refused(data, tmp_path):
+    class Foreign(ParseStage):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            out["sample_id"][0] = "not-in-the-manifest"
+            return out
+
+    with pytest.raises(StageError, match="the stage returned duplicate or foreign rows"):
+        run_stage("parse", data[1], tmp_path, BACKENDS["parse"], LOCAL, stage_class=Foreign)
 
 
 def test_restore_needs_a_complete_detect_stage(data, tmp_path):

@@ -123,6 +123,19 @@ def test_read_many_matches_read_in_any_order(tmp_path, codec):
         reader.read(8)
 
 
+def test_an_undecodable_jpeg_names_its_shard_and_row(tmp_path):
+    import h5py
+
+    write_shards(tmp_path / "jpeg", make_samples(5), codec="jpeg")
+    with h5py.File(tmp_path / "jpeg" / "shard-00001.h5", "r+") as f:
+        f["body"][1] = np.zeros(10, np.uint8)  # sample 4: not a JPEG any more
+    reader = ShardReader(tmp_path / "jpeg")
+    with pytest.raises(ShardError, match=r"shard-00001\.h5: body row 1: cannot decode JPEG"):
+        reader.read(4)
+    with pytest.raises(ShardError, match=r"shard-00001\.h5: body row 1"):
+        reader.read_many([0, 4])
+
+
 def test_index_and_manifest_describe_the_shards(raw_dir):
     out_dir, samples = raw_dir
     manifest = json.loads((out_dir / MANIFEST_NAME).read_text())

@@ -136,9 +136,10 @@ def test_detect_with_a_random_weight_retinaface_gives_the_interface(tmp_path, ba
 
     from deskpro.pipeline.nets import retinaface
 
-    torch.manual_seed(0)  # only fills the test checkpoint; the stage itself uses no randomness
     weights = tmp_path / "mobilenet0.25_Final.pth"
-    torch.save(retinaface.build("mobilenet0.25").state_dict(), weights)
+    with torch.random.fork_rng(devices=[]):  # seeds only the test checkpoint, not later tests
+        torch.manual_seed(0)
+        torch.save(retinaface.build("mobilenet0.25").state_dict(), weights)
     stage = DetectStage(
         backend="retinaface-mobilenet0.25",
         weights=str(weights),

@@ -121,6 +121,12 @@ def test_deskpro_needs_a_teacher(shards, tmp_path):
         train(shards, tmp_path / "x", _config(shards, "deskpro"), QUIET)
 
 
+def test_amp_the_device_cannot_run_fails_before_training(shards, tmp_path):
+    with pytest.raises(ValueError, match="fp16.*needs a CUDA device"):
+        train(shards, tmp_path / "x", _config(shards, "baseline", amp="fp16"), QUIET)
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_baseline_and_evaluate(small_shards, tmp_path):
     shards = small_shards
     runner = CliRunner()

@@ -18,6 +18,7 @@ BACKGROUND, HAIR, UPPER, DRESS, COAT, PANTS, SKIRT, FACE = 0, 2, 5, 6, 7, 9, 12,
 LEFT_ARM, RIGHT_ARM, LEFT_LEG, RIGHT_LEG, LEFT_SHOE, RIGHT_SHOE = 14, 15, 16, 17, 18, 19
 UPPER_KINDS = {"shirt": UPPER, "coat": COAT, "dress": DRESS}
 LOWER_KINDS = {"trousers": PANTS, "skirt": SKIRT}
+GARMENT_LABELS = {**UPPER_KINDS, **LOWER_KINDS}
 PATTERNED_RATE = 0.35  # share of garments (not trousers) with stripes or checks
 MIN_OUTFIT_CONTRAST = 90.0  # RGB distance between a person's two upper garments (mean colours)
 HAIR_STYLES = ("short", "long", "bun", "spiky", "buzz", "afro")
@@ -472,12 +473,12 @@ def _colourise(c: _Canvas, ident: Identity, o: Outfit, background: np.ndarray, r
     lut[[LEFT_SHOE, RIGHT_SHOE]] = o.shoes
     garments = [g for g in (o.upper, o.lower) if g is not None]
     for g in garments:
-        lut[UPPER_KINDS.get(g.kind, LOWER_KINDS.get(g.kind))] = g.colour
+        lut[GARMENT_LABELS[g.kind]] = g.colour
     person = lut[c.labels]
     yy = np.arange(h, dtype=np.float32)[:, None]  # broadcast rows and columns, no full grids
     xx = np.arange(w, dtype=np.float32)[None, :]
     for g in garments:
-        label = UPPER_KINDS.get(g.kind, LOWER_KINDS.get(g.kind))
+        label = GARMENT_LABELS[g.kind]
         period = max(2.0, g.period * c.unit)
         if g.pattern == "stripes":
             on = (yy // (period / 2)) % 2 == 1

@@ -10,6 +10,7 @@ val rows keep split "val" with the same three subset names by camera.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -58,13 +59,19 @@ def _row(path: str, pid: int, camera: str, split: str, subset: str, clothes_id: 
     return Row(path=path, pid=pid, camid=CAMERAS[camera], clothes_id=clothes_id, split=split, subset=subset)
 
 
+def _person_dirs(folder: Path, root: Path, log: ScanLog) -> Iterator[Path]:
+    """The `PID/` sub-folders of `folder`; any other sub-folder is a layout mismatch."""
+    for person in subdirs(folder, root, log):
+        if _PID_DIR.match(person.name):
+            yield person
+        else:
+            log.mismatched.append(person.relative_to(root).as_posix() + "/")
+
+
 def _scan_by_person(folder: Path, root: Path, split: str, log: ScanLog) -> list[tuple]:
     """`folder/PID/{A,B,C}_*.jpg` (train and val)."""
     found = []
-    for person in subdirs(folder, root, log):
-        if not _PID_DIR.match(person.name):
-            log.mismatched.append(person.relative_to(root).as_posix() + "/")
-            continue
+    for person in _person_dirs(folder, root, log):
         for name, rel in list_images(person, root, log):
             match = _TRAIN_NAME.match(name)
             if match is None:
@@ -79,10 +86,7 @@ def _scan_by_person(folder: Path, root: Path, split: str, log: ScanLog) -> list[
 def _scan_test_camera(folder: Path, root: Path, camera: str, log: ScanLog) -> list[tuple]:
     """`rgb/test/CAMERA/PID/*.jpg`."""
     found = []
-    for person in subdirs(folder, root, log):
-        if not _PID_DIR.match(person.name):
-            log.mismatched.append(person.relative_to(root).as_posix() + "/")
-            continue
+    for person in _person_dirs(folder, root, log):
         for _, rel in list_images(person, root, log):
             found.append((rel, int(person.name), camera, TEST_SPLIT[camera], TEST_SUBSET[camera]))
     return found

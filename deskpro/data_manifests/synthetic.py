@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from deskpro.data_manifests import _draw
 from deskpro.data_manifests.schema import ManifestError
+from deskpro.pipeline.images import encode_jpeg, encode_png
 
 FORMAT_VERSION = 1
 CAMERAS = ("A", "B", "C")
@@ -149,7 +150,7 @@ def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bo
         cam: _draw.camera_background(cam, size, np.random.default_rng([seed, 1, i]))
         for i, cam in enumerate(CAMERAS)
     }
-    people = [(split, pid) for split, pid in _assign_pids(sizes)]
+    people = _assign_pids(sizes)
     faces = []
     bar = tqdm(
         total=len(people) * len(CAMERAS) * per_camera, desc="synthetic", unit="img", disable=not progress
@@ -185,17 +186,15 @@ def _assign_pids(sizes: dict[str, int]) -> list[tuple[str, int]]:
 
 
 def _write_pair(root: Path, rel: str, image: np.ndarray, labels: np.ndarray) -> None:
-    ok_jpg, jpg = cv2.imencode(
-        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    )
-    ok_png, png = cv2.imencode(".png", labels)
-    if not (ok_jpg and ok_png):
-        raise RuntimeError(f"{rel}: OpenCV could not encode the image")
+    try:
+        jpg, png = encode_jpeg(image, JPEG_QUALITY), encode_png(labels)
+    except ValueError as exc:
+        raise RuntimeError(f"{rel}: {exc}") from None
     image_file = root / rel
     parse_file = root / "truth" / "parse" / Path(rel).with_suffix(".png")
     for file, data in ((image_file, jpg), (parse_file, png)):
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(data.tobytes())
+        file.write_bytes(data)
 
 
 def _face_row(rel: str, pid: int, camera: str, facing: str, face: _draw.FaceTruth | None) -> dict:

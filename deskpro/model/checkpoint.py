@@ -17,7 +17,7 @@ from deskpro.files import atomic_path
 from deskpro.model.deskpro import DeSKPro
 from deskpro.model.lmbn import LightMBN
 from deskpro.model.osnet import CheckpointError, read_checkpoint
-from deskpro.state_dicts import brief_keys, check_keys, check_shapes
+from deskpro.state_dicts import brief_keys, load_checked
 
 FORMAT = "deskpro-checkpoint"
 FORMAT_VERSION = 1
@@ -67,12 +67,10 @@ def _check_plain(obj, where: str) -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             if not isinstance(k, (str, int)):
-                raise TypeError(f"checkpoint {where}: key {k!r} is not a str/int")
+                raise TypeError(f"{where}: key {k!r} is not a str/int")
             _check_plain(v, f"{where}.{k}")
         return
-    raise TypeError(
-        f"checkpoint {where}: {type(obj).__name__} is not plain data (use dicts, lists, numbers, str)"
-    )
+    raise TypeError(f"{where}: {type(obj).__name__} is not plain data (use dicts, lists, numbers, str)")
 
 
 def save(
@@ -98,7 +96,7 @@ def save(
     arch["repeat_conv2a"] = bool(model.repeat_conv2a)
     missing = [k for k in PREPROCESSING_KEYS if k not in preprocessing]
     if missing:
-        raise ValueError(f"save: preprocessing lacks {', '.join(missing)}")
+        raise ValueError(f"save {path}: preprocessing lacks {', '.join(missing)}")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -109,7 +107,7 @@ def save(
         "preprocessing": preprocessing,
         "extra": extra or {},
     }
-    _check_plain(payload, "metadata")
+    _check_plain(payload, f"checkpoint {path}: metadata")
     payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -155,20 +153,25 @@ def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]
 
 
 def _num_classes(state: dict[str, torch.Tensor], path: Path, prefix: str = "") -> int:
-    for key in (prefix + CLASSIFIER_KEY, prefix + CLASSIFIER_KEY.replace("branches.0.", "global_branch.")):
-        if key in state:
-            return int(state[key].shape[0])
-    raise CheckpointError(f"{path}: cannot infer the class count (no {prefix + CLASSIFIER_KEY})")
+    """The classifier width; ``state`` has been through `_complete_aliases`, so one key name suffices."""
+    key = prefix + CLASSIFIER_KEY
+    if key not in state:
+        raise CheckpointError(f"{path}: cannot infer the class count (no {key})")
+    return int(state[key].shape[0])
 
 
 def _load_strict(
     module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str, prefix: str = ""
 ) -> None:
-    own = module.state_dict()
-    options = {"source": path, "error": CheckpointError, "prefix": prefix}
-    check_keys(own, state, what=f"does not match the {what} layout", **options)
-    check_shapes(own, state, what=f"wrong tensor shapes for the {what}", **options)
-    module.load_state_dict(state)
+    load_checked(
+        module,
+        state,
+        source=path,
+        keys_what=f"does not match the {what} layout",
+        shapes_what=f"wrong tensor shapes for the {what}",
+        error=CheckpointError,
+        prefix=prefix,
+    )
 
 
 def _from_ours(obj: dict, path: Path) -> tuple[nn.Module, dict]:
@@ -178,9 +181,12 @@ def _from_ours(obj: dict, path: Path) -> tuple[nn.Module, dict]:
             f"{path}: unsupported format_version {version!r} (this deskpro reads <= {FORMAT_VERSION})"
         )
     kind, arch, state = obj.get("kind"), obj.get("arch") or {}, obj.get("state_dict")
-    if kind not in KINDS or not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: corrupt deskpro checkpoint (kind {kind!r}, state_dict missing)")
-    num_classes = int(obj["num_classes"])
+    num_classes = obj.get("num_classes")
+    if kind not in KINDS or not isinstance(state, Mapping) or not isinstance(num_classes, int):
+        raise CheckpointError(
+            f"{path}: corrupt deskpro checkpoint (kind {kind!r}, num_classes {num_classes!r}, "
+            f"state_dict {'present' if isinstance(state, Mapping) else 'missing'})"
+        )
     if kind == "deskpro":
         model: nn.Module = DeSKPro(
             num_classes,
@@ -192,7 +198,7 @@ def _from_ours(obj: dict, path: Path) -> tuple[nn.Module, dict]:
         model = LightMBN(
             num_classes, feat_dim=arch.get("feat_dim", 512), repeat_conv2a=arch.get("repeat_conv2a", True)
         )
-    _load_strict(model, _complete_aliases(dict(state)), path, kind)
+    _load_strict(model, _complete_aliases(state), path, kind)
     meta = {
         k: obj.get(k) for k in ("kind", "num_classes", "config", "preprocessing", "extra", "format_version")
     }

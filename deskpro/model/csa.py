@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deskpro.model.lmbn import init_kaiming
+
 CSA_FORMS = ("official", "paper")
 
 
@@ -27,11 +29,7 @@ class CSA(nn.Module):
             self.conv2 = nn.Conv2d(channels, 1, 1, bias=False)
         else:
             self.conv = nn.Conv2d(channels, 1, 1, bias=True)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.apply(init_kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "official":

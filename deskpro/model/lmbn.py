@@ -40,7 +40,8 @@ class LMBNOutput(NamedTuple):
     embeddings: torch.Tensor
 
 
-def _init_kaiming(m: nn.Module) -> None:
+def init_kaiming(m: nn.Module) -> None:
+    """Kaiming fan-in for convs (zero bias), unit affine BatchNorm: LightMBN's initialisation."""
     if isinstance(m, nn.Conv2d):
         nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
         if m.bias is not None:
@@ -63,7 +64,7 @@ class BNNeck(nn.Module):
         self.bn = nn.BatchNorm1d(dim)
         self.bn.bias.requires_grad_(False)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
-        self.bn.apply(_init_kaiming)
+        self.bn.apply(init_kaiming)
         self.classifier.apply(_init_classifier)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -164,7 +165,7 @@ class ChannelBranch(nn.Module):
         self.shared = nn.Sequential(
             nn.Conv2d(self.chunk, feat_dim, 1, bias=False), nn.BatchNorm2d(feat_dim), nn.ReLU(inplace=True)
         )
-        self.shared.apply(_init_kaiming)
+        self.shared.apply(init_kaiming)
         self.reduction_ch_0 = BNNeck(feat_dim, num_classes)
         self.reduction_ch_1 = BNNeck(feat_dim, num_classes)
 

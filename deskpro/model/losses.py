@@ -29,19 +29,18 @@ def cross_entropy_ls(logits: torch.Tensor, targets: torch.Tensor, eps: float = 0
     """
     if logits.shape[0] == 0:
         return _zero(logits)
-    if logits.dim() == 3:
-        return sum(cross_entropy_ls(logits[:, k], targets, eps) for k in range(logits.shape[1]))
     log_probs = F.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(1, targets.long().view(-1, 1)).squeeze(1)
+    index = targets.long().view(-1, *([1] * (logits.dim() - 1))).expand(*logits.shape[:-1], 1)
+    nll = -log_probs.gather(-1, index).squeeze(-1)  # [B] or [B,K]
     uniform = -log_probs.mean(dim=-1)
-    return ((1.0 - eps) * nll + eps * uniform).mean()
+    return ((1.0 - eps) * nll + eps * uniform).mean(dim=0).sum()
 
 
 def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
-    """[N,D] -> [N,N] Euclidean distances, sqrt(clamp(|a|^2 + |b|^2 - 2ab, 1e-12)) as the official loss."""
+    """[...,N,D] -> [...,N,N] distances sqrt(clamp(|a|^2 + |b|^2 - 2ab, 1e-12)), as the official loss."""
     x = x.float()
-    sq = x.pow(2).sum(1)
-    return (sq[:, None] + sq[None, :] - 2.0 * x @ x.T).clamp_min(1e-12).sqrt()
+    sq = x.pow(2).sum(-1)
+    return (sq[..., :, None] + sq[..., None, :] - 2.0 * x @ x.transpose(-1, -2)).clamp_min(1e-12).sqrt()
 
 
 def batch_hard_triplet(feats: torch.Tensor, targets: torch.Tensor, margin: float = 0.7) -> torch.Tensor:
@@ -51,18 +50,15 @@ def batch_hard_triplet(feats: torch.Tensor, targets: torch.Tensor, margin: float
     with the anchor's label (the anchor itself counts, at distance ~0, as in the official loss); the hardest
     negative the nearest with another label. Anchors without any negative are skipped; none left gives 0.
     """
-    if feats.dim() == 3:
-        if feats.shape[1] == 0:
-            return _zero(feats)
-        return sum(batch_hard_triplet(feats[:, k], targets, margin) for k in range(feats.shape[1]))
-    dist = pairwise_euclidean(feats)
     same = targets.view(-1, 1) == targets.view(1, -1)
     has_negative = (~same).any(dim=1)
     if not bool(has_negative.any()):
         return _zero(feats)
-    hardest_pos = dist.masked_fill(~same, float("-inf")).amax(dim=1)
-    hardest_neg = dist.masked_fill(same, float("inf")).amin(dim=1)
-    return F.relu(hardest_pos - hardest_neg + margin)[has_negative].mean()
+    heads = feats.transpose(0, 1) if feats.dim() == 3 else feats.unsqueeze(0)  # [K,B,D]
+    dist = pairwise_euclidean(heads)  # [K,B,B]
+    hardest_pos = dist.masked_fill(~same, float("-inf")).amax(dim=-1)
+    hardest_neg = dist.masked_fill(same, float("inf")).amin(dim=-1)
+    return F.relu(hardest_pos - hardest_neg + margin)[:, has_negative].mean(dim=1).sum()
 
 
 def cloth_irrelevant_mask(parse: torch.Tensor, cloth_labels: Sequence[int], eps: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deskpro.state_dicts import check_keys, check_shapes
+from deskpro.state_dicts import load_checked
 
 # Channel widths of OSNet x1.0: stem, conv2, conv3, conv4 (conv5 keeps conv4's width).
 CHANNELS = (64, 256, 384, 512)
@@ -44,17 +44,11 @@ class ConvLayer(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
-class Conv1x1(nn.Module):
+class Conv1x1(ConvLayer):
     """Point-wise convolution + BatchNorm + ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        super().__init__(in_channels, out_channels, 1)
 
 
 class Conv1x1Linear(nn.Module):
@@ -112,7 +106,6 @@ class OSBlock(nn.Module):
         self, in_channels: int, out_channels: int, bottleneck_reduction: int = 4, repeat_conv2a: bool = False
     ):
         super().__init__()
-        self.repeat_conv2a = repeat_conv2a
         mid = out_channels // bottleneck_reduction
         self.conv1 = Conv1x1(in_channels, mid)
         self.conv2a = _lite_stack(mid, 1)
@@ -122,6 +115,11 @@ class OSBlock(nn.Module):
         self.gate = ChannelGate(mid)
         self.conv3 = Conv1x1Linear(mid, out_channels)
         self.downsample = Conv1x1Linear(in_channels, out_channels) if in_channels != out_channels else None
+        self.set_repeat_conv2a(repeat_conv2a)
+
+    def set_repeat_conv2a(self, repeat_conv2a: bool) -> None:
+        """Switch to (or from) the official stream quirk; the unused ``conv2b`` then stops requiring grads."""
+        self.repeat_conv2a = repeat_conv2a
         self.conv2b.requires_grad_(not repeat_conv2a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +139,7 @@ def set_repeat_conv2a(module: nn.Module, repeat_conv2a: bool) -> None:
     """
     for m in module.modules():
         if isinstance(m, OSBlock):
-            m.repeat_conv2a = repeat_conv2a
-            m.conv2b.requires_grad_(not repeat_conv2a)
+            m.set_repeat_conv2a(repeat_conv2a)
 
 
 def _stage(in_channels: int, out_channels: int, reduce_spatial_size: bool) -> nn.Sequential:
@@ -251,10 +248,14 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
 def load_osnet_state(osnet: OSNet, state: dict[str, torch.Tensor], source: str) -> None:
     """Load an ImageNet OSNet state dict (head dropped) into ``osnet``, strictly, with a clear error."""
     state = {k: v for k, v in state.items() if not k.startswith(IMAGENET_HEAD_PREFIXES)}
-    own = osnet.state_dict()
-    check_keys(own, state, source=source, what="not an OSNet x1.0 ImageNet checkpoint", error=CheckpointError)
-    check_shapes(own, state, source=source, what="OSNet checkpoint has wrong shapes", error=CheckpointError)
-    osnet.load_state_dict(state)
+    load_checked(
+        osnet,
+        state,
+        source=source,
+        keys_what="not an OSNet x1.0 ImageNet checkpoint",
+        shapes_what="OSNet checkpoint has wrong shapes",
+        error=CheckpointError,
+    )
 
 
 def load_imagenet(model_or_backbone: nn.Module, path: str | Path) -> nn.Module:

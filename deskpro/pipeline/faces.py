@@ -71,21 +71,23 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.asarray(matrix[:2], dtype=np.float64)
 
 
-def inverse_matrix(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of a (2, 3) affine matrix, as a float64 (2, 3) matrix."""
+def _check_affine(matrix: np.ndarray) -> np.ndarray:
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape != (2, 3):
         raise ValueError(f"affine matrix must be (2, 3), got {m.shape}")
-    full = np.vstack([m, [0.0, 0.0, 1.0]])
+    return m
+
+
+def inverse_matrix(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a (2, 3) affine matrix, as a float64 (2, 3) matrix."""
+    full = np.vstack([_check_affine(matrix), [0.0, 0.0, 1.0]])
     return np.linalg.inv(full)[:2]
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Apply a (2, 3) affine matrix to (N, 2) x, y points; returns float64 (N, 2)."""
     pts = _check_points(points, "points")
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (2, 3):
-        raise ValueError(f"affine matrix must be (2, 3), got {m.shape}")
+    m = _check_affine(matrix)
     return pts @ m[:, :2].T + m[:, 2]
 
 

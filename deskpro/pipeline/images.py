@@ -62,10 +62,11 @@ def decode_batch(batch: dict[str, np.ndarray], *, root: str) -> dict[str, np.nda
     images = np.empty(len(paths), dtype=object)
     errors = np.empty(len(paths), dtype=object)
     for i, rel in enumerate(paths):
+        path = Path(root) / rel
         try:
-            images[i] = read_image_bgr(Path(root) / rel)
-        except ImageDecodeError as exc:
-            images[i], errors[i] = PLACEHOLDER, str(exc).replace(str(Path(root) / rel), rel, 1)
+            images[i] = read_image_bgr(path)
+        except ImageDecodeError as exc:  # the message names the path as the manifest has it
+            images[i], errors[i] = PLACEHOLDER, str(exc).replace(str(path), rel, 1)
     return {
         "sample_id": np.asarray(batch["sample_id"], dtype=object),
         "path": np.asarray(paths, dtype=object),

@@ -6,7 +6,6 @@ they are the reference that the real networks are compared against on the synthe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,6 @@ class OracleParser:
         from deskpro.data_manifests.synthetic import read_parse_truth
 
         return np.asarray(read_parse_truth(self.root, path), dtype=np.uint8)
-
-    def __call__(self, paths: Sequence[str]) -> list[np.ndarray]:
-        return [self.one(p) for p in paths]
 
 
 class OracleFaceDetector:
@@ -58,6 +54,3 @@ class OracleFaceDetector:
             return []
         box = np.asarray(box, np.float32).reshape(4)
         return [Face(box=box, score=1.0, landmarks=np.asarray(landmarks, np.float32).reshape(5, 2))]
-
-    def __call__(self, paths: Sequence[str]) -> list[list]:
-        return [self.one(p) for p in paths]

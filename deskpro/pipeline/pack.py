@@ -25,7 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from deskpro.data_manifests import SCHEMA as MANIFEST_SCHEMA
 from deskpro.data_manifests import manifest_info, read_manifest
+from deskpro.pipeline.runner import stage_dir
 from deskpro.pipeline.shards import DEFAULT_PARSE_COMPRESSION, MANIFEST_NAME, ShardError, ShardWriter
 
 # Columns each stage must provide (the shared stage-output interface).
@@ -79,7 +81,7 @@ class _Stage:
 
 def _load_stage(work_dir: Path, name: str) -> _Stage | None:
     """The stage's part files joined; None when the stage folder does not exist."""
-    folder = work_dir / "stages" / name
+    folder = stage_dir(work_dir, name)
     if not folder.is_dir():
         return None
     parts = sorted(folder.glob("part-*.parquet"))
@@ -217,7 +219,7 @@ def pack(
     stages = {name: _load_stage(work_dir, name) for name in STAGE_COLUMNS}
     for name in REQUIRED_STAGES:
         if stages[name] is None:
-            raise PackError(f"{work_dir / 'stages' / name}: missing; run the {name} stage before packing")
+            raise PackError(f"{stage_dir(work_dir, name)}: missing; run the {name} stage before packing")
     for stage in stages.values():
         if stage is not None:
             _check_complete(stage, sample_ids)
@@ -233,7 +235,7 @@ def pack(
     body_size = (int(body_size[0]), int(body_size[1]))
     skipped = {"parse": 0, "detect": 0, "image": 0}
     faces_dropped = 0
-    rows = manifest.select(["sample_id", "path", "pid", "camid", "clothes_id", "split", "subset"]).to_pylist()
+    rows = manifest.select(MANIFEST_SCHEMA.names).to_pylist()
     with ShardWriter(
         out_dir,
         body_size=body_size,

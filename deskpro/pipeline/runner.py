@@ -33,9 +33,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from deskpro.data_manifests import SCHEMA as MANIFEST_SCHEMA
+from deskpro.data_manifests import manifest_info, read_manifest, write_manifest
 from deskpro.files import atomic_path, sha256_file
 from deskpro.pipeline import images as imageio
-from deskpro.pipeline.stages import STAGE_CLASSES, STAGE_NAMES, batch_to_table, check_options, table_to_batch
+from deskpro.pipeline.stages import (
+    NO_NET_BACKENDS,
+    STAGE_CLASSES,
+    STAGE_NAMES,
+    batch_to_table,
+    check_options,
+    table_to_batch,
+)
 
 FORMAT_VERSION = 1
 EXECUTORS = ("ray", "local")
@@ -125,12 +134,11 @@ def part_path(directory: Path, index: int) -> Path:
 
 def read_stage(work_dir: Path | str, stage: str, columns: list[str] | None = None) -> pa.Table:
     """All parts of a complete stage concatenated in manifest order; StageError if it is incomplete."""
-    info = _read_stage_json(stage_dir(work_dir, stage))
+    directory = stage_dir(work_dir, stage)
+    info = _read_stage_json(directory)
     if not info or not info.get("complete"):
-        raise StageError(
-            f"{stage_dir(work_dir, stage)}: stage {stage} is not complete; run `deskpro {stage}`"
-        )
-    files = [part_path(stage_dir(work_dir, stage), i) for i in range(info["num_parts"])]
+        raise StageError(f"{directory}: stage {stage} is not complete; run `deskpro {stage}`")
+    files = [part_path(directory, i) for i in range(info["num_parts"])]
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
 
 
@@ -141,7 +149,7 @@ def read_stage(work_dir: Path | str, stage: str, columns: list[str] | None = Non
 def manifest_fingerprint(table: pa.Table, root: str) -> str:
     """sha256 of the manifest's rows and root (not its scan time: a rescan of the same data matches)."""
     digest = hashlib.sha256(root.encode())
-    for name in ("sample_id", "path", "pid", "camid", "clothes_id", "split", "subset"):
+    for name in MANIFEST_SCHEMA.names:
         digest.update(name.encode())
         digest.update(json.dumps(table.column(name).to_pylist()).encode())
     return digest.hexdigest()
@@ -203,29 +211,26 @@ class _Plan:
     root: str
     out_dir: Path
     part_size: int
+    sizes: list[int]  # rows of each part
     missing: list[int]
-    num_parts: int
     upstream_dir: Path | None  # restore reads detect's parts
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.sizes)
 
 
 def _load_manifest(manifest_path: Path | str) -> tuple[pa.Table, str]:
-    from deskpro.data_manifests import manifest_info, read_manifest
-
     table = read_manifest(manifest_path)
     return table, manifest_info(table)["root"]
 
 
 def _sync_work_manifest(work_dir: Path, table: pa.Table, root: str, overwrite: bool) -> str:
     """Copy the manifest into WORK (or check the copy there); returns its fingerprint."""
-    from deskpro.data_manifests import read_manifest, write_manifest
-
     fp = manifest_fingerprint(table, root)
     copy = work_dir / "manifest.parquet"
     if copy.is_file():
-        old = read_manifest(copy)
-        from deskpro.data_manifests import manifest_info
-
-        if manifest_fingerprint(old, manifest_info(old)["root"]) == fp:
+        if manifest_fingerprint(*_load_manifest(copy)) == fp:
             return fp
         if not overwrite:
             raise StageError(
@@ -325,8 +330,8 @@ def _plan(stage, manifest_path, work_dir, backend_options, opts, stage_class) ->
         root,
         out_dir,
         opts.part_size,
+        sizes,
         [i for i in range(num_parts) if i not in done],
-        num_parts,
         upstream_dir,
     )
     return plan, fingerprint
@@ -349,18 +354,18 @@ class _PartCollector:
             self.expected[i] = part_ids
             self.owner.update(dict.fromkeys(part_ids, i))
         self.pending: dict[int, list[pa.Table]] = {i: [] for i in plan.missing}
-        self.counts = dict.fromkeys(plan.missing, 0)
         self.written = 0
         self.bar = bar
 
     def add(self, table: pa.Table) -> None:
-        parts = np.array([self.owner[s] for s in table.column("sample_id").to_pylist()], dtype=np.int64)
-        for part in np.unique(parts):
-            rows = table.take(pa.array(np.flatnonzero(parts == part)))
-            self.pending[int(part)].append(rows)
-            self.counts[int(part)] += len(rows)
-            if self.counts[int(part)] >= len(self.expected[int(part)]):
-                self._write(int(part))
+        ids = table.column("sample_id").to_pylist()
+        parts = np.array([self.owner.get(s, -1) for s in ids], dtype=np.int64)
+        for part in np.unique(parts).tolist():
+            if part not in self.pending:  # -1: no sample of a missing part; else a part already written
+                raise StageError(f"{self.out_dir}: the stage returned duplicate or foreign rows")
+            self.pending[part].append(table.take(pa.array(np.flatnonzero(parts == part))))
+            if sum(map(len, self.pending[part])) >= len(self.expected[part]):
+                self._write(part)
         self.bar.update(len(table))
 
     def _write(self, part: int) -> None:
@@ -368,7 +373,7 @@ class _PartCollector:
         position = {s: k for k, s in enumerate(self.expected[part])}
         order = [position[s] for s in table.column("sample_id").to_pylist()]
         if sorted(order) != list(range(len(self.expected[part]))):
-            raise StageError(f"part {part}: the stage returned duplicate or foreign rows")
+            raise StageError(f"{self.out_dir}: part {part}: the stage returned duplicate or foreign rows")
         table = table.take(pa.array(np.argsort(order)))
         final = part_path(self.out_dir, part)
         with atomic_path(final) as tmp:  # ".part-*.tmp", which _prepare clears after a crash
@@ -399,16 +404,16 @@ def _source_tables(plan: _Plan, batch_size: int) -> Iterator[pa.Table]:
 
 
 def _run_local(plan: _Plan, opts: RunOptions, collector: _PartCollector) -> None:
-    stage = plan.stage_class(**plan.kwargs)
+    stage = ArrowStage(plan.stage_class, plan.kwargs)
     for rows in _source_tables(plan, opts.batch_size):
         batch = table_to_batch(rows)
         if plan.stage_class.needs_images:
             batch = imageio.decode_batch(batch, root=plan.root)
-        collector.add(batch_to_table(stage(batch), plan.stage_class.schema))
+        collector.add(stage(batch))
 
 
 class ArrowStage:
-    """The Ray actor: builds the stage once, returns each output batch as a typed Arrow table.
+    """The stage built once, each output batch returned as a typed Arrow table: Ray's actor, the loop's stage.
 
     Typed tables keep the part schema exact through Ray (a batch of all-null bytes would otherwise
     arrive as a null-typed column).
@@ -424,7 +429,7 @@ class ArrowStage:
 
 def _wants_gpu(kwargs: dict) -> bool:
     backend = str(kwargs.get("backend", ""))
-    return backend not in ("oracle", "none") and str(kwargs.get("device", "auto")) != "cpu"
+    return backend not in NO_NET_BACKENDS and str(kwargs.get("device", "auto")) != "cpu"
 
 
 @contextlib.contextmanager
@@ -500,17 +505,23 @@ def _run_ray(plan: _Plan, opts: RunOptions, collector: _PartCollector) -> None:
             try:
                 for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                     collector.add(table)
-            except Exception as exc:  # re-raised below as text
-                failure = _describe(exc)
+            except Exception as exc:  # re-raised below as a new exception
+                # The collector's own StageError keeps its type, as in the local loop; a stage's
+                # exception arrives wrapped by Ray, in a class that may also derive from StageError.
+                if type(exc) is StageError:
+                    failure = StageError(str(exc))
+                else:
+                    failure = RuntimeError(_describe(exc))
         finally:
             ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
     if failure is not None:
-        # Raised as text only, after dropping every reference to the failed dataset: its actors are
-        # released by reference counting, and a caller keeping the original exception (whose
-        # traceback holds the executor) would keep them and their CPUs/GPUs busy in a reused Ray.
+        # Raised as a new exception holding text only, after dropping every reference to the failed
+        # dataset: its actors are released by reference counting, and a caller keeping the original
+        # exception (whose traceback holds the executor) would keep them and their CPUs/GPUs busy in
+        # a reused Ray.
         del ds
         gc.collect()
-        raise RuntimeError(failure)
+        raise failure
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -593,7 +604,7 @@ def run_stage(
     if stage == "parse":
         info["label_set"] = backend_options.get("labels", "lip")
     _write_json(plan.out_dir / "stage.json", info)
-    todo = sum(min(plan.part_size, len(plan.manifest) - i * plan.part_size) for i in plan.missing)
+    todo = sum(plan.sizes[i] for i in plan.missing)
     start = time.perf_counter()
     with tqdm(total=todo, desc=stage, unit="img", disable=not run_options.progress) as bar:
         collector = _PartCollector(plan, bar)

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from deskpro.files import atomic_path, sha256_file
+from deskpro.pipeline.images import encode_jpeg
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -63,7 +64,6 @@ PARSE_COMPRESSIONS = ("none", "gzip", "lzf")
 DEFAULT_PARSE_COMPRESSION = "gzip"
 GZIP_LEVEL = 4
 IMAGE_KEYS = ("body", "face_lr", "face_hr")
-SAMPLE_KEYS = ("body", "parse", "face_lr", "face_hr", "has_face")
 SHARD_DATASETS = ("sample_id", "has_face", "body", "parse", "face_lr", "face_hr")
 
 # Fixed HDF5 settings so that the same samples give the same bytes on every run.
@@ -98,24 +98,18 @@ def shard_file_name(shard: int) -> str:
     return f"shard-{shard:05d}.h5"
 
 
-# ---------------------------------------------------------------- image codec helpers
+# ---------------------------------------------------------------- image codec helper
 
 
-def encode_jpeg(image_rgb: np.ndarray, quality: int) -> np.ndarray:
-    """RGB uint8 -> JPEG bytes as a 1-D uint8 array (standard colour order inside the file)."""
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
-    )
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.reshape(-1)
+def decode_jpeg(buf: np.ndarray, name: str = "<jpeg bytes>") -> np.ndarray:
+    """JPEG bytes (1-D uint8) -> RGB uint8 [H,W,3]; ShardError naming `name` when they do not decode.
 
-
-def decode_jpeg(buf: np.ndarray) -> np.ndarray:
-    """JPEG bytes (1-D uint8) -> RGB uint8 [H,W,3]."""
+    OpenCV rather than `deskpro.pipeline.images.decode_jpeg` (PIL): this is the loader's hot path,
+    and the read rates above were measured with it. Writing uses `images.encode_jpeg`.
+    """
     bgr = cv2.imdecode(np.asarray(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError("JPEG decoding failed")
+        raise ShardError(f"{name}: cannot decode JPEG")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -349,7 +343,9 @@ class ShardWriter:
     # -- internals
 
     def _encode(self, image: np.ndarray) -> np.ndarray:
-        return encode_jpeg(image, self.options["quality"]) if self.options["codec"] == "jpeg" else image
+        if self.options["codec"] == "jpeg":  # JPEG bytes as a 1-D uint8 array (a vlen HDF5 row)
+            return np.frombuffer(encode_jpeg(image, self.options["quality"]), np.uint8)
+        return image
 
     def _encode_face(self, name: str, face: np.ndarray | None) -> np.ndarray:
         if face is None:
@@ -423,12 +419,12 @@ class ShardWriter:
             ds = f[name]
             ds.resize(stop, axis=0)
             values = [row[name] for row in self._pending]
-            if ds.dtype.kind == "O" and name != "sample_id":  # variable-length JPEG bytes
+            if name == "sample_id":
+                ds[start:stop] = np.array(values, dtype=object)
+            elif ds.dtype.kind == "O":  # variable-length JPEG bytes
                 # Row by row: h5py reads an object array of equal-length arrays as a 2-D block.
                 for j, value in enumerate(values):
                     ds[start + j] = value
-            elif name == "sample_id":
-                ds[start:stop] = np.array(values, dtype=object)
             else:
                 ds[start:stop] = np.stack(values)
         self._pending = []
@@ -520,9 +516,6 @@ class ShardReader:
         state["_pid"] = None
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
     def __enter__(self) -> ShardReader:
         return self
 
@@ -538,14 +531,8 @@ class ShardReader:
 
     def read(self, i: int) -> dict[str, np.ndarray | bool]:
         """One sample: body [H,W,3], parse [H,W], face_lr / face_hr [F,F,3] (zeros if no face), has_face."""
-        i = self._check_position(i)
-        f = self._handle(int(self._shard[i]))
-        row = int(self._row[i])
-        has_face = bool(f["has_face"][row])
-        sample = {"body": self._decode(f["body"][row], self._body_shape()), "parse": f["parse"][row]}
-        for key in ("face_lr", "face_hr"):
-            sample[key] = self._decode(f[key][row], self._face_shape()) if has_face else self._zeros_face()
-        sample["has_face"] = has_face
+        sample = {key: value[0] for key, value in self.read_many([i]).items()}
+        sample["has_face"] = bool(sample["has_face"])
         return sample
 
     def read_many(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
@@ -581,9 +568,6 @@ class ShardReader:
         fs = self.options["face_size"]
         return (fs, fs, 3)
 
-    def _zeros_face(self) -> np.ndarray:
-        return np.zeros(self._face_shape(), np.uint8)
-
     def _check_position(self, i: int) -> int:
         i = int(i)
         if not -len(self) <= i < len(self):
@@ -607,18 +591,11 @@ class ShardReader:
             self._handles[shard] = f
         return f
 
-    def _decode(self, stored: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        if self.options["codec"] == "raw":
-            return np.asarray(stored)
-        image = decode_jpeg(stored)
-        if image.shape != shape:
-            raise ShardError(f"{self.shards_dir}: decoded image has shape {image.shape}, expected {shape}")
-        return image
-
     def _read_rows(
         self, shard: int, rows: np.ndarray, where: np.ndarray, inverse: np.ndarray, out: dict
     ) -> None:
         f = self._handle(shard)
+        raw = self.options["codec"] == "raw"
         has_face = np.asarray(_read_sorted(f["has_face"], rows), dtype=np.bool_)
         out["has_face"][where] = has_face[inverse]
         out["parse"][where] = _read_sorted(f["parse"], rows)[inverse]
@@ -628,7 +605,18 @@ class ShardReader:
             for j, k in enumerate(inverse):
                 if key != "body" and not has_face[k]:
                     continue
-                out[key][where[j]] = self._decode(stored[k], shape)
+                out[key][where[j]] = stored[k] if raw else _decode_checked(stored[k], shape, f, key, rows[k])
+
+
+def _decode_checked(
+    stored: np.ndarray, shape: tuple[int, ...], f: h5py.File, key: str, row: int
+) -> np.ndarray:
+    """One JPEG row decoded and checked against its shape; errors name the shard file, dataset and row."""
+    name = f"{f.filename}: {key} row {row}"
+    image = decode_jpeg(stored, name)
+    if image.shape != shape:
+        raise ShardError(f"{name}: decoded image has shape {image.shape}, expected {shape}")
+    return image
 
 
 def _read_sorted(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
@@ -708,9 +696,7 @@ def _check_shard_file(
     return problems, ids
 
 
-def _check_index(
-    shards_dir: Path, manifest: dict, index: pa.Table, ids_by_shard: dict[int, np.ndarray]
-) -> list[str]:
+def _check_index(manifest: dict, index: pa.Table, ids_by_shard: dict[int, np.ndarray]) -> list[str]:
     problems = []
     entries = manifest["shards"]
     shard = index.column("shard").to_numpy().astype(np.int64)
@@ -783,7 +769,7 @@ def verify(
         except ShardError as e:
             problems.append(str(e))
         else:
-            problems += _check_index(shards_dir, manifest, index, ids_by_shard)
+            problems += _check_index(manifest, index, ids_by_shard)
     rows = int(sum(e.get("rows", 0) for e in entries))
     if rows != manifest["totals"].get("rows"):
         problems.append(

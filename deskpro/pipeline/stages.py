@@ -44,6 +44,8 @@ RESTORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("face_hr_jpg", pa.binar
 PARSE_BACKENDS = ("schp", "smp:ARCH:ENCODER", "oracle")
 DETECT_BACKENDS = ("retinaface-resnet50", "retinaface-mobilenet0.25", "face-alignment", "oracle")
 RESTORE_BACKENDS = ("gpen-512", "gpen-256", "none")
+# Backends without a network: no weights file, no GPU.
+NO_NET_BACKENDS = ("oracle", "none")
 
 
 class StageConfigError(ValueError):
@@ -307,16 +309,14 @@ class DetectStage:
             face = choose_face(faces, tuple(image.shape[:2]), self.policy)
             if face is None:
                 continue
+            points = np.asarray(face.landmarks, np.float32)
             try:
-                crops[i] = self._crop(image, np.asarray(face.landmarks, np.float32).reshape(5, 2))
+                crops[i] = self._crop(image, points.reshape(5, 2))
             except ValueError as exc:  # degenerate landmarks: no similarity transform
                 errors[i] = f"{paths[i]}: cannot align face ({exc})"
                 continue
             has_face[i], score[i] = True, face.score
-            box[i], landmarks[i] = (
-                np.asarray(face.box, np.float32),
-                np.asarray(face.landmarks, np.float32).ravel(),
-            )
+            box[i], landmarks[i] = np.asarray(face.box, np.float32), points.ravel()
         return {
             "sample_id": _object_array(ids),
             "has_face": has_face,
@@ -443,7 +443,7 @@ def check_options(stage: str, options: dict[str, Any], flag_prefix: str = "") ->
         raise StageConfigError(
             f"--{flag_prefix}backend {backend}: unknown {stage} backend; choose from {', '.join(known)}"
         )
-    if backend in ("oracle", "none"):
+    if backend in NO_NET_BACKENDS:
         return
     require_weights(options.get("weights"), f"--{flag_prefix}weights", backend)
     if backend == "face-alignment":

@@ -83,7 +83,6 @@ REGISTRY: tuple[OfficialWeights, ...] = (
 )
 
 _BY_NAME = {w.name: w for w in REGISTRY}
-_BY_FILE = {w.file: w for w in REGISTRY}
 
 
 def get(name: str) -> OfficialWeights:
@@ -169,7 +168,7 @@ def verify_dir(directory: Path | str) -> VerifyReport:
             report.rows.append((entry.file, f"BAD: {problem}"))
             report.ok = False
     if found == 0:
-        expected = ", ".join(_BY_FILE)
+        expected = ", ".join(w.file for w in REGISTRY)
         report.rows.append((str(directory), f"no official checkpoint found (expected names: {expected})"))
         report.ok = False
     return report

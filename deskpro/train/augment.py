@@ -29,19 +29,6 @@ class AugmentSettings:
     shift_faces: bool = False
 
 
-def to_float_images(images: torch.Tensor, device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 [B,H,W,3] -> float [B,3,H,W] in [0, 1] on the device."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of float [B,3,H,W] images in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def normalize_uint8(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 [B,H,W,3] -> ImageNet-normalised float [B,3,H,W]: a uint8 transpose, then one fused op."""
     nchw = images.permute(0, 3, 1, 2).contiguous(
@@ -65,7 +52,7 @@ def shift_and_flip(
     [0, 2*pad]; offsets equal to `pad` do not move it. On a GPU this is one gather kernel; on the
     CPU a per-sample slice copy, which is about ten times faster there than a gather.
     """
-    b, h, w = images.shape[:3]
+    h, w = images.shape[1:3]
     py, px = pad
     spatial_pad = (0, 0, px, px, py, py) if images.dim() == 4 else (px, px, py, py)
     padded = torch.nn.functional.pad(images, spatial_pad) if py or px else images
@@ -94,12 +81,6 @@ def _shift_flip_gather(padded, dy, dx, flipped, size_hw, px: int) -> torch.Tenso
     cols = torch.where(flipped.view(b, 1), (w - 1 + 2 * px) - cols, cols)
     batch = torch.arange(b, device=padded.device).view(b, 1, 1)
     return padded[batch, rows.view(b, h, 1), cols.view(b, 1, w)]
-
-
-def flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mirror the samples where mask [B] is true along the last (width) axis."""
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    return torch.where(mask.view(shape), x.flip(-1), x)
 
 
 def _shift_offsets(n, size_hw, settings, generator, device):

@@ -63,7 +63,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, positions) -> dict[str, torch.Tensor]:
         positions = np.atleast_1d(np.asarray(positions, dtype=np.int64))
-        arrays = self.reader.read_many(self.rows[positions].tolist())
+        arrays = self.reader.read_many(self.rows[positions])
         batch = {key: torch.from_numpy(np.ascontiguousarray(arrays[key])) for key in BATCH_KEYS}
         batch["has_face"] = batch["has_face"].bool()
         batch["label"] = torch.from_numpy(self.labels[positions])
@@ -72,6 +72,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
 
 def _where(reader) -> str:
+    """The reader's directory, for error messages."""
     return str(getattr(reader, "shards_dir", getattr(reader, "root", "shards")))
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deskpro.train.data import _where, open_reader
+
 MODES = ("standard", "cc", "sc")
 
 
@@ -178,17 +180,25 @@ def extract_features(
     flip: bool = True,
     progress: bool = True,
     desc: str = "features",
+    faces: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Flip-averaged, chunk-normalised features (`retrieval_features`) of reader rows, on the CPU."""
+    """Flip-averaged, chunk-normalised features (`retrieval_features`) of reader rows, on the CPU.
+
+    With faces=False the student is not run: face features are zero and `has_face` is all false
+    (for the body stream alone).
+    """
     from deskpro.model.deskpro import retrieval_features
-    from deskpro.train.augment import normalize, to_float_images
+    from deskpro.train.augment import normalize_uint8
+
+    def inputs(images: np.ndarray) -> torch.Tensor:  # the trainer's normalisation (`augment_batch`)
+        return normalize_uint8(torch.from_numpy(images).to(device, non_blocking=True))
 
     parts: dict[str, list[torch.Tensor]] = {"body": [], "face": [], "has_face": []}
     starts = range(0, len(positions), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         arrays = reader.read_many(positions[start : start + batch_size])
-        body = normalize(to_float_images(torch.from_numpy(arrays["body"]), device))
-        face = normalize(to_float_images(torch.from_numpy(arrays["face_lr"]), device))
+        body = inputs(arrays["body"])
+        face = inputs(arrays["face_lr"]) if faces else None
         has_face = torch.from_numpy(np.asarray(arrays["has_face"], dtype=bool)).to(device)
         feats = retrieval_features(model, body, face, has_face, flip=flip)
         for key in parts:
@@ -199,8 +209,10 @@ def extract_features(
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
-def stream_distances(query: dict, gallery: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per stream: (distance [q,g], query rows used, gallery rows used).
+def stream_distances(
+    query: dict, gallery: dict, streams: Sequence[str] = STREAMS
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per stream asked for: (distance [q,g], query rows used, gallery rows used).
 
     body: 1 - mean cosine over the 7 body chunks, all rows. face: the same over the face chunks, on
     the rows that have a face on both sides. both: `retrieval_distance` (face and body where both
@@ -211,14 +223,20 @@ def stream_distances(query: dict, gallery: dict) -> dict[str, tuple[np.ndarray, 
     def mean_cos_distance(q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
         return (1.0 - (q.flatten(1) @ g.flatten(1).T) / q.shape[1]).numpy()
 
-    q_all, g_all = np.arange(len(query["body"])), np.arange(len(gallery["body"]))
-    q_face = np.flatnonzero(query["has_face"].numpy())
-    g_face = np.flatnonzero(gallery["has_face"].numpy())
-    return {
-        "body": (mean_cos_distance(query["body"], gallery["body"]), q_all, g_all),
-        "face": (mean_cos_distance(query["face"][q_face], gallery["face"][g_face]), q_face, g_face),
-        "both": (retrieval_distance(query, gallery).numpy(), q_all, g_all),
+    def all_rows(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return dist, np.arange(dist.shape[0]), np.arange(dist.shape[1])
+
+    def face() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        q_face = np.flatnonzero(query["has_face"].numpy())
+        g_face = np.flatnonzero(gallery["has_face"].numpy())
+        return mean_cos_distance(query["face"][q_face], gallery["face"][g_face]), q_face, g_face
+
+    compute = {
+        "body": lambda: all_rows(mean_cos_distance(query["body"], gallery["body"])),
+        "face": face,
+        "both": lambda: all_rows(retrieval_distance(query, gallery).numpy()),
     }
+    return {stream: compute[stream]() for stream in streams}
 
 
 @dataclass(frozen=True)
@@ -276,14 +294,14 @@ def single_shot_columns(g_pids: np.ndarray, rng: np.random.Generator) -> np.ndar
 def _rank_protocol(dist, q_rows, g_rows, labels, protocol, trials, seed, max_rank=50):
     """Metrics of one protocol and stream: one ranking, or the mean over single-shot trials."""
     pid, cam, clothes = labels
-    args = (pid[q_rows], pid[g_rows], cam[q_rows], cam[g_rows], clothes[q_rows], clothes[g_rows])
+    q_pid, g_pid, q_cam, g_cam = pid[q_rows], pid[g_rows], cam[q_rows], cam[g_rows]
+    q_clo, g_clo = clothes[q_rows], clothes[g_rows]
     if not protocol.single_shot:
-        r = rank_result(dist, *args, mode=protocol.mode, max_rank=max_rank)
+        r = rank_result(dist, q_pid, g_pid, q_cam, g_cam, q_clo, g_clo, mode=protocol.mode, max_rank=max_rank)
         return r.cmc, r.mAP, r.num_valid + r.num_excluded, len(g_rows), r.num_excluded, 1
     cmcs, maps, excluded, gallery = [], [], [], []
     for trial in range(trials):
-        cols = single_shot_columns(args[1], np.random.default_rng([seed, trial]))
-        q_pid, g_pid, q_cam, g_cam, q_clo, g_clo = args
+        cols = single_shot_columns(g_pid, np.random.default_rng([seed, trial]))
         r = rank_result(
             dist[:, cols], q_pid, g_pid[cols], q_cam, g_cam[cols], q_clo, g_clo[cols],
             mode=protocol.mode, max_rank=max_rank,
@@ -314,7 +332,7 @@ def evaluate_features(
     for protocol in protocols:
         query = {k: v[protocol.query] for k, v in features.items()}
         gallery = {k: v[protocol.gallery] for k, v in features.items()}
-        per_stream = stream_distances(query, gallery)
+        per_stream = stream_distances(query, gallery, streams)
         for stream in streams:
             dist, q_sel, g_sel = per_stream[stream]
             if q_sel.size == 0 or g_sel.size == 0:
@@ -367,7 +385,8 @@ def evaluate_model(
     model.eval()
     try:
         feats = extract_features(
-            model, reader, positions, batch_size=batch_size, device=device, flip=flip, progress=progress
+            model, reader, positions, batch_size=batch_size, device=device, flip=flip, progress=progress,
+            faces=any(stream != "body" for stream in streams),
         )
     finally:
         model.train(was_training)
@@ -377,10 +396,6 @@ def evaluate_model(
         full[key] = value.new_zeros((len(reader), *value.shape[1:]))
         full[key][torch.from_numpy(positions)] = value
     return evaluate_features(full, reader.index, built, streams=streams, trials=trials, seed=seed)
-
-
-def _where(reader) -> str:
-    return str(getattr(reader, "shards_dir", "shards"))
 
 
 def default_streams(model) -> tuple[str, ...]:
@@ -411,7 +426,6 @@ def evaluate(
     """
     from deskpro.config import preset
     from deskpro.model import checkpoint
-    from deskpro.train.data import open_reader
     from deskpro.train.trainer import resolve_device
 
     device = resolve_device(str(device))

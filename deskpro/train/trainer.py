@@ -16,7 +16,6 @@ result, or the best epoch on the val split with `select_on_val`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from deskpro.config import CLOTH_LABELS, TrainConfig, preset
 from deskpro.files import atomic_path
+from deskpro.pipeline.nets._common import autocast_context, torch_load_weights
 from deskpro.train.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSettings, augment_batch
 from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader, open_reader
 from deskpro.train.schedule import warmup_cosine
@@ -126,8 +126,7 @@ def _build_model(config: TrainConfig, num_classes: int, options: RunOptions):
         torch.manual_seed(config.seed)
         model = DeSKPro(num_classes, csa_form=config.csa_form)
     if options.imagenet:
-        targets = {"teacher": [model.face_net], "deskpro": [model.nocloth_net, model.lr_face_net]}
-        for module in targets.get(config.phase, [model.nocloth_net]):
+        for module in _phase_modules(model, config.phase):
             load_imagenet(module, options.imagenet)
     if config.phase == "deskpro":
         if not options.teacher:
@@ -144,22 +143,22 @@ def _trained_module(model, phase: str):
     return model.face_net if phase == "teacher" else model
 
 
-def _trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
-    modules = {
+def _phase_modules(model, phase: str) -> list[torch.nn.Module]:
+    """The streams a phase trains: ImageNet-initialised and optimised."""
+    return {
         "teacher": [model.face_net],
         "deskpro": [model.nocloth_net, model.lr_face_net],
         "baseline": [model.nocloth_net],
     }[phase]
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
 
 
-def _amp_context(amp: str, device: torch.device):
-    if amp in ("none", None):
-        return contextlib.nullcontext()
-    if amp not in ("bf16", "fp16"):
-        raise ValueError(f"unknown amp {amp!r}; expected none, bf16 or fp16")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
+    return [p for m in _phase_modules(model, phase) for p in m.parameters() if p.requires_grad]
+
+
+def _amp_context(amp: str | None, device: torch.device):
+    """`autocast_context` for the config's amp ("none" or None: full precision)."""
+    return autocast_context(device, None if amp in ("none", None) else amp)
 
 
 def _epoch_generator(config: TrainConfig, epoch: int, rank: int, device: torch.device) -> torch.Generator:
@@ -255,7 +254,7 @@ def load_train_state(run_dir) -> dict:
     path = _state_path(Path(run_dir))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training state to resume from")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch_load_weights(path, "training state")
 
 
 def _resume_config(saved: dict, config: TrainConfig, run_dir: Path) -> TrainConfig:
@@ -375,6 +374,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: RunOptions = RunOpt
         raise ValueError(f"unknown phase {config.phase!r}; expected one of {', '.join(PHASES)}")
     if options.select_on_val and config.phase == "teacher":
         raise ValueError("--select-on-val is for the body / DeSKPro phases (evaluation uses the student)")
+    _amp_context(config.amp, resolve_device(options.device))  # fail now on an amp the device cannot run
     run_dir = Path(run_dir)
     dist = _setup_dist(options)
     if not options.resume and _state_path(run_dir).exists():

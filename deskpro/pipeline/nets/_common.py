@@ -77,14 +77,20 @@ def unwrap_state_dict(obj: object, path: Path | str, wrapper_keys: tuple[str, ..
     return dict(obj)
 
 
-def torch_load_weights(path: Path | str, what: str = "checkpoint") -> object:
-    """torch.load(path, map_location='cpu', weights_only=True) with a clear error for a missing file."""
+def require_weights_file(path: Path | str, what: str = "checkpoint") -> Path:
+    """`path` as a Path; FileNotFoundError naming it and `deskpro weights list` when it is not a file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: {what} file not found; `deskpro weights list` says where each official checkpoint "
             "comes from"
         )
+    return path
+
+
+def torch_load_weights(path: Path | str, what: str = "checkpoint") -> object:
+    """torch.load(path, map_location='cpu', weights_only=True) with a clear error for a missing file."""
+    path = require_weights_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # re-raised with the file name: torch raises many types

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deskpro.pipeline.nets._common import torch_load_weights, unwrap_state_dict
-from deskpro.pipeline.nets.retinaface import Face, _check_image
-from deskpro.state_dicts import check_keys, check_shapes
+from deskpro.pipeline.nets._common import require_weights_file, torch_load_weights, unwrap_state_dict
+from deskpro.pipeline.nets.retinaface import Face, _check_image, faces_in_image
+from deskpro.state_dicts import load_checked
 
 # 68-point (iBUG 300-W) indices: 36-41 and 42-47 are the eyes that appear image-left and image-right,
 # 30 the nose tip, 48 and 54 the image-left and image-right mouth corners.
@@ -47,21 +47,10 @@ def reduce_68_to_5(points: np.ndarray) -> np.ndarray:
     ).astype(np.float32)
 
 
-def _require_file(path: Path | str, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: {what} file not found; `deskpro weights list` says where each official checkpoint "
-            "comes from"
-        )
-    return path
-
-
 def load_s3fd(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
     """face_alignment's S3FD network from a local state dict (s3fd-619a316812.pth), eval mode."""
     from face_alignment.detection.sfd.net_s3fd import s3fd
 
-    path = _require_file(path, "S3FD face detector")
     state = unwrap_state_dict(torch_load_weights(path, what="S3FD face detector"), path)
     net = s3fd()
     _load_strict(net, state, path, "S3FD")
@@ -70,7 +59,7 @@ def load_s3fd(path: Path | str, device: torch.device | str = "cpu") -> nn.Module
 
 def load_fan(path: Path | str, device: torch.device | str = "cpu") -> nn.Module:
     """face_alignment's 2D FAN from a local file: a TorchScript archive, or a state dict for FAN(4)."""
-    path = _require_file(path, "FAN landmark")
+    path = require_weights_file(path, "FAN landmark")  # before the TorchScript check reads it
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location=torch.device(device)).eval()
@@ -92,10 +81,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _load_strict(net: nn.Module, state: dict, path: Path, what: str) -> None:
-    expected = net.state_dict()
-    check_keys(expected, state, source=path, what=f"not a {what} checkpoint", quote=True)
-    check_shapes(expected, state, source=path, what=f"wrong tensor shapes for {what}", quote=True)
-    net.load_state_dict(state, strict=True)
+    keys_what, shapes_what = f"not a {what} checkpoint", f"wrong tensor shapes for {what}"
+    load_checked(net, state, source=path, keys_what=keys_what, shapes_what=shapes_what, quote=True)
 
 
 def heatmap_points(heatmaps: np.ndarray, centre: np.ndarray, scale: float) -> np.ndarray:
@@ -157,13 +144,8 @@ class FaceAlignmentDetector:
         boxes = self._boxes(rgb)
         if not len(boxes):
             return []
-        points = self._landmarks(rgb, boxes)
-        height, width = rgb.shape[:2]
-        faces = []
-        for det, pts in zip(boxes, points):
-            box = np.clip(det[:4], 0, [width, height, width, height]).astype(np.float32)
-            if box[2] > box[0] and box[3] > box[1]:
-                faces.append(Face(box=box, score=float(det[4]), landmarks=reduce_68_to_5(pts)))
+        points = [reduce_68_to_5(pts) for pts in self._landmarks(rgb, boxes)]
+        faces = faces_in_image(boxes[:, :4], boxes[:, 4], points, *rgb.shape[:2])
         return sorted(faces, key=lambda f: -f.score)
 
     def _boxes(self, rgb: np.ndarray) -> np.ndarray:

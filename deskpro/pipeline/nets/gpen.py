@@ -31,6 +31,7 @@ from deskpro.pipeline.nets._common import (
     torch_load_weights,
     unwrap_state_dict,
 )
+from deskpro.state_dicts import layout_problems
 
 STYLE_DIM = 512
 MAPPING_LAYERS = 8
@@ -93,33 +94,44 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
         x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
         x = x.reshape(b, c, h * up, w * up)
     p0, p1 = pad
-    x = F.pad(x, (max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)))
-    if p0 < 0 or p1 < 0:
-        x = x[:, :, max(-p0, 0) : x.shape[2] - max(-p1, 0), max(-p0, 0) : x.shape[3] - max(-p1, 0)]
+    conv_pad = 0
+    if p0 == p1 >= 0:
+        conv_pad = p0  # zero padding inside the convolution: no padded copy of x
+    else:
+        x = F.pad(x, (max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)))
+        if p0 < 0 or p1 < 0:
+            x = x[:, :, max(-p0, 0) : x.shape[2] - max(-p1, 0), max(-p0, 0) : x.shape[3] - max(-p1, 0)]
     kh, kw = kernel.shape
     weight = torch.flip(kernel, [0, 1]).to(x.dtype).expand(c, 1, kh, kw).contiguous()
     # A stride-`down` convolution equals the full convolution sampled every `down` pixels.
-    return F.conv2d(x, weight, stride=down, groups=c)
+    return F.conv2d(x, weight, stride=down, padding=conv_pad, groups=c)
 
 
-def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """sqrt(2) * leaky_relu(x + bias, 0.2), the bias broadcast over channel dim 1."""
+def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """sqrt(2) * leaky_relu(x + bias, 0.2), the bias broadcast over channel dim 1; `inplace` overwrites x.
+
+    One pass and at most one new tensor (GPEN's activations are large, so each temporary costs more
+    than its arithmetic). The gain is applied before the activation, the same for a positive gain, so
+    that the in-place leaky ReLU comes last and autograd keeps the output it saves.
+    """
     bias = bias.to(x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
-    return F.leaky_relu(x + bias, LRELU_SLOPE) * LRELU_GAIN
+    x = x.add_(bias) if inplace else x + bias
+    return F.leaky_relu_(x.mul_(LRELU_GAIN), LRELU_SLOPE)
 
 
 # ----------------------------------------------------------------------------- layers
 
 
 class FusedLeakyReLU(nn.Module):
-    """Bias + leaky ReLU(0.2) + gain sqrt(2), with a learned per-channel bias."""
+    """Bias + leaky ReLU(0.2) + gain sqrt(2) with a learned per-channel bias; `inplace` overwrites x."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, inplace: bool = False):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused_leaky_relu(x, self.bias)
+        return fused_leaky_relu(x, self.bias, inplace=self.inplace)
 
 
 class PixelNorm(nn.Module):
@@ -186,7 +198,7 @@ def encoder_block(in_ch: int, out_ch: int, kernel_size: int, downsample: bool) -
         layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride=2, padding=0))
     else:
         layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride=1, padding=kernel_size // 2))
-    layers.append(FusedLeakyReLU(out_ch))
+    layers.append(FusedLeakyReLU(out_ch, inplace=True))  # on the conv's fresh output
     return nn.Sequential(nn.Sequential(*layers))
 
 
@@ -195,7 +207,8 @@ class ModulatedConv2d(nn.Module):
 
     Per sample b: w'[o,i] = scale * w[o,i] * s[b,i], and with demodulation w'' = w' / sqrt(sum_i,k w'^2
     + 1e-8). Computed without per-sample weights: conv(x * s, scale * w) * demod[b,o], which is the
-    same linear map (demod is constant per output channel) and runs as one ordinary batched conv.
+    same linear map (demod is constant per output channel) and runs as one ordinary batched conv. A 1x1
+    conv (ToRGB) is a per-sample matrix product instead: its weights are far smaller than its input.
     """
 
     def __init__(
@@ -215,17 +228,20 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style)  # [B, in]
         weight = self.weight[0] * self.scale  # [out, in, k, k]
-        x = x * s[:, :, None, None].to(x.dtype)
-        if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)
+        if weight.shape[-1] == 1 and not self.upsample:
+            # 1x1 (ToRGB): modulate the small per-sample weights [B, out, in], not a copy of the large x.
+            per_sample = weight[None, :, :, 0, 0] * s[:, None, :]
+            out = torch.einsum("boi,bihw->bohw", per_sample.to(x.dtype), x)
+        elif self.upsample:
+            out = F.conv_transpose2d(x * s[:, :, None, None].to(x.dtype), weight.transpose(0, 1), stride=2)
         else:
-            out = F.conv2d(x, weight, padding=self.padding)
+            out = F.conv2d(x * s[:, :, None, None].to(x.dtype), weight, padding=self.padding)
         if self.demodulate:
             # At least fp32: under fp16 autocast the squared sums would lose precision or overflow.
             dtype = torch.promote_types(weight.dtype, torch.float32)
             w2 = weight.to(dtype).square().sum(dim=(2, 3))  # [out, in]
             demod = torch.rsqrt(s.to(dtype).square() @ w2.t() + 1e-8)  # [B, out]
-            out = out * demod[:, :, None, None].to(out.dtype)
+            out = out.mul_(demod[:, :, None, None].to(out.dtype))  # the conv's fresh output
         if self.upsample:
             out = self.blur(out)
         return out
@@ -239,7 +255,9 @@ class NoiseInjection(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        return torch.cat((x, self.weight.to(feature.dtype) * feature.to(x.dtype)), dim=1)
+        out = torch.cat((x, feature.to(x.dtype)), dim=1)
+        out[:, x.shape[1] :].mul_(self.weight.to(x.dtype))  # scaled in place: no temporary
+        return out
 
 
 class StyledConv(nn.Module):
@@ -249,7 +267,7 @@ class StyledConv(nn.Module):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, out_ch, 3, upsample=upsample)
         self.noise = NoiseInjection()
-        self.activate = FusedLeakyReLU(2 * out_ch)
+        self.activate = FusedLeakyReLU(2 * out_ch, inplace=True)  # on the fresh concatenation
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         return self.activate(self.noise(self.conv(x, style), feature))
@@ -383,9 +401,7 @@ def load(path: Path | str, size: int = 512) -> GPEN:
     net = build(size)
     expected = net.state_dict()
     found = describe_state_dict(state)
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing, unexpected, mismatched = layout_problems(expected, state)
     if found != cfg.name and (mismatched or missing or unexpected):
         hint = ""
         if found.startswith("GPEN-BFR-"):

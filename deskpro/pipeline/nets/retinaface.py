@@ -467,13 +467,21 @@ class FaceDetector:
         sy, sx = scaled_hw[0] / original_hw[0], scaled_hw[1] / original_hw[1]
         boxes = boxes / np.array([sx, sy, sx, sy], dtype=np.float32)
         points = points.reshape(-1, 5, 2) / np.array([sx, sy], dtype=np.float32)
-        height, width = original_hw
-        boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-        faces = []
-        for box, score, pts in zip(boxes, scores, points):
-            if box[2] > box[0] and box[3] > box[1]:  # a box wholly outside the image clips to nothing
-                faces.append(Face(box=box, score=float(score), landmarks=pts.astype(np.float32)))
-        return faces
+        return faces_in_image(boxes, scores, points, *original_hw)
+
+
+def faces_in_image(boxes, scores, landmarks, height: int, width: int) -> list[Face]:
+    """Faces from boxes [K, 4], scores [K] and landmarks [K, 5, 2] of a height x width image, in order.
+
+    Boxes are clipped to the image and those that clip to nothing (wholly outside it) are dropped;
+    landmarks are kept as given.
+    """
+    boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
+    return [
+        Face(box=box, score=float(score), landmarks=np.asarray(pts, np.float32))
+        for box, score, pts in zip(boxes, scores, landmarks)
+        if box[2] > box[0] and box[3] > box[1]
+    ]
 
 
 class _OwnExtentMask:
