@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from _train_utils import FakeReader
 
 from deskpro.train.augment import (
     AugmentSettings,
@@ -17,7 +18,6 @@ from deskpro.train.augment import (
     shift_and_flip,
 )
 from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader
-from tests._train_utils import FakeReader
 
 
 def _labels(counts):

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from _train_utils import write_tiny_shards
 from click.testing import CliRunner
 
 from deskpro.cli import main
@@ -14,7 +15,6 @@ from deskpro.model import checkpoint
 from deskpro.train.evaluate import evaluate
 from deskpro.train.schedule import lr_factor, warmup_cosine
 from deskpro.train.trainer import RunOptions, load_train_state, resolve_config, train
-from tests._train_utils import write_tiny_shards
 
 QUIET = RunOptions(progress=False)
 
