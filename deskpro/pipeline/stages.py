@@ -53,12 +53,10 @@ class StageConfigError(ValueError):
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible to this process, else 'cpu'; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu' (imports torch only when a net is built)."""
+    from deskpro.pipeline.nets._common import resolve_device as resolve
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve(device)
 
 
 def require_weights(path: str | Path | None, flag: str = "--weights", backend: str = "") -> Path:

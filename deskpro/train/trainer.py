@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from deskpro.config import CLOTH_LABELS, TrainConfig, preset
 from deskpro.files import atomic_path
 from deskpro.pipeline.nets._common import autocast_context, torch_load_weights
+from deskpro.pipeline.nets._common import resolve_device as _resolve_device_name  # returns a str
 from deskpro.train.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSettings, augment_batch
 from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader, open_reader
 from deskpro.train.schedule import warmup_cosine
@@ -97,9 +98,7 @@ def resolve_config(shards_dir, phase: str, **overrides) -> TrainConfig:
 
 def resolve_device(device: str) -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else as torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return torch.device(_resolve_device_name(device))
 
 
 def _setup_dist(options: RunOptions) -> _Dist:

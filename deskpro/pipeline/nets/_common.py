@@ -22,6 +22,13 @@ def check_amp(amp: str | None) -> str | None:
     return amp
 
 
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible to this process, else 'cpu'; anything else unchanged."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def autocast_context(device: torch.device | str, amp: str | None) -> contextlib.AbstractContextManager:
     """Autocast for `amp` on `device`, or a no-op context when amp is None.
 
