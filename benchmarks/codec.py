@@ -1,5 +1,5 @@
 """Benchmark the shard storage options: bytes per sample and decode samples/s, per image codec and
-parse-map compression, on synthetic people (deskpro.data_manifests.synthetic) at the training sizes.
+parse-map compression, on synthetic people (deskpro.synthetic.generator) at the training sizes.
 
 Each option packs the same samples with ShardWriter (body 384x128, faces 224x224) and reads them
 back with ShardReader.read_many in shuffled batches (the trainer's access pattern), on one thread;
@@ -24,8 +24,8 @@ import cv2
 import h5py
 import numpy as np
 
-from deskpro.data_manifests import synthetic
 from deskpro.pipeline.shards import ShardReader, ShardWriter
+from deskpro.synthetic import generator as synthetic
 
 BODY = (384, 128)
 FACE = 224

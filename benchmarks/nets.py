@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from deskpro.pipeline import detection, parsing, restoration
+
 
 @dataclass
 class Row:
@@ -42,7 +44,7 @@ def _parser(size: int) -> tuple[str, Callable[..., Callable], np.ndarray]:
     net = schp.build("lip")
 
     def make(device, amp, channels_last):
-        return schp.Parser(
+        return parsing.Parser(
             net, labels="lip", input_size=size, device=device, amp=amp, channels_last=channels_last
         )
 
@@ -55,7 +57,7 @@ def _detector(variant: str) -> tuple[str, Callable[..., Callable], np.ndarray]:
     net = retinaface.build(variant)
 
     def make(device, amp, channels_last):
-        return retinaface.FaceDetector(
+        return detection.FaceDetector(
             net, conf_threshold=0.5, device=device, amp=amp, channels_last=channels_last, batch_size=1024
         )
 
@@ -68,7 +70,7 @@ def _restorer(size: int) -> tuple[str, Callable[..., Callable], np.ndarray]:
     net = gpen.build(size)
 
     def make(device, amp, channels_last):
-        restorer = gpen.Restorer(net, device=device, amp=amp, channels_last=channels_last)
+        restorer = restoration.Restorer(net, device=device, amp=amp, channels_last=channels_last)
         return lambda faces: restorer(np.stack(faces))  # the Restorer takes one [B,S,S,3] array
 
     return f"aligned face 128 -> {size}^2", make, np.zeros((128, 128, 3), np.uint8)

@@ -95,7 +95,8 @@ class PeakRSS:
 
 def make_set(base: Path, images: int, name: str) -> tuple[Path, Path]:
     """A synthetic PRCC-layout set of about `images` images (384x128) and its manifest."""
-    from deskpro.data_manifests import scan, synthetic, write_manifest
+    from deskpro.manifests import scan, write_manifest
+    from deskpro.synthetic import generator as synthetic
 
     per_camera = 2
     identities = max(3, round(images / (3 * per_camera)))
@@ -145,9 +146,10 @@ def stage_plan(args, base: Path) -> list[tuple[str, str, dict]]:
 
 
 def run_once(stage: str, manifest: Path, work: Path, options: dict, executor: str, args) -> dict:
-    from deskpro.pipeline.runner import RunOptions, run_stage
+    from deskpro.pipeline.plan import StageRunOptions
+    from deskpro.pipeline.runner import run_stage
 
-    run = RunOptions(
+    run = StageRunOptions(
         part_size=args.part_size,
         batch_size=args.batch_size,
         executor=executor,
@@ -191,10 +193,11 @@ def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
 
 def bench_pack(args, base: Path, root: Path, manifest: Path) -> dict:
     from deskpro.pipeline.pack import pack
-    from deskpro.pipeline.runner import RunOptions, run_preprocess
+    from deskpro.pipeline.plan import StageRunOptions
+    from deskpro.pipeline.runner import run_preprocess
 
     work = base / "work-pack"
-    options = RunOptions(part_size=args.part_size, executor="local", progress=False)
+    options = StageRunOptions(part_size=args.part_size, executor="local", progress=False)
     run_preprocess(manifest, work, ORACLE, options)
     start = time.perf_counter()
     summary = pack(
@@ -295,7 +298,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (default: a temporary one)")
     args = parser.parse_args()
 
-    from deskpro.pipeline.runner import ray_session
+    from deskpro.pipeline.ray_executor import ray_session
 
     with tempfile.TemporaryDirectory() as tmp:
         base = args.dir or Path(tmp)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deskpro.train.trainer import RunOptions
+from deskpro.train.trainer import TrainRunOptions
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,9 @@ def _preprocess(manifest: Path, work: Path, settings: DemoSettings, executor: st
     }
     order = ["ray", "local"] if executor == "ray" else ["local"]
     for i, name in enumerate(order):
-        options = runner.RunOptions(executor=name, part_size=256, batch_size=32, progress=False, max_errors=0)
+        options = runner.StageRunOptions(
+            executor=name, part_size=256, batch_size=32, progress=False, max_errors=0
+        )
         try:
             runner.run_preprocess(manifest, work, backends, options)
             return name
@@ -121,7 +123,7 @@ def _train(shards: Path, run: Path, phase: str, settings: DemoSettings, seed: in
         "num_workers": 0,
         "seed": seed,
     }
-    options = RunOptions(
+    options = TrainRunOptions(
         device="cpu", teacher=str(teacher) if teacher else None, max_iters=settings.max_iters, progress=False
     )
     return run_training(shards, run, phase, overrides, options)
@@ -161,7 +163,8 @@ def run_demo(
     settings: DemoSettings | None = None,
 ) -> dict:
     """Run the whole demo into out_dir; returns (and writes to out_dir/results.json) the results."""
-    from deskpro.data_manifests import build_manifest
+    from deskpro import synthetic
+    from deskpro.manifests import build_manifest
     from deskpro.pipeline.pack import pack
     from deskpro.pipeline.shards import verify
     from deskpro.train.evaluate import evaluate
@@ -175,18 +178,17 @@ def run_demo(
     step(
         f"synthetic dataset: {settings.identities} identities, {settings.images_per_camera} images per camera"
     )
-    table = build_manifest(
-        "synthetic",
+    synthetic.prepare(
         data,
-        manifest,
-        progress=False,
-        synthetic_options={
+        {
             "identities": settings.identities,
             "images_per_camera": settings.images_per_camera,
             "image_size": settings.image_size,
             "seed": seed,
         },
+        progress=False,
     )
+    table = build_manifest("synthetic", data, manifest)
     step(f"manifest: {table.num_rows} images -> {manifest}")
     used = _preprocess(manifest, work, settings, executor, echo)
     step(f"preprocessed with the oracle parser and detector, no restorer ({used} executor)")

@@ -6,8 +6,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from deskpro.data_manifests import scan, synthetic, write_manifest
+from deskpro.manifests import scan, write_manifest
+from deskpro.pipeline.plan import StageError, part_path, read_stage_json, stage_dir
+from deskpro.synthetic import generator as synthetic
 
 # 6 identities x 3 cameras x 1 image = 18 small images: enough for several parts, fast on 2 cores.
 SYNTH = {"identities": 6, "images_per_camera": 1, "image_size": (96, 32), "seed": 3}
@@ -48,3 +52,13 @@ def make_failing_stage(base: type, sample_id: str) -> type:
 
     Failing.__name__ = f"Failing{base.__name__}"
     return Failing
+
+
+def read_stage(work_dir: Path | str, stage: str, columns: list[str] | None = None) -> pa.Table:
+    """All parts of a complete stage concatenated in manifest order; StageError if it is incomplete."""
+    directory = stage_dir(work_dir, stage)
+    info = read_stage_json(directory)
+    if not info or not info.get("complete"):
+        raise StageError(f"{directory}: stage {stage} is not complete; run `deskpro {stage}`")
+    files = [part_path(directory, i) for i in range(info["num_parts"])]
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])

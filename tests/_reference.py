@@ -1,7 +1,8 @@
-"""Where the official checkpoints' key layouts live: `shared/reference/` beside the checkout.
+"""Where the official checkpoints' key layouts live: `tests/data/reference/` in this repository.
 
-CI clones the repository with `shared/` beside it; a developer's checkout has it at `../shared`.
-`DESKPRO_REFERENCE` overrides both. The tests need these files and never the real checkpoints.
+Each `*_keys.json` maps a checkpoint name to `{state_dict key: shape}`, read from the official code;
+`README.md` beside them holds the facts (sources, sizes, conventions). `DESKPRO_REFERENCE` points the
+tests at another copy. The tests need these files and never the real checkpoints.
 """
 
 from __future__ import annotations
@@ -9,21 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[1]
-
-
-def _find() -> Path:
-    candidates = [
-        Path(os.environ["DESKPRO_REFERENCE"]) if os.environ.get("DESKPRO_REFERENCE") else None,
-        _REPO.parent / "shared" / "reference",
-        _REPO / "shared" / "reference",
-        Path("/work/shared/reference"),
-    ]
-    for path in candidates:
-        if path is not None and (path / "deskpro_keys.json").is_file():
-            return path
-    tried = ", ".join(str(p) for p in candidates if p is not None)
-    raise FileNotFoundError(f"shared/reference not found (tried {tried}); set DESKPRO_REFERENCE")
-
-
-REFERENCE_DIR = _find()
+REFERENCE_DIR = Path(os.environ.get("DESKPRO_REFERENCE") or Path(__file__).parent / "data" / "reference")
+if not (REFERENCE_DIR / "deskpro_keys.json").is_file():
+    raise FileNotFoundError(f"{REFERENCE_DIR}: no deskpro_keys.json (the key layouts the tests build from)")

@@ -5,8 +5,18 @@ from click.testing import CliRunner
 from deskpro.cli import main
 
 DESIGN_COMMANDS = (
-    "manifest", "weights", "parse", "detect", "restore", "preprocess", "pack", "verify",
-    "train-teacher", "train", "evaluate", "demo",
+    "manifest",
+    "weights",
+    "parse",
+    "detect",
+    "restore",
+    "preprocess",
+    "pack",
+    "verify",
+    "train-teacher",
+    "train",
+    "evaluate",
+    "demo",
 )
 
 

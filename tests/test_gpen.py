@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from _reference import REFERENCE_DIR
 
+from deskpro.pipeline import restoration
 from deskpro.pipeline.nets import gpen
 
 REFERENCE = REFERENCE_DIR / "gpen_keys.json"
@@ -257,7 +258,7 @@ class Identity(torch.nn.Module):
 
 def test_restorer_round_trips_at_network_size():
     faces = np.random.default_rng(8).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-    out = gpen.Restorer(Identity())(faces)
+    out = restoration.Restorer(Identity())(faces)
     assert out.dtype == np.uint8 and out.shape == (3, 64, 64, 3)
     np.testing.assert_array_equal(out, faces)
 
@@ -265,7 +266,7 @@ def test_restorer_round_trips_at_network_size():
 def test_restorer_resizes_bicubic_like_opencv():
     rng = np.random.default_rng(9)
     small = cv2.GaussianBlur(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), (5, 5), 1.0)
-    out = gpen.Restorer(Identity())(small[None])[0]
+    out = restoration.Restorer(Identity())(small[None])[0]
     want = cv2.resize(small, (64, 64), interpolation=cv2.INTER_CUBIC)
     assert np.abs(out.astype(int) - want.astype(int)).max() <= 1
 
@@ -273,13 +274,13 @@ def test_restorer_resizes_bicubic_like_opencv():
 def test_restorer_shrinks_with_antialiasing():
     stripes = np.zeros((128, 128, 3), np.uint8)
     stripes[:, ::2] = 255  # a 1-px pattern that must average out to grey, not alias
-    out = gpen.Restorer(Identity())(stripes[None])[0]
+    out = restoration.Restorer(Identity())(stripes[None])[0]
     assert np.abs(out[8:-8, 8:-8].astype(int) - 128).max() <= 2
 
 
 def test_restorer_on_gpen256(net256):
     faces = np.random.default_rng(10).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
-    restorer = gpen.Restorer(net256)
+    restorer = restoration.Restorer(net256)
     out = restorer(faces)
     assert restorer.size == 256 and out.shape == (2, 256, 256, 3) and out.dtype == np.uint8
     assert len(np.unique(out)) > 10  # an image, not a constant
@@ -296,19 +297,19 @@ def test_restorer_on_gpen256(net256):
 )
 def test_restorer_rejects_bad_faces(bad):
     with pytest.raises(ValueError, match="faces must be"):
-        gpen.Restorer(Identity())(bad)
+        restoration.Restorer(Identity())(bad)
 
 
 def test_restorer_rejects_bad_amp():
     with pytest.raises(ValueError, match="amp must be"):
-        gpen.Restorer(Identity(), amp="int8")
+        restoration.Restorer(Identity(), amp="int8")
 
 
 def test_restorer_channels_last_and_bf16_agree_with_fp32(ckpt_dir):
     faces = np.random.default_rng(11).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
-    plain = gpen.Restorer(gpen.load(ckpt_dir / "GPEN-BFR-256.pth", size=256))(faces)
+    plain = restoration.Restorer(gpen.load(ckpt_dir / "GPEN-BFR-256.pth", size=256))(faces)
     fast = gpen.load(ckpt_dir / "GPEN-BFR-256.pth", size=256)
-    channels_last = gpen.Restorer(fast, channels_last=True)(faces)
+    channels_last = restoration.Restorer(fast, channels_last=True)(faces)
     assert np.abs(channels_last.astype(int) - plain).max() <= 1
-    bf16 = gpen.Restorer(fast, amp="bf16")(faces)
+    bf16 = restoration.Restorer(fast, amp="bf16")(faces)
     assert bf16.dtype == np.uint8 and np.abs(bf16.astype(int) - plain).mean() < 2.0

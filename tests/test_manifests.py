@@ -12,10 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from deskpro import cli
-from deskpro.data_manifests import (
+from deskpro.manifests import (
     DATASETS,
     ManifestError,
-    build_manifest,
     format_stats,
     manifest_info,
     read_manifest,
@@ -313,7 +312,7 @@ def test_format_stats_counts_per_split_and_subset(prcc_root: Path) -> None:
 
 
 def test_cli_manifest(prcc_root: Path, tmp_path: Path) -> None:
-    assert set(cli.MANIFEST_DATASETS) == set(DATASETS)
+    assert set(cli.data.MANIFEST_DATASETS) == set(DATASETS)
     out = tmp_path / "m.parquet"
     result = CliRunner().invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -326,8 +325,11 @@ def test_cli_manifest(prcc_root: Path, tmp_path: Path) -> None:
 
 
 def test_generation_options_only_for_synthetic(prcc_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(ManifestError, match="only to the synthetic dataset"):
-        build_manifest("prcc", prcc_root, tmp_path / "m.parquet", synthetic_options={"seed": 1})
+    out = tmp_path / "m.parquet"
+    result = CliRunner().invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(out), "--seed", "1"])
+    assert result.exit_code != 0
+    assert "only to the synthetic dataset" in result.output
+    assert not out.exists()
 
 
 def _remove_tree(path: Path) -> None:

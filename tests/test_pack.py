@@ -20,7 +20,7 @@ from _pipeline_utils import LOOSE_POLICY
 from click.testing import CliRunner
 
 from deskpro.cli import main
-from deskpro.data_manifests import SCHEMA, write_manifest
+from deskpro.manifests import SCHEMA, write_manifest
 from deskpro.pipeline.pack import PackError, pack
 from deskpro.pipeline.shards import ShardError, ShardReader
 from deskpro.pipeline.stages import DETECT_SCHEMA, PARSE_SCHEMA, RESTORE_SCHEMA
@@ -304,16 +304,18 @@ def test_cli_rejects_bad_options_and_unfinished_work(work, tmp_path):
 
 def test_pack_after_the_real_stage_runner(tmp_path):
     """Integration: synthetic data -> runner (oracle parse/detect, local) -> pack -> verify."""
-    from deskpro.data_manifests import scan, synthetic
-    from deskpro.pipeline.runner import RunOptions, run_stage
+    from deskpro.manifests import scan
+    from deskpro.pipeline.plan import StageRunOptions
+    from deskpro.pipeline.runner import run_stage
     from deskpro.pipeline.shards import verify
+    from deskpro.synthetic import generator as synthetic
 
     root = synthetic.generate(
         tmp_path / "data", identities=3, images_per_camera=1, image_size=(96, 32), seed=1, progress=False
     )
     write_manifest(scan("synthetic", root), tmp_path / "manifest.parquet")
     work = tmp_path / "work"
-    options = RunOptions(part_size=4, batch_size=4, executor="local", progress=False)
+    options = StageRunOptions(part_size=4, batch_size=4, executor="local", progress=False)
     run_stage("parse", tmp_path / "manifest.parquet", work, {"backend": "oracle"}, options)
     run_stage(
         "detect",

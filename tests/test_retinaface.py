@@ -18,8 +18,8 @@ import torch
 from _reference import REFERENCE_DIR
 from torch import nn
 
+from deskpro.pipeline.detection import Face, FaceDetector, FacePolicy, choose_face
 from deskpro.pipeline.nets import retinaface as rf
-from deskpro.pipeline.nets.retinaface import Face, FaceDetector, FacePolicy, choose_face
 
 KEYS_JSON = REFERENCE_DIR / "retinaface_keys.json"
 REFERENCE_NAMES = {"mobilenet0.25": "retinaface_mobilenet0.25", "resnet50": "retinaface_resnet50"}

@@ -9,12 +9,13 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _pipeline_utils import LOOSE_POLICY, make_dataset, make_failing_stage
+from _pipeline_utils import LOOSE_POLICY, make_dataset, make_failing_stage, read_stage
 from click.testing import CliRunner
 
 from deskpro.cli import main
-from deskpro.data_manifests import read_manifest, write_manifest
-from deskpro.pipeline.runner import RunOptions, StageError, read_stage, run_preprocess, run_stage, stage_dir
+from deskpro.manifests import read_manifest, write_manifest
+from deskpro.pipeline.plan import StageError, StageRunOptions, stage_dir
+from deskpro.pipeline.runner import run_preprocess, run_stage
 from deskpro.pipeline.stages import DETECT_SCHEMA, PARSE_SCHEMA, RESTORE_SCHEMA, DetectStage, ParseStage
 
 BACKENDS = {
@@ -22,8 +23,8 @@ BACKENDS = {
     "detect": {"backend": "oracle", **LOOSE_POLICY, "face_lr_size": 32},
     "restore": {"backend": "none", "face_hr_size": 64},
 }
-LOCAL = RunOptions(part_size=4, batch_size=2, executor="local", progress=False)
-RAY = RunOptions(part_size=4, batch_size=2, executor="ray", progress=False)
+LOCAL = StageRunOptions(part_size=4, batch_size=2, executor="local", progress=False)
+RAY = StageRunOptions(part_size=4, batch_size=2, executor="ray", progress=False)
 CORRUPT_ROW = 5  # 18 rows in parts of 4: the corrupt image sits in part 1
 
 
@@ -47,7 +48,7 @@ def reference(data, tmp_path_factory):
 def ray_started():
     """One local Ray for the whole session (a start costs 10-20 s); the runner reuses it."""
     ray = pytest.importorskip("ray")
-    from deskpro.pipeline.runner import ray_session
+    from deskpro.pipeline.ray_executor import ray_session
 
     with ray_session(num_cpus=2):
         yield ray
@@ -71,9 +72,7 @@ def test_a_corrupt_jpeg_is_one_error_row_and_the_job_completes(data, reference):
 def test_max_errors_fails_after_writing_and_names_count_and_path(data, tmp_path):
     path = read_manifest(data[1])["path"][CORRUPT_ROW].as_py()
     with pytest.raises(StageError, match=r"1 error rows, more than --max-errors 0") as info:
-        run_stage(
-            "parse", data[1], tmp_path, BACKENDS["parse"], dataclasses.replace(LOCAL, max_errors=0)
-        )
+        run_stage("parse", data[1], tmp_path, BACKENDS["parse"], dataclasses.replace(LOCAL, max_errors=0))
     assert path in str(info.value)
     assert info.value.summary.rows == 18 and len(read_stage(tmp_path, "parse")) == 18
     summary = run_stage(
@@ -112,12 +111,12 @@ def test_changed_options_are_refused_unless_overwrite(data, reference, tmp_path)
     with pytest.raises(StageError, match=r"changed: options.face_lr_size\); rerun with --overwrite"):
         run_stage("detect", data[1], tmp_path, changed, LOCAL)
     with pytest.raises(StageError, match="changed: part_size"):
-        run_stage("parse", data[1], tmp_path, BACKENDS["parse"], RunOptions(part_size=5, executor="local"))
+        run_stage(
+            "parse", data[1], tmp_path, BACKENDS["parse"], StageRunOptions(part_size=5, executor="local")
+        )
     again = run_stage("detect", data[1], tmp_path, BACKENDS["detect"], LOCAL)  # same options: all skipped
     assert (again.parts_written, again.parts_skipped) == (0, 5)
-    redone = run_stage(
-        "detect", data[1], tmp_path, changed, dataclasses.replace(LOCAL, overwrite=True)
-    )
+    redone = run_stage("detect", data[1], tmp_path, changed, dataclasses.replace(LOCAL, overwrite=True))
     assert redone.parts_written == 5
     crop = read_stage(tmp_path, "detect")["face_lr_png"]
     assert crop != reference["detect"]["face_lr_png"]
@@ -238,5 +237,5 @@ def test_preprocess_checks_every_stage_before_running_any(data, tmp_path):
         "restore": {"backend": "gpen-512", "weights": str(tmp_path / "missing.pth")},
     }
     with pytest.raises(StageConfigError, match="--restore-weights"):
-        run_preprocess(data[1], tmp_path / "work", options, RunOptions(executor="local", progress=False))
+        run_preprocess(data[1], tmp_path / "work", options, StageRunOptions(executor="local", progress=False))
     assert not (tmp_path / "work" / "stages" / "parse").exists()  # parse never started

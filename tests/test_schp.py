@@ -13,7 +13,8 @@ import torch
 from _reference import REFERENCE_DIR
 from torch import nn
 
-from deskpro.pipeline.nets import schp
+from deskpro.pipeline import parsing
+from deskpro.pipeline.nets import schp, specs
 
 REFERENCE = REFERENCE_DIR / "schp_keys.json"
 SMALL = 65  # square side for forwards: fast on CPU, odd on purpose (logits at 17 = ceil(65 / 4))
@@ -219,9 +220,9 @@ def test_letterbox_and_inverse_restore_a_label_map(height: int, width: int) -> N
     labels = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_NEAREST)
     size = 473
     square = cv2.warpAffine(
-        labels, schp.letterbox_matrix(height, width, size), (size, size), flags=cv2.INTER_NEAREST
+        labels, parsing.letterbox_matrix(height, width, size), (size, size), flags=cv2.INTER_NEAREST
     )
-    back = schp.unletterbox(square, height, width, interpolation=cv2.INTER_NEAREST)
+    back = parsing.unletterbox(square, height, width, interpolation=cv2.INTER_NEAREST)
     assert back.shape == labels.shape
     interior = (slice(1, -1), slice(1, -1))
     assert np.array_equal(back[interior], labels[interior])
@@ -229,16 +230,16 @@ def test_letterbox_and_inverse_restore_a_label_map(height: int, width: int) -> N
 
 def test_letterbox_keeps_aspect_and_centres() -> None:
     image = np.full((100, 50, 3), 255, np.uint8)
-    square = schp.letterbox(image, 101)
+    square = parsing.letterbox(image, 101)
     # A 100x50 box onto 101 px: scale 100/99, width 49 -> ~50 px centred; rows fully covered.
     columns = np.flatnonzero(square[50, :, 0] > 127)
     assert 48 <= len(columns) <= 52
     assert abs((columns[0] + columns[-1]) / 2 - 50) <= 0.5
     assert square[:, 50].min() == 255 and square[50, :20].max() == 0
-    matrix = schp.letterbox_matrix(100, 50, 101)
+    matrix = parsing.letterbox_matrix(100, 50, 101)
     np.testing.assert_allclose(matrix @ [24.5, 49.5, 1.0], [50.0, 50.0], atol=1e-4)  # centre -> centre
     np.testing.assert_allclose(matrix @ [0.0, 0.0, 1.0], [50 - 24.5 * 100 / 99, 0.0], atol=1e-4)
-    inverse = schp.letterbox_matrix(100, 50, 101, inverse=True)
+    inverse = parsing.letterbox_matrix(100, 50, 101, inverse=True)
     np.testing.assert_allclose(inverse @ np.append(matrix @ [10.0, 70.0, 1.0], 1.0), [10.0, 70.0], atol=1e-4)
 
 
@@ -247,22 +248,22 @@ def test_letterbox_keeps_aspect_and_centres() -> None:
 )
 def test_windowed_unletterbox_is_bit_identical(height: int, width: int, size: int) -> None:
     logits = np.random.default_rng(size + height).normal(size=(size, size, 5)).astype(np.float32)
-    x0, y0, x1, y1 = schp.content_window(height, width, size)
+    x0, y0, x1, y1 = parsing.content_window(height, width, size)
     assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
     assert (x1 - x0) * (y1 - y0) < size * size or height == width  # a non-square image needs less
     window = logits[y0:y1, x0:x1]
-    full = schp.unletterbox(logits, height, width)
-    assert np.array_equal(schp.unletterbox(window, height, width, size=size, origin=(x0, y0)), full)
+    full = parsing.unletterbox(logits, height, width)
+    assert np.array_equal(parsing.unletterbox(window, height, width, size=size, origin=(x0, y0)), full)
     # The window holds everything the warp reads: logits outside it do not matter.
     outside = logits.copy()
     outside[:y0] = outside[y1:] = 99.0
     outside[:, :x0] = outside[:, x1:] = 99.0
-    assert np.array_equal(schp.unletterbox(outside, height, width), full)
+    assert np.array_equal(parsing.unletterbox(outside, height, width), full)
 
 
 def test_too_small_image_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="1x1 pixels is too small"):
-        schp.letterbox_matrix(1, 1, 473)
+        parsing.letterbox_matrix(1, 1, 473)
 
 
 # ----------------------------------------------------------------------------- Parser
@@ -274,7 +275,7 @@ class TinyParsingNet(nn.Module):
     def __init__(self, num_classes: int = 20, seed: int = 0):
         super().__init__()
         self.num_classes = num_classes
-        self.input_spec = schp.SCHP_SPEC
+        self.input_spec = specs.SCHP_SPEC
         self.body = nn.Sequential(
             nn.Conv2d(3, 16, 5, stride=2, padding=2),
             nn.ReLU(),
@@ -300,20 +301,20 @@ def parsing_net(request: pytest.FixtureRequest) -> nn.Module:
 
 
 def test_parser_gives_each_image_its_own_size(parsing_net: nn.Module, images: list[np.ndarray]) -> None:
-    maps = schp.Parser(parsing_net, "lip", input_size=SMALL)(images)
+    maps = parsing.Parser(parsing_net, "lip", input_size=SMALL)(images)
     assert [m.shape for m in maps] == [im.shape[:2] for im in images]
     assert all(m.dtype == np.uint8 and m.max() < 20 for m in maps)
 
 
 def test_parser_maps_follow_the_image_content(tiny_net: TinyParsingNet, images: list[np.ndarray]) -> None:
-    maps = schp.Parser(tiny_net, "lip", input_size=SMALL)(images)
+    maps = parsing.Parser(tiny_net, "lip", input_size=SMALL)(images)
     assert all(len(np.unique(m)) > 2 for m in maps)
-    blank = schp.Parser(tiny_net, "lip", input_size=SMALL)([np.zeros((40, 20, 3), np.uint8)])[0]
+    blank = parsing.Parser(tiny_net, "lip", input_size=SMALL)([np.zeros((40, 20, 3), np.uint8)])[0]
     assert len(np.unique(blank[5:-5, 5:-5])) == 1  # a uniform image gives a uniform interior
 
 
 def test_batched_output_equals_per_image_output(parsing_net: nn.Module, images: list[np.ndarray]) -> None:
-    parser = schp.Parser(parsing_net, "lip", input_size=SMALL)
+    parser = parsing.Parser(parsing_net, "lip", input_size=SMALL)
     batched = parser.logits(images)
     for image, logits in zip(images, batched):
         (single,) = parser.logits([image])
@@ -334,16 +335,16 @@ def test_square_image_gives_the_network_argmax(parsing_net: nn.Module, images: l
             parsing_net(x), size=(size, size), mode="bilinear", align_corners=True
         )
     expected = logits[0].permute(1, 2, 0).numpy()
-    parser = schp.Parser(parsing_net, "lip", input_size=size)
+    parser = parsing.Parser(parsing_net, "lip", input_size=size)
     (got,) = parser.logits([image])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert np.array_equal(parser([image])[0], expected.argmax(2))
 
 
 def test_flip_test_is_the_swapped_average(parsing_net: nn.Module, images: list[np.ndarray]) -> None:
-    plain = schp.Parser(parsing_net, "lip", input_size=SMALL)
-    flipped = schp.Parser(parsing_net, "lip", input_size=SMALL, flip=True)
-    squares = np.stack([schp.letterbox(im, SMALL) for im in images[:2]])
+    plain = parsing.Parser(parsing_net, "lip", input_size=SMALL)
+    flipped = parsing.Parser(parsing_net, "lip", input_size=SMALL, flip=True)
+    squares = np.stack([parsing.letterbox(im, SMALL) for im in images[:2]])
     direct = plain.square_logits(squares)
     mirrored = plain.square_logits(np.ascontiguousarray(squares[:, :, ::-1]))
     swap = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 14, 17, 16, 19, 18]
@@ -352,16 +353,16 @@ def test_flip_test_is_the_swapped_average(parsing_net: nn.Module, images: list[n
     # ... and the label maps are that average warped back and argmaxed.
     maps = flipped(images[:2])
     for i, image in enumerate(images[:2]):
-        manual = schp.unletterbox(expected[i].permute(1, 2, 0).numpy(), *image.shape[:2]).argmax(2)
+        manual = parsing.unletterbox(expected[i].permute(1, 2, 0).numpy(), *image.shape[:2]).argmax(2)
         assert np.mean(maps[i] == manual) > 0.999
 
 
 def test_flip_test_is_mirror_equivariant(tiny_net: TinyParsingNet, images: list[np.ndarray]) -> None:
     """With the flip test, a mirrored image gets the mirrored map with left/right labels swapped."""
-    parser = schp.Parser(tiny_net, "lip", input_size=SMALL, flip=True)
+    parser = parsing.Parser(tiny_net, "lip", input_size=SMALL, flip=True)
     image = images[0]
     original, mirrored = parser([image, np.ascontiguousarray(image[:, ::-1])])
-    swap = np.array(schp.flip_permutation("lip", 20), np.uint8)
+    swap = np.array(parsing.flip_permutation("lip", 20), np.uint8)
     assert np.isin(original, [14, 15, 16, 17, 18, 19]).any()  # the swap is exercised
     assert np.mean(swap[mirrored[:, ::-1]] == original) > 0.98
     # Without the swap the maps disagree wherever a left/right label is predicted.
@@ -373,7 +374,7 @@ def test_flip_test_is_mirror_equivariant(tiny_net: TinyParsingNet, images: list[
     [("lip", {14: 15, 16: 17, 18: 19}), ("atr", {9: 10, 12: 13, 14: 15}), ("pascal", {})],
 )
 def test_flip_permutation_swaps_left_and_right(labels: str, pairs: dict[int, int]) -> None:
-    perm = schp.flip_permutation(labels, len(schp.LABELS[labels]))
+    perm = parsing.flip_permutation(labels, len(schp.LABELS[labels]))
     for a, b in pairs.items():
         assert perm[a] == b and perm[b] == a
         assert "Left" in schp.LABELS[labels][a] and "Right" in schp.LABELS[labels][b]
@@ -387,7 +388,7 @@ def test_parser_feeds_bgr_with_the_official_stats(lip_net: schp.SCHPNet) -> None
     try:
         blue = np.zeros((SMALL, SMALL, 3), np.uint8)
         blue[..., 0] = 255  # BGR: pure blue
-        schp.Parser(lip_net, "lip", input_size=SMALL)([blue])
+        parsing.Parser(lip_net, "lip", input_size=SMALL)([blue])
     finally:
         handle.remove()
     centre = seen[0][0, :, SMALL // 2, SMALL // 2]
@@ -396,26 +397,26 @@ def test_parser_feeds_bgr_with_the_official_stats(lip_net: schp.SCHPNet) -> None
 
 
 def test_channels_last_and_bf16_run(lip_net: schp.SCHPNet, images: list[np.ndarray]) -> None:
-    reference = schp.Parser(lip_net, "lip", input_size=SMALL).logits(images[:1])[0]
-    cl = schp.Parser(lip_net, "lip", input_size=SMALL, channels_last=True).logits(images[:1])[0]
+    reference = parsing.Parser(lip_net, "lip", input_size=SMALL).logits(images[:1])[0]
+    cl = parsing.Parser(lip_net, "lip", input_size=SMALL, channels_last=True).logits(images[:1])[0]
     np.testing.assert_allclose(cl, reference, rtol=1e-3, atol=1e-3)
-    bf16 = schp.Parser(lip_net, "lip", input_size=SMALL, amp="bf16")(images[:1])[0]
+    bf16 = parsing.Parser(lip_net, "lip", input_size=SMALL, amp="bf16")(images[:1])[0]
     assert bf16.shape == images[0].shape[:2] and bf16.dtype == np.uint8
     lip_net.to(memory_format=torch.contiguous_format)
 
 
 def test_parser_rejects_bad_settings_and_images(lip_net: schp.SCHPNet) -> None:
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        schp.Parser(lip_net, "lip", input_size=SMALL, amp="fp16")([np.zeros((8, 8, 3), np.uint8)])
+        parsing.Parser(lip_net, "lip", input_size=SMALL, amp="fp16")([np.zeros((8, 8, 3), np.uint8)])
     with pytest.raises(ValueError, match="amp must be"):
-        schp.Parser(lip_net, "lip", amp="fp8")
+        parsing.Parser(lip_net, "lip", amp="fp8")
     with pytest.raises(ValueError, match="has 20 classes but labels='atr' has 18"):
-        schp.Parser(lip_net, "atr")
-    parser = schp.Parser(lip_net, "lip", input_size=SMALL)
+        parsing.Parser(lip_net, "atr")
+    parser = parsing.Parser(lip_net, "lip", input_size=SMALL)
     with pytest.raises(ValueError, match=r"image 1: expected a uint8 HxWx3 array, got uint8 \(8, 8\)"):
         parser([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)])
     with pytest.raises(ValueError, match="image 0: expected a uint8 HxWx3 array, got float32"):
         parser([np.zeros((8, 8, 3), np.float32)])
     assert parser([]) == []
     assert parser.input_size == SMALL
-    assert schp.Parser(lip_net, "lip").input_size == schp.INPUT_SIZES["lip"] == 473
+    assert parsing.Parser(lip_net, "lip").input_size == schp.INPUT_SIZES["lip"] == 473

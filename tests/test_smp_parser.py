@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from deskpro.pipeline.nets import schp, smp_parser
+from deskpro.pipeline import parsing
+from deskpro.pipeline.nets import schp, smp_parser, specs
 
 SPEC = "smp:Unet:resnet18"
 SIZE = 64
@@ -70,7 +71,7 @@ def test_load_restores_the_saved_weights(trained_file: tuple[Path, dict[str, tor
     loaded = net.state_dict()
     assert set(loaded) == set(state)
     assert all(torch.equal(loaded[k], state[k]) for k in state)
-    assert net.input_spec == schp.InputSpec(
+    assert net.input_spec == specs.InputSpec(
         bgr=False,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
@@ -121,7 +122,7 @@ def test_parser_runs_an_smp_net_in_rgb(trained_file: tuple[Path, dict[str, torch
     ]
     images[0][SIZE // 2, SIZE // 2] = (255, 0, 0)  # BGR blue
     try:
-        parser = schp.Parser(net, "pascal", input_size=SIZE)
+        parser = parsing.Parser(net, "pascal", input_size=SIZE)
         maps = parser(images)
     finally:
         handle.remove()
@@ -140,10 +141,10 @@ def test_parser_checks_size_multiple_and_class_count(
 ) -> None:
     net = smp_parser.load(SPEC, trained_file[0], 7)
     with pytest.raises(ValueError, match="input_size 473 must be a multiple of 32"):
-        schp.Parser(net, "pascal", input_size=473)
+        parsing.Parser(net, "pascal", input_size=473)
     with pytest.raises(ValueError, match="7 classes but labels='lip' has 20"):
-        schp.Parser(net, "lip", input_size=SIZE)
-    assert schp.Parser(net, "pascal").input_size == 512
+        parsing.Parser(net, "lip", input_size=SIZE)
+    assert parsing.Parser(net, "pascal").input_size == 512
 
 
 def test_load_any_dispatches_on_the_arch(trained_file: tuple[Path, dict[str, torch.Tensor]]) -> None:

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 from _pipeline_utils import LOOSE_POLICY, make_dataset
 
-from deskpro.data_manifests import read_manifest, synthetic
-from deskpro.pipeline import images as imageio
+from deskpro.common import images
+from deskpro.manifests import read_manifest
 from deskpro.pipeline.faces import align_face
 from deskpro.pipeline.stages import (
     DETECT_SCHEMA,
@@ -24,6 +24,7 @@ from deskpro.pipeline.stages import (
     check_options,
     table_to_batch,
 )
+from deskpro.synthetic import generator as synthetic
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def batch(dataset):
     """The first 6 manifest rows decoded as the image stages receive them."""
     root, table = dataset
     rows = table_to_batch(table.slice(0, 6).select(["sample_id", "path"]))
-    return imageio.decode_batch(rows, root=str(root))
+    return images.decode_batch(rows, root=str(root))
 
 
 def test_decode_batch_gives_bgr_and_an_error_row_for_a_truncated_jpeg(dataset, batch):
@@ -54,7 +55,7 @@ def test_decode_batch_gives_bgr_and_an_error_row_for_a_truncated_jpeg(dataset, b
 
 
 def test_decode_batch_names_a_missing_file(tmp_path):
-    out = imageio.decode_batch(
+    out = images.decode_batch(
         {"sample_id": np.array(["a"], object), "path": np.array(["a.jpg"], object)}, root=str(tmp_path)
     )
     assert out["error"][0].startswith("a.jpg: cannot read image")
@@ -63,10 +64,10 @@ def test_decode_batch_names_a_missing_file(tmp_path):
 def test_png_and_jpeg_round_trips_keep_rgb_order():
     rgb = np.zeros((8, 8, 3), np.uint8)
     rgb[..., 0] = 200  # pure red
-    assert np.array_equal(imageio.decode_png(imageio.encode_png(rgb)), rgb)
+    assert np.array_equal(images.decode_png(images.encode_png(rgb)), rgb)
     labels = np.arange(64, dtype=np.uint8).reshape(8, 8) % 20
-    assert np.array_equal(imageio.decode_png(imageio.encode_png(labels)), labels)
-    back = imageio.decode_jpeg(imageio.encode_jpeg(rgb, 95))
+    assert np.array_equal(images.decode_png(images.encode_png(labels)), labels)
+    back = images.decode_jpeg(images.encode_jpeg(rgb, 95))
     assert back[..., 0].mean() > 190 and back[..., 2].mean() < 10
 
 
@@ -78,7 +79,7 @@ def test_parse_oracle_returns_the_truth_and_passes_errors_through(dataset, batch
     assert out["parse_png"][1] is None and "cannot decode" in out["error"][1]
     for i in (0, 2, 3):
         truth = synthetic.read_parse_truth(root, batch["path"][i])
-        assert np.array_equal(imageio.decode_png(out["parse_png"][i]), truth)
+        assert np.array_equal(images.decode_png(out["parse_png"][i]), truth)
         assert out["label_set"][i] == "lip" and out["error"][i] is None
 
 
@@ -105,7 +106,7 @@ def test_detect_oracle_keeps_true_faces_and_crops_them_aligned(dataset, batch):
         np.testing.assert_allclose(out["face_box"][i], box, atol=1e-5)
         np.testing.assert_allclose(out["landmarks"][i].reshape(5, 2), landmarks, atol=1e-5)
         expected, _ = align_face(batch["image"][i][:, :, ::-1].copy(), landmarks, 64)
-        assert np.array_equal(imageio.decode_png(out["face_lr_png"][i]), expected)
+        assert np.array_equal(images.decode_png(out["face_lr_png"][i]), expected)
     assert out["has_face"].any() and not out["has_face"].all()
 
 
@@ -117,7 +118,7 @@ def test_detect_policy_thresholds_are_applied(dataset, batch):
 
 
 def test_upscaled_detector_reports_original_pixels():
-    from deskpro.pipeline.nets.retinaface import Face
+    from deskpro.pipeline.detection import Face
 
     seen = []
 
@@ -167,9 +168,9 @@ def test_restore_none_upsamples_the_low_res_face_bicubically(dataset, batch):
         if not detected["has_face"][i]:
             assert out["face_hr_jpg"][i] is None
             continue
-        low = imageio.decode_png(detected["face_lr_png"][i])
+        low = images.decode_png(detected["face_lr_png"][i])
         expected = cv2.resize(low, (96, 96), interpolation=cv2.INTER_CUBIC)
-        got = imageio.decode_jpeg(out["face_hr_jpg"][i])
+        got = images.decode_jpeg(out["face_hr_jpg"][i])
         assert got.shape == (96, 96, 3)
         assert np.abs(got.astype(float) - expected).mean() < 3.0  # JPEG q95 loss only
 

@@ -13,7 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from deskpro import cli
-from deskpro.data_manifests import ManifestError, manifest_info, read_manifest, scan, synthetic
+from deskpro.manifests import ManifestError, manifest_info, read_manifest, scan
+from deskpro.synthetic import draw as _draw
+from deskpro.synthetic import generator as synthetic
 
 IDENTITIES, PER_CAMERA = 12, 3
 LIP_DRAWN = {0, 2, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18, 19}
@@ -170,7 +172,6 @@ def test_identity_cues_consistent_clothes_misleading(dataset: Path, rows: list[d
 
 def test_outfits_shared_across_people() -> None:
     """Different people often wear the same garment colours (one shared palette)."""
-    from deskpro.data_manifests import _draw
 
     colours = [tuple(_draw.sample_outfits(np.random.default_rng([0, p]))[0].upper.colour) for p in range(200)]
     counts = np.unique(np.array(colours), axis=0, return_counts=True)[1]

@@ -14,9 +14,9 @@ from deskpro.cli import main
 from deskpro.model import checkpoint
 from deskpro.train.evaluate import evaluate
 from deskpro.train.schedule import lr_factor, warmup_cosine
-from deskpro.train.trainer import RunOptions, load_train_state, resolve_config, train
+from deskpro.train.trainer import TrainRunOptions, load_train_state, resolve_config, train
 
-QUIET = RunOptions(progress=False)
+QUIET = TrainRunOptions(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def test_config_comes_from_the_shards(shards):
 def test_resume_is_exact(small_shards, tmp_path):
     config = _config(small_shards, "baseline")  # 2 iterations per epoch
     straight = train(small_shards, tmp_path / "a", config, QUIET)
-    train(small_shards, tmp_path / "b", config, RunOptions(progress=False, max_iters=2))
+    train(small_shards, tmp_path / "b", config, TrainRunOptions(progress=False, max_iters=2))
     assert load_train_state(tmp_path / "b")["epoch"] == 1
     after_one = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
-    resumed = train(small_shards, tmp_path / "b", config, RunOptions(progress=False, resume=True))
+    resumed = train(small_shards, tmp_path / "b", config, TrainRunOptions(progress=False, resume=True))
     a = torch.load(straight, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
@@ -83,22 +83,27 @@ def test_resume_is_exact(small_shards, tmp_path):
 
 def test_resume_refuses_changed_settings(small_shards, tmp_path):
     config = _config(small_shards, "baseline", epochs=1)
-    train(small_shards, tmp_path / "r", config, RunOptions(progress=False, max_iters=1))
+    train(small_shards, tmp_path / "r", config, TrainRunOptions(progress=False, max_iters=1))
     with pytest.raises(ValueError, match="changed settings: k"):
-        train(small_shards, tmp_path / "r", _config(small_shards, "baseline", k=1), RunOptions(resume=True))
+        train(
+            small_shards, tmp_path / "r", _config(small_shards, "baseline", k=1), TrainRunOptions(resume=True)
+        )
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(small_shards, tmp_path / "r", config, QUIET)
     with pytest.raises(FileNotFoundError, match="train_state.pt"):
-        train(small_shards, tmp_path / "none", config, RunOptions(progress=False, resume=True))
+        train(small_shards, tmp_path / "none", config, TrainRunOptions(progress=False, resume=True))
 
 
 def test_teacher_then_deskpro(shards, tmp_path):
     teacher_ckpt = train(
-        shards, tmp_path / "t", _config(shards, "teacher", epochs=1), RunOptions(progress=False, max_iters=2)
+        shards,
+        tmp_path / "t",
+        _config(shards, "teacher", epochs=1),
+        TrainRunOptions(progress=False, max_iters=2),
     )
     teacher = checkpoint.load(teacher_ckpt)
     assert type(teacher).__name__ == "LightMBN" and teacher.num_classes == 4
-    options = RunOptions(progress=False, max_iters=2, teacher=str(teacher_ckpt))  # one face-less row
+    options = TrainRunOptions(progress=False, max_iters=2, teacher=str(teacher_ckpt))  # one face-less row
     final = train(shards, tmp_path / "d", _config(shards, "deskpro", epochs=1), options)
     model = checkpoint.load(final)
     assert model.checkpoint_meta["config"]["phase"] == "deskpro"
@@ -230,7 +235,7 @@ def test_imagenet_init_fills_the_trained_streams(small_shards, tmp_path):
     torch.save(source.state_dict(), tmp_path / "osnet.pth")
     config = _config(small_shards, "baseline")
     plain = _build_model(config, 4, QUIET)
-    model = _build_model(config, 4, RunOptions(imagenet=str(tmp_path / "osnet.pth")))
+    model = _build_model(config, 4, TrainRunOptions(imagenet=str(tmp_path / "osnet.pth")))
     conv1 = source.conv1.state_dict()
     trunk = model.nocloth_net.backbone[0].state_dict()
     assert all(torch.equal(trunk[k], v) for k, v in conv1.items())
@@ -242,7 +247,7 @@ def test_imagenet_init_fills_the_trained_streams(small_shards, tmp_path):
 
 def test_select_on_val_keeps_the_best_val_epoch(small_shards, tmp_path):
     config = _config(small_shards, "baseline", epochs=2)
-    final = train(small_shards, tmp_path / "v", config, RunOptions(progress=False, select_on_val=True))
+    final = train(small_shards, tmp_path / "v", config, TrainRunOptions(progress=False, select_on_val=True))
     assert final.name == "best.pt" and final.is_file()
     log = [json.loads(line) for line in (tmp_path / "v" / "log.jsonl").read_text().splitlines()]
     scores = [r["val_mAP"] for r in log]
@@ -250,4 +255,9 @@ def test_select_on_val_keeps_the_best_val_epoch(small_shards, tmp_path):
     best_epoch = checkpoint.load(final).checkpoint_meta["extra"]["epoch"]
     assert scores[best_epoch - 1] == max(scores)
     with pytest.raises(ValueError, match="select-on-val"):
-        train(small_shards, tmp_path / "t", _config(small_shards, "teacher"), RunOptions(select_on_val=True))
+        train(
+            small_shards,
+            tmp_path / "t",
+            _config(small_shards, "teacher"),
+            TrainRunOptions(select_on_val=True),
+        )

@@ -4,8 +4,8 @@ import hashlib
 
 from click.testing import CliRunner
 
+from deskpro import weights
 from deskpro.cli import main
-from deskpro.pipeline import weights
 
 
 def _entry_for(path, sha=None):

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deskpro.files import atomic_path
+from deskpro.common.files import atomic_path
+from deskpro.common.state_dicts import brief_keys, load_checked
 from deskpro.model.deskpro import DeSKPro
 from deskpro.model.lmbn import LightMBN
 from deskpro.model.osnet import CheckpointError, read_checkpoint
-from deskpro.state_dicts import brief_keys, load_checked
 
 FORMAT = "deskpro-checkpoint"
 FORMAT_VERSION = 1

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deskpro.state_dicts import load_checked
+from deskpro.common.state_dicts import load_checked
 
 # Channel widths of OSNet x1.0: stem, conv2, conv3, conv4 (conv5 keeps conv4's width).
 CHANNELS = (64, 256, 384, 512)

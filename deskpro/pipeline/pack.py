@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from deskpro.data_manifests import SCHEMA as MANIFEST_SCHEMA
-from deskpro.data_manifests import manifest_info, read_manifest
-from deskpro.pipeline.runner import stage_dir
+from deskpro.manifests import SCHEMA as MANIFEST_SCHEMA
+from deskpro.manifests import manifest_info, read_manifest
+from deskpro.pipeline.plan import stage_dir
 from deskpro.pipeline.shards import DEFAULT_PARSE_COMPRESSION, MANIFEST_NAME, ShardError, ShardWriter
 
 # Columns each stage must provide (the shared stage-output interface).

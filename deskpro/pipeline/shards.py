@@ -53,8 +53,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from deskpro.files import atomic_path, sha256_file
-from deskpro.pipeline.images import encode_jpeg
+from deskpro.common.files import atomic_path, sha256_file
+from deskpro.common.images import encode_jpeg
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -104,7 +104,7 @@ def shard_file_name(shard: int) -> str:
 def decode_jpeg(buf: np.ndarray, name: str = "<jpeg bytes>") -> np.ndarray:
     """JPEG bytes (1-D uint8) -> RGB uint8 [H,W,3]; ShardError naming `name` when they do not decode.
 
-    OpenCV rather than `deskpro.pipeline.images.decode_jpeg` (PIL): this is the loader's hot path,
+    OpenCV rather than `deskpro.common.images.decode_jpeg` (PIL): this is the loader's hot path,
     and the read rates above were measured with it. Writing uses `images.encode_jpeg`.
     """
     bgr = cv2.imdecode(np.asarray(buf, dtype=np.uint8), cv2.IMREAD_COLOR)

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from deskpro.pipeline import images as imageio
+from deskpro.common import images
+from deskpro.pipeline import detection, parsing, restoration
 
 STAGE_NAMES = ("parse", "detect", "restore")
 
@@ -54,7 +55,7 @@ class StageConfigError(ValueError):
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu' (imports torch only when a net is built)."""
-    from deskpro.pipeline.nets._common import resolve_device as resolve
+    from deskpro.common.torch_utils import resolve_device as resolve
 
     return resolve(device)
 
@@ -120,7 +121,7 @@ class ParseStage:
         self._oracle = None
         self._parser = None
         if backend == "oracle":
-            from deskpro.pipeline.oracle import OracleParser
+            from deskpro.synthetic.oracle import OracleParser
 
             if labels != OracleParser.label_set:
                 raise StageConfigError(
@@ -142,7 +143,7 @@ class ParseStage:
             raise StageConfigError(
                 f"--backend {backend}: unknown parser; choose from {', '.join(PARSE_BACKENDS)}"
             )
-        self._parser = schp.Parser(
+        self._parser = parsing.Parser(
             net,
             labels=labels,
             input_size=input_size,
@@ -177,7 +178,7 @@ class ParseStage:
             elif label_map.shape != image_hw:
                 errors[i] = f"{paths[i]}: label map of shape {label_map.shape} for an image of {image_hw}"
             else:
-                pngs[i] = imageio.encode_png(np.ascontiguousarray(label_map, np.uint8))
+                pngs[i] = images.encode_png(np.ascontiguousarray(label_map, np.uint8))
         return {
             "sample_id": _object_array(ids),
             "parse_png": _object_array(pngs),
@@ -218,7 +219,7 @@ class DetectStage:
         amp: str | None = None,
         channels_last: bool = False,
     ) -> None:
-        from deskpro.pipeline.nets.retinaface import FacePolicy
+        FacePolicy = detection.FacePolicy
 
         if upscale <= 0:
             raise StageConfigError(f"--upscale {upscale}: must be > 0")
@@ -229,7 +230,7 @@ class DetectStage:
         self._oracle = None
         self._detector = None
         if backend == "oracle":
-            from deskpro.pipeline.oracle import OracleFaceDetector
+            from deskpro.synthetic.oracle import OracleFaceDetector
 
             self._oracle = OracleFaceDetector(root)
             return
@@ -243,7 +244,7 @@ class DetectStage:
                     f"--backend {backend}: unknown; choose from {', '.join(DETECT_BACKENDS)}"
                 )
             net = retinaface.load(require_weights(weights, backend=backend), variant=variant)
-            self._detector = retinaface.FaceDetector(
+            self._detector = detection.FaceDetector(
                 net,
                 conf_threshold=conf_threshold,
                 nms_threshold=nms_threshold,
@@ -253,7 +254,7 @@ class DetectStage:
                 upscale=self.upscale,
             )
         elif backend == "face-alignment":
-            from deskpro.pipeline.nets.fa_detector import FaceAlignmentDetector
+            from deskpro.pipeline.fa_detection import FaceAlignmentDetector
 
             self._detector = _Upscaled(
                 FaceAlignmentDetector(
@@ -284,10 +285,10 @@ class DetectStage:
         from deskpro.pipeline.faces import align_face
 
         crop, _ = align_face(np.ascontiguousarray(image_bgr[:, :, ::-1]), landmarks, self.face_lr_size)
-        return imageio.encode_png(crop)
+        return images.encode_png(crop)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from deskpro.pipeline.nets.retinaface import choose_face
+        choose_face = detection.choose_face
 
         ids, errors = _rows(batch)
         paths = [str(p) for p in batch["path"]]
@@ -388,7 +389,7 @@ class RestoreStage:
 
         size = int(backend.removeprefix("gpen-"))
         net = gpen.load(require_weights(weights, backend=backend), size=size)
-        self._restorer = gpen.Restorer(
+        self._restorer = restoration.Restorer(
             net, device=resolve_device(device), amp=amp, channels_last=channels_last
         )
 
@@ -411,9 +412,9 @@ class RestoreStage:
         for i, (err, png) in enumerate(zip(errors, pngs)):
             if err is None and bool(batch["has_face"][i]) and png is not None:
                 try:
-                    faces.append(imageio.decode_png(bytes(png)))
+                    faces.append(images.decode_png(bytes(png)))
                     todo.append(i)
-                except imageio.ImageDecodeError:
+                except images.ImageDecodeError:
                     errors[i] = f"{ids[i]}: cannot decode the detect stage's face_lr_png"
         sizes = {f.shape for f in faces}
         if len(sizes) > 1:
@@ -421,7 +422,7 @@ class RestoreStage:
         jpgs: list[bytes | None] = [None] * len(ids)
         stacked = np.stack(faces) if faces else np.zeros((0, 1, 1, 3), np.uint8)
         for i, face in zip(todo, self._restore(stacked)):
-            jpgs[i] = imageio.encode_jpeg(face, self.quality)
+            jpgs[i] = images.encode_jpeg(face, self.quality)
         return {
             "sample_id": _object_array(ids),
             "face_hr_jpg": _object_array(jpgs),

@@ -118,8 +118,10 @@ def erase_masks(n, size_hw, settings, generator, device, attempts: int = 10) -> 
     yy = torch.arange(h, device=device).view(1, h, 1)
     xx = torch.arange(w, device=device).view(1, 1, w)
     inside = (
-        (yy >= y0.view(-1, 1, 1)) & (yy < (y0 + eh).view(-1, 1, 1))
-        & (xx >= x0.view(-1, 1, 1)) & (xx < (x0 + ew).view(-1, 1, 1))
+        (yy >= y0.view(-1, 1, 1))
+        & (yy < (y0 + eh).view(-1, 1, 1))
+        & (xx >= x0.view(-1, 1, 1))
+        & (xx < (x0 + ew).view(-1, 1, 1))
     )
     return (inside & apply.view(-1, 1, 1)).unsqueeze(1)
 

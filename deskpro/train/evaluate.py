@@ -99,8 +99,15 @@ def rank_result(
         stop = start + chunk
         qc = None if q_clothes is None else q_clothes[start:stop]
         cmc, ap, valid = _rank_chunk(
-            dist[start:stop], q_pids[start:stop], g_pids, q_camids[start:stop], g_camids,
-            qc, g_clothes, mode, max_rank,
+            dist[start:stop],
+            q_pids[start:stop],
+            g_pids,
+            q_camids[start:stop],
+            g_camids,
+            qc,
+            g_clothes,
+            mode,
+            max_rank,
         )
         cmcs.append(cmc[valid])
         aps.append(ap[valid])
@@ -303,8 +310,15 @@ def _rank_protocol(dist, q_rows, g_rows, labels, protocol, trials, seed, max_ran
     for trial in range(trials):
         cols = single_shot_columns(g_pid, np.random.default_rng([seed, trial]))
         r = rank_result(
-            dist[:, cols], q_pid, g_pid[cols], q_cam, g_cam[cols], q_clo, g_clo[cols],
-            mode=protocol.mode, max_rank=max_rank,
+            dist[:, cols],
+            q_pid,
+            g_pid[cols],
+            q_cam,
+            g_cam[cols],
+            q_clo,
+            g_clo[cols],
+            mode=protocol.mode,
+            max_rank=max_rank,
         )
         cmc = np.zeros(max_rank)
         cmc[: len(r.cmc)] = r.cmc
@@ -342,8 +356,15 @@ def evaluate_features(
             )
             rows.append(
                 ProtocolRow(
-                    protocol.name, stream, protocol.mode, *(_cmc_at(cmc, k) for k in RANKS),
-                    m_ap, nq, ng, excluded, n_trials,
+                    protocol.name,
+                    stream,
+                    protocol.mode,
+                    *(_cmc_at(cmc, k) for k in RANKS),
+                    m_ap,
+                    nq,
+                    ng,
+                    excluded,
+                    n_trials,
                 )
             )
     return rows
@@ -385,7 +406,13 @@ def evaluate_model(
     model.eval()
     try:
         feats = extract_features(
-            model, reader, positions, batch_size=batch_size, device=device, flip=flip, progress=progress,
+            model,
+            reader,
+            positions,
+            batch_size=batch_size,
+            device=device,
+            flip=flip,
+            progress=progress,
             faces=any(stream != "body" for stream in streams),
         )
     finally:
@@ -438,8 +465,16 @@ def evaluate(
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (evaluate needs one)")
     streams = tuple(streams) if streams else default_streams(model)
     rows = evaluate_model(
-        model, reader, preset(dataset).protocols, split=split, streams=streams, device=device,
-        batch_size=batch_size, trials=trials, seed=seed, progress=progress,
+        model,
+        reader,
+        preset(dataset).protocols,
+        split=split,
+        streams=streams,
+        device=device,
+        batch_size=batch_size,
+        trials=trials,
+        seed=seed,
+        progress=progress,
     )
     report = {
         "shards": str(shards_dir),

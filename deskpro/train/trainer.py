@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deskpro.common.files import atomic_path
+from deskpro.common.torch_utils import autocast_context, torch_load_weights
+from deskpro.common.torch_utils import resolve_device as _resolve_device_name  # returns a str
 from deskpro.config import CLOTH_LABELS, TrainConfig, preset
-from deskpro.files import atomic_path
-from deskpro.pipeline.nets._common import autocast_context, torch_load_weights
-from deskpro.pipeline.nets._common import resolve_device as _resolve_device_name  # returns a str
 from deskpro.train.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSettings, augment_batch
 from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader, open_reader
 from deskpro.train.schedule import warmup_cosine
@@ -46,7 +46,7 @@ RUNTIME_FIELDS = ("amp", "channels_last", "compile", "num_workers", "epochs")
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class TrainRunOptions:
     """How to run (not what to learn): device, limits, resume, logging, DDP."""
 
     device: str = "cpu"
@@ -97,11 +97,11 @@ def resolve_config(shards_dir, phase: str, **overrides) -> TrainConfig:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as torch.device."""
+    """ "auto" -> cuda when available, else cpu; anything else as torch.device."""
     return torch.device(_resolve_device_name(device))
 
 
-def _setup_dist(options: RunOptions) -> _Dist:
+def _setup_dist(options: TrainRunOptions) -> _Dist:
     if not options.distributed:
         return _Dist(device=resolve_device(options.device))
     import torch.distributed as dist
@@ -116,7 +116,7 @@ def _setup_dist(options: RunOptions) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), device, owns)
 
 
-def _build_model(config: TrainConfig, num_classes: int, options: RunOptions):
+def _build_model(config: TrainConfig, num_classes: int, options: TrainRunOptions):
     """A DeSKPro model initialised from config.seed (and ImageNet OSNet weights when given)."""
     from deskpro.model.deskpro import DeSKPro, freeze_teacher
     from deskpro.model.osnet import load_imagenet
@@ -298,8 +298,12 @@ def _save_checkpoint(path: Path, model, config, num_classes, reader, extra: dict
     from deskpro.model import checkpoint
 
     checkpoint.save(
-        path, _trained_module(model, config.phase), config=config.to_dict(), num_classes=num_classes,
-        preprocessing=_preprocessing(config, reader), extra=extra,
+        path,
+        _trained_module(model, config.phase),
+        config=config.to_dict(),
+        num_classes=num_classes,
+        preprocessing=_preprocessing(config, reader),
+        extra=extra,
     )
 
 
@@ -340,8 +344,12 @@ def _run_epoch(epoch, forward_model, loader, sampler, config, optimizer, scaler,
     settings = _augment_settings(config)
     sums: dict[str, float] = {}
     done, images, start = 0, 0, time.perf_counter()
-    bar = tqdm(total=len(sampler), desc=f"{config.phase} {epoch + 1}/{config.epochs}",
-               disable=not (options.progress and dist.main), leave=False)
+    bar = tqdm(
+        total=len(sampler),
+        desc=f"{config.phase} {epoch + 1}/{config.epochs}",
+        disable=not (options.progress and dist.main),
+        leave=False,
+    )
     for raw in loader:
         if options.max_iters is not None and step + done >= options.max_iters:
             break
@@ -364,7 +372,7 @@ def _run_epoch(epoch, forward_model, loader, sampler, config, optimizer, scaler,
     return means, done, images / max(time.perf_counter() - start, 1e-9)
 
 
-def train(shards_dir, run_dir, config: TrainConfig, options: RunOptions = RunOptions()) -> Path:
+def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = TrainRunOptions()) -> Path:
     """Train one phase from the shards into run_dir; returns the path of the final checkpoint.
 
     The final checkpoint is RUN/checkpoint.pt (last epoch), or RUN/best.pt with select_on_val.
@@ -463,8 +471,14 @@ def _val_score(model, reader, config: TrainConfig, device, progress: bool) -> fl
 
     stream = {"teacher": "face", "deskpro": "both", "baseline": "body"}[config.phase]
     rows = evaluate_model(
-        model, reader, preset(config.dataset).protocols, split="val", streams=(stream,), device=device,
-        progress=progress, trials=1,
+        model,
+        reader,
+        preset(config.dataset).protocols,
+        split="val",
+        streams=(stream,),
+        device=device,
+        progress=progress,
+        trials=1,
     )
     scores = [r.mAP for r in rows if not r.protocol.endswith("-single")]
     if not scores:
@@ -473,7 +487,11 @@ def _val_score(model, reader, config: TrainConfig, device, progress: bool) -> fl
 
 
 def run_training(
-    shards_dir, run_dir, phase: str, overrides: dict | None = None, options: RunOptions = RunOptions()
+    shards_dir,
+    run_dir,
+    phase: str,
+    overrides: dict | None = None,
+    options: TrainRunOptions = TrainRunOptions(),
 ) -> Path:
     """Resolve the config for the shards (preset defaults, then overrides) and train; the final checkpoint."""
     config = resolve_config(shards_dir, phase, **(overrides or {}))

@@ -1,7 +1,7 @@
 """A segmentation_models_pytorch network as a human parser: build from "smp:ARCH:ENCODER", load user weights.
 
 The returned module carries `input_spec` (RGB, ImageNet stats, full-resolution logits) and `num_classes`,
-so `deskpro.pipeline.nets.schp.Parser` runs it exactly like SCHP.
+so `deskpro.pipeline.parsing.Parser` runs it exactly like SCHP.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deskpro.pipeline.nets._common import strip_prefix, torch_load_weights, unwrap_state_dict
-from deskpro.pipeline.nets.schp import InputSpec
-from deskpro.state_dicts import check_keys, check_shapes
+from deskpro.common.state_dicts import check_keys, check_shapes
+from deskpro.common.torch_utils import strip_prefix, torch_load_weights, unwrap_state_dict
+from deskpro.pipeline.nets.specs import InputSpec
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deskpro.files import atomic_path
+from deskpro.common.files import atomic_path
 
 SCHEMA = pa.schema(
     [

@@ -1,5 +1,5 @@
 """Face detection with the `face_alignment` package (S3FD boxes + FAN 68 landmarks), from local files only,
-reduced to RetinaFace's 5 points: an alternative to `retinaface.FaceDetector` with the same call contract.
+reduced to RetinaFace's 5 points: an alternative to `detection.FaceDetector` with the same call contract.
 
 face_alignment's own `FaceAlignment` class downloads its weights; here the S3FD detector is built from a
 local state dict and the FAN from a local file (a state dict for `face_alignment.models.FAN(4)`, as
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deskpro.pipeline.nets._common import require_weights_file, torch_load_weights, unwrap_state_dict
-from deskpro.pipeline.nets.retinaface import Face, _check_image, faces_in_image
-from deskpro.state_dicts import load_checked
+from deskpro.common.state_dicts import load_checked
+from deskpro.common.torch_utils import require_weights_file, torch_load_weights, unwrap_state_dict
+from deskpro.pipeline.detection import Face, _check_image, faces_in_image
 
 # 68-point (iBUG 300-W) indices: 36-41 and 42-47 are the eyes that appear image-left and image-right,
 # 30 the nose tip, 48 and 54 the image-left and image-right mouth corners.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deskpro.files import sha256_file
+from deskpro.common.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -41,43 +41,75 @@ OSNET_SOURCE = (
 
 REGISTRY: tuple[OfficialWeights, ...] = (
     OfficialWeights(
-        "schp-lip", "exp-schp-201908261155-lip.pth", 267_449_349,
+        "schp-lip",
+        "exp-schp-201908261155-lip.pth",
+        267_449_349,
         "24fa3254ceeb74c8435458994a64b522fb439a3635b7b86ff470457e0413da00",
-        SCHP_SOURCE, "MIT", "deskpro parse --parser schp --labels lip --weights",
+        SCHP_SOURCE,
+        "MIT",
+        "deskpro parse --parser schp --labels lip --weights",
     ),
     OfficialWeights(
-        "schp-atr", "exp-schp-201908301523-atr.pth", 267_445_237,
+        "schp-atr",
+        "exp-schp-201908301523-atr.pth",
+        267_445_237,
         "e9d7c91ce3b4e7133df56b599fc817b533e3439c5e8d282a59126d2fda339a2a",
-        SCHP_SOURCE, "MIT", "deskpro parse --parser schp --labels atr --weights",
+        SCHP_SOURCE,
+        "MIT",
+        "deskpro parse --parser schp --labels atr --weights",
     ),
     OfficialWeights(
-        "schp-pascal", "exp-schp-201908270938-pascal-person-part.pth", 267_422_621, "3b03d343",
-        SCHP_SOURCE, "MIT", "deskpro parse --parser schp --labels pascal --weights",
+        "schp-pascal",
+        "exp-schp-201908270938-pascal-person-part.pth",
+        267_422_621,
+        "3b03d343",
+        SCHP_SOURCE,
+        "MIT",
+        "deskpro parse --parser schp --labels pascal --weights",
     ),
     OfficialWeights(
-        "retinaface-resnet50", "Resnet50_Final.pth", 109_497_761,
+        "retinaface-resnet50",
+        "Resnet50_Final.pth",
+        109_497_761,
         "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
-        RETINAFACE_SOURCE + " (also GPEN's RetinaFace-R50.pth, the same bytes)", "MIT",
+        RETINAFACE_SOURCE + " (also GPEN's RetinaFace-R50.pth, the same bytes)",
+        "MIT",
         "deskpro detect --detector retinaface-resnet50 --weights",
     ),
     OfficialWeights(
-        "retinaface-mobilenet0.25", "mobilenet0.25_Final.pth", 1_789_735,
+        "retinaface-mobilenet0.25",
+        "mobilenet0.25_Final.pth",
+        1_789_735,
         "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
-        RETINAFACE_SOURCE, "MIT", "deskpro detect --detector retinaface-mobilenet0.25 --weights",
+        RETINAFACE_SOURCE,
+        "MIT",
+        "deskpro detect --detector retinaface-mobilenet0.25 --weights",
     ),
     OfficialWeights(
-        "gpen-512", "GPEN-BFR-512.pth", 284_085_738,
+        "gpen-512",
+        "GPEN-BFR-512.pth",
+        284_085_738,
         "f1002c41add95b0decad69604d80455576f7187dd99ca16bd611bcfd44c10b51",
-        GPEN_SOURCE + "GPEN-BFR-512.pth", "academic, non-commercial use only",
+        GPEN_SOURCE + "GPEN-BFR-512.pth",
+        "academic, non-commercial use only",
         "deskpro restore --restorer gpen-512 --weights",
     ),
     OfficialWeights(
-        "gpen-256", "GPEN-BFR-256.pth", 75_573_183, "56ba6ed9",
-        GPEN_SOURCE + "GPEN-BFR-256.pth", "academic, non-commercial use only",
+        "gpen-256",
+        "GPEN-BFR-256.pth",
+        75_573_183,
+        "56ba6ed9",
+        GPEN_SOURCE + "GPEN-BFR-256.pth",
+        "academic, non-commercial use only",
         "deskpro restore --restorer gpen-256 --weights",
     ),
     OfficialWeights(
-        "osnet-x1.0-imagenet", "osnet_x1_0_imagenet.pth", None, "", OSNET_SOURCE, "MIT",
+        "osnet-x1.0-imagenet",
+        "osnet_x1_0_imagenet.pth",
+        None,
+        "",
+        OSNET_SOURCE,
+        "MIT",
         "deskpro train-teacher / train --imagenet",
     ),
 )

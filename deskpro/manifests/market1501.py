@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from deskpro.data_manifests.schema import Row, ScanLog, build_table, list_images, require_dir
+from deskpro.manifests.schema import Row, ScanLog, build_table, list_images, require_dir
 
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 _NAME = re.compile(r"^(-?\d+)_c(\d+)(?:s\d+)?_.*\.[^.]+$")

@@ -23,7 +23,7 @@ class OracleParser:
 
     def one(self, path: str) -> np.ndarray:
         """The label map of one image (path relative to root); raises if its truth file is missing."""
-        from deskpro.data_manifests.synthetic import read_parse_truth
+        from deskpro.synthetic.generator import read_parse_truth
 
         return np.asarray(read_parse_truth(self.root, path), dtype=np.uint8)
 
@@ -36,7 +36,7 @@ class OracleFaceDetector:
     """
 
     def __init__(self, root: Path | str):
-        from deskpro.data_manifests.synthetic import read_face_truth
+        from deskpro.synthetic.generator import read_face_truth
 
         if root is None:
             raise ValueError("oracle detector: the manifest has no root to read the ground truth from")
@@ -45,7 +45,7 @@ class OracleFaceDetector:
 
     def one(self, path: str) -> list:
         """The detections (0 or 1 Face) of one image; raises KeyError if the truth has no entry."""
-        from deskpro.pipeline.nets.retinaface import Face
+        from deskpro.pipeline.detection import Face
 
         if path not in self.truth:
             raise KeyError(f"{path}: no entry in {self.root / 'truth' / 'faces.parquet'}")

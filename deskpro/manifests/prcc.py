@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from deskpro.data_manifests.schema import (
+from deskpro.manifests.schema import (
     ManifestError,
     Row,
     ScanLog,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from deskpro.data_manifests.schema import Row, ScanLog, build_table, dense_ids, list_images, require_dir
+from deskpro.manifests.schema import Row, ScanLog, build_table, dense_ids, list_images, require_dir
 
 SPLIT_FOLDERS = {"train": "train", "query": "query", "gallery": "gallery"}
 _NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.[^.]+$")

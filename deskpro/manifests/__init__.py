@@ -1,7 +1,7 @@
 """Dataset manifests: scan a dataset's own folder layout into one Parquet table of images.
 
 `scan(dataset, root)` reads prcc, celeb-reid, celeb-reid-light, market1501 (any Market/Duke-style
-set) and synthetic (the PRCC layout written by `deskpro.data_manifests.synthetic`).
+set) and synthetic (the PRCC layout written by `deskpro.synthetic.generator`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from deskpro.data_manifests import celeb_reid, market1501, prcc
-from deskpro.data_manifests.schema import (
+from deskpro.manifests import celeb_reid, market1501, prcc
+from deskpro.manifests.schema import (
     SCHEMA,
     ManifestError,
     format_stats,
@@ -54,27 +54,9 @@ def scan(dataset: str, root: str | os.PathLike) -> pa.Table:
     return scanner(Path(root), dataset=dataset)
 
 
-def build_manifest(
-    dataset: str,
-    root: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    synthetic_options: dict | None = None,
-    progress: bool = True,
-) -> pa.Table:
-    """Scan `root` and write the manifest to `out`.
-
-    For "synthetic", first generate the set into `root` (`synthetic_options` are
-    `synthetic.generate`'s keywords); a complete set already there is reused when no options are
-    given, and must match them when some are.
-    """
-    if dataset == "synthetic":
-        from deskpro.data_manifests import synthetic
-
-        if synthetic_options or not synthetic.is_complete(root):
-            synthetic.generate(root, progress=progress, **(synthetic_options or {}))
-    elif synthetic_options:
-        raise ManifestError(f"generation options apply only to the synthetic dataset, not {dataset!r}")
+def build_manifest(dataset: str, root: str | os.PathLike, out: str | os.PathLike) -> pa.Table:
+    """Scan `root` in `dataset`'s layout and write the manifest to `out` (the synthetic set is made
+    beforehand by `deskpro.synthetic.prepare`)."""
     table = scan(dataset, root)
     write_manifest(table, out)
     return table

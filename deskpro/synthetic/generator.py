@@ -1,6 +1,6 @@
 """A seeded synthetic cloth-changing re-id dataset in the PRCC layout, with ground truth.
 
-`generate(root)` draws pedestrians (numpy + OpenCV, see `_draw.py`) where identity is carried by
+`generate(root)` draws pedestrians (numpy + OpenCV, see `draw.py`) where identity is carried by
 face, hair and body build and clothes change across cameras: cameras A and B show a person in one
 outfit, camera C in another whose upper garment has a clearly different colour; outfits come from a
 shared palette, so different people often dress alike. About 15% of images show no face (back
@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from deskpro.data_manifests import _draw
-from deskpro.data_manifests.schema import ManifestError
-from deskpro.pipeline.images import encode_jpeg, encode_png
+from deskpro.common.images import encode_jpeg, encode_png
+from deskpro.manifests.schema import ManifestError
+from deskpro.synthetic import draw
 
 FORMAT_VERSION = 1
 CAMERAS = ("A", "B", "C")
@@ -147,7 +147,7 @@ def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bo
     size = tuple(options["image_size"])
     width = max(3, len(str(sum(sizes.values()))))
     backgrounds = {
-        cam: _draw.camera_background(cam, size, np.random.default_rng([seed, 1, i]))
+        cam: draw.camera_background(cam, size, np.random.default_rng([seed, 1, i]))
         for i, cam in enumerate(CAMERAS)
     }
     people = _assign_pids(sizes)
@@ -157,14 +157,14 @@ def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bo
     )
     for split, pid in people:
         person_rng = np.random.default_rng([seed, 2, pid])
-        ident = _draw.sample_identity(person_rng)
-        outfits = _draw.sample_outfits(person_rng)
+        ident = draw.sample_identity(person_rng)
+        outfits = draw.sample_outfits(person_rng)
         for cam_index, camera in enumerate(CAMERAS):
             outfit = outfits[1] if camera == "C" else outfits[0]
             for k in range(per_camera):
                 rng = np.random.default_rng([seed, 3, pid, cam_index, k])
-                view = _draw.sample_view(rng, NO_FACE_RATE)
-                image, labels, face = _draw.draw_person(
+                view = draw.sample_view(rng, NO_FACE_RATE)
+                image, labels, face = draw.draw_person(
                     ident, outfit, view, camera, backgrounds[camera], size, rng
                 )
                 rel = image_path(split, pid, camera, k, width)
@@ -197,7 +197,7 @@ def _write_pair(root: Path, rel: str, image: np.ndarray, labels: np.ndarray) -> 
         file.write_bytes(data)
 
 
-def _face_row(rel: str, pid: int, camera: str, facing: str, face: _draw.FaceTruth | None) -> dict:
+def _face_row(rel: str, pid: int, camera: str, facing: str, face: draw.FaceTruth | None) -> dict:
     return {
         "path": rel,
         "pid": pid,

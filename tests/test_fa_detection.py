@@ -1,4 +1,4 @@
-"""Tests for deskpro.pipeline.nets.fa_detector: the 68 -> 5 landmark reduction, local-file construction
+"""Tests for deskpro.pipeline.fa_detection: the 68 -> 5 landmark reduction, local-file construction
 and its errors, the heatmap -> image mapping, and the detector's call contract.
 
 No real weights: S3FD gets a random state dict with its real key names (its face-class bias raised so
@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from deskpro.pipeline.nets import fa_detector as fa
-from deskpro.pipeline.nets.retinaface import Face
+from deskpro.pipeline import fa_detection as fa
+from deskpro.pipeline.detection import Face
 
 face_alignment = pytest.importorskip("face_alignment")
 # the FAN stand-in is TorchScript, which this torch marks deprecated

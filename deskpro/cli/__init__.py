@@ -1,0 +1,9 @@
+"""The `deskpro` command line: click options -> one library call per command.
+
+One module per step of the flow; importing them registers their commands on `main`.
+"""
+
+from deskpro.cli import data, demo, evaluate, shards, stages, train  # noqa: F401  (importing registers the commands)
+from deskpro.cli.group import main
+
+__all__ = ["main"]

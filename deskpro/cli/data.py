@@ -1,0 +1,81 @@
+"""`deskpro manifest` and `deskpro weights`: dataset tables and the official checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from deskpro.cli.group import _parse_hw, main
+
+MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "synthetic")
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(MANIFEST_DATASETS))
+@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Manifest file to write (Parquet).",
+)
+@click.option("--identities", type=int, default=None, help="synthetic: number of people (default 120).")
+@click.option("--images-per-camera", type=int, default=None, help="synthetic: images per person, camera (3).")
+@click.option("--image-size", callback=_parse_hw, default=None, help="synthetic: HxW (default 384x128).")
+@click.option("--seed", type=int, default=None, help="synthetic: random seed (default 0).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar while generating.")
+def manifest(
+    dataset: str, root: Path, output: Path, identities, images_per_camera, image_size, seed, progress: bool
+) -> None:
+    """Scan DATASET's folder layout in ROOT into a manifest (synthetic: generate it into ROOT first)."""
+    from deskpro import synthetic
+    from deskpro.manifests import ManifestError, build_manifest, format_stats
+
+    given = {
+        "identities": identities,
+        "images_per_camera": images_per_camera,
+        "image_size": image_size,
+        "seed": seed,
+    }
+    options = {k: v for k, v in given.items() if v is not None}
+    if options and dataset != "synthetic":
+        raise click.UsageError(f"generation options apply only to the synthetic dataset, not {dataset!r}")
+    try:
+        if dataset == "synthetic":
+            synthetic.prepare(root, options, progress=progress)
+        table = build_manifest(dataset, root, output)
+    except (ManifestError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_stats(table))
+    click.echo(f"wrote {output}")
+
+
+# ---- weights (owner: lead)
+
+
+@main.group()
+def weights() -> None:
+    """Official checkpoints: where each comes from, and a size and sha256 check."""
+
+
+@weights.command("list")
+def weights_list() -> None:
+    """Print every official checkpoint: file, size, sha256, source and licence."""
+    from deskpro import weights as registry
+
+    click.echo(registry.format_table())
+
+
+@weights.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def weights_verify(directory: Path) -> None:
+    """Check the size and sha256 of every official checkpoint found in DIRECTORY."""
+    from deskpro import weights as registry
+
+    report = registry.verify_dir(directory)
+    click.echo(report.format())
+    if not report.ok:
+        raise SystemExit(1)

@@ -1,0 +1,59 @@
+"""`deskpro evaluate`: CMC / mAP of a checkpoint under the dataset's protocols."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from deskpro.cli.group import main
+
+
+@main.command("evaluate")
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", "checkpoint_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option(
+    "--stream",
+    "streams",
+    multiple=True,
+    type=click.Choice(["body", "face", "both"]),
+    help="Streams to report (default: all; body only for a baseline).",
+)
+@click.option("--trials", type=int, default=10, show_default=True, help="Single-shot gallery trials.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
+@click.option("--no-progress", is_flag=True)
+def evaluate_cmd(
+    shards: Path,
+    checkpoint_path: str,
+    json_path,
+    split,
+    streams,
+    trials,
+    seed,
+    batch_size,
+    device,
+    trust_checkpoint: bool,
+    no_progress: bool,
+) -> None:
+    """CMC / mAP of a checkpoint under the dataset's protocols (a table, and JSON with --json)."""
+    from deskpro.train.evaluate import evaluate, format_report
+
+    report = evaluate(
+        shards,
+        checkpoint_path,
+        split=split,
+        streams=streams or None,
+        device=device,
+        batch_size=batch_size,
+        trials=trials,
+        seed=seed,
+        trust=trust_checkpoint,
+        progress=not no_progress,
+        json_path=json_path,
+    )
+    click.echo(format_report(report))

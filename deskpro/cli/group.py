@@ -1,0 +1,58 @@
+"""The `deskpro` click group and the option helpers every command module shares.
+
+Library modules are imported inside each command so that `deskpro --help` stays instant (torch and
+Ray take seconds to import); nothing else is imported lazily.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+
+class _Group(click.Group):
+    """A group whose commands report bad input as one line, not a traceback.
+
+    The library raises ValueError (and its subclasses: ManifestError, ShardError, CheckpointError,
+    ...), FileNotFoundError and FileExistsError with messages that name the file and what is
+    wrong: the whole message a user needs. DESKPRO_TRACEBACK=1 shows the traceback instead.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            if os.environ.get("DESKPRO_TRACEBACK"):
+                raise
+            raise click.ClickException(str(exc) or repr(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="deskpro")
+def main() -> None:
+    """deskpro: reproducible DeSKPro for cloth-changing person re-identification."""
+
+
+def _parse_hw(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """'384x128' -> (384, 128); None stays None."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW: expected HEIGHTxWIDTH such as 384x128") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
+    return h, w
+
+
+def _with(options):
+    """Apply a list of click decorators in order (the first one is the first in --help)."""
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
