@@ -332,15 +332,3 @@ def load(path: str | Path, labels: str = "lip") -> SCHPNet:
     net = build(labels)
     checkpoint = torch_load_weights(path, what=f"SCHP ({labels})")
     return load_state_dict(net, checkpoint, labels, source=str(path)).eval()
-
-
-def load_any(path: str | Path, labels: str = "lip", arch: str = "schp") -> nn.Module:
-    """A parsing network for `Parser`: the SCHP file (arch "schp") or an "smp:ARCH:ENCODER" checkpoint
-    with as many classes as `labels` has."""
-    if arch == "schp":
-        return load(path, labels)
-    if not arch.startswith("smp:"):
-        raise ValueError(f"unknown parser arch {arch!r}: expected 'schp' or 'smp:ARCH:ENCODER'")
-    from deskpro.pipeline.nets import smp_parser  # imports this module: keep the import local
-
-    return smp_parser.load(arch, path, len(LABELS[check_labels(labels)]))
