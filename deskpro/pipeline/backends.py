@@ -10,8 +10,8 @@ A stage's model has one contract per stage, whatever the backend:
   detect:  model(paths, images_bgr) -> per image a list of Face (original pixels), or an error string
   restore: model(faces_rgb [B,S,S,3] uint8) -> restored faces [B,R,R,3] uint8 (None: no network)
 
-The network modules import torch, which takes seconds: each is imported when its backend is loaded,
-so that the command line can read this registry (names, defaults, help) without torch.
+The command line never imports this module (it reads deskpro.pipeline.options): the networks here
+import torch, which takes seconds.
 """
 
 from __future__ import annotations
@@ -22,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from deskpro import weights as official
+from deskpro.pipeline import detection
+from deskpro.pipeline.fa_detection import FaceAlignmentDetector, load_fan, load_s3fd
+from deskpro.pipeline.nets import gpen, retinaface, schp, smp_parser
 from deskpro.pipeline.nets.specs import SCHP_SPEC, InputSpec
 from deskpro.pipeline.options import STAGE_NAMES, StageConfigError, flag
+from deskpro.pipeline.parsing import Parser
+from deskpro.pipeline.restoration import Restorer
 from deskpro.synthetic.oracle import OracleFaceDetector, OracleParser
 
 SMP_PATTERN = "smp:ARCH:ENCODER"
@@ -62,20 +67,14 @@ class Backend:
 
 
 def _load_schp(o):
-    from deskpro.pipeline.nets import schp
-
     return schp.load(o.weights, labels=o.labels)
 
 
 def _load_smp(o):
-    from deskpro.pipeline.nets import schp, smp_parser
-
     return smp_parser.load(o.backend, o.weights, o.num_classes or len(schp.LABELS[o.labels]))
 
 
 def _wrap_parser(net, o, device, root):
-    from deskpro.pipeline.parsing import Parser
-
     parser = Parser(
         net,
         labels=o.labels,
@@ -112,15 +111,11 @@ def _wrap_oracle_parser(_, o, device, root):
 
 
 def _load_retinaface(o):
-    from deskpro.pipeline.nets import retinaface
-
     return retinaface.load(o.weights, variant=o.backend.removeprefix("retinaface-"))
 
 
 def _wrap_retinaface(net, o, device, root):
-    from deskpro.pipeline.detection import FaceDetector
-
-    detector = FaceDetector(
+    detector = detection.FaceDetector(
         net,
         conf_threshold=o.conf_threshold,
         nms_threshold=o.nms_threshold,
@@ -132,14 +127,10 @@ def _wrap_retinaface(net, o, device, root):
 
 
 def _load_face_alignment(o):
-    from deskpro.pipeline.fa_detection import load_fan, load_s3fd
-
     return load_s3fd(o.weights), load_fan(o.landmarks_weights)
 
 
 def _wrap_face_alignment(nets, o, device, root):
-    from deskpro.pipeline.fa_detection import FaceAlignmentDetector
-
     detector = FaceAlignmentDetector(
         *nets, device=device, conf_threshold=o.conf_threshold, nms_threshold=o.nms_threshold
     )
@@ -147,8 +138,6 @@ def _wrap_face_alignment(nets, o, device, root):
 
 
 def _wrap_oracle_detector(_, o, device, root):
-    from deskpro.pipeline.detection import Face
-
     oracle = OracleFaceDetector(root)
 
     def model(paths, images):
@@ -159,7 +148,9 @@ def _wrap_oracle_detector(_, o, device, root):
             except KeyError as exc:
                 out.append(f"{path}: no ground-truth face entry ({exc.args[0]})")
                 continue
-            out.append([Face(box=box, score=score, landmarks=points) for box, score, points in truth])
+            out.append(
+                [detection.Face(box=box, score=score, landmarks=points) for box, score, points in truth]
+            )
         return out
 
     return model
@@ -169,14 +160,10 @@ def _wrap_oracle_detector(_, o, device, root):
 
 
 def _load_gpen(o):
-    from deskpro.pipeline.nets import gpen
-
     return gpen.load(o.weights, size=int(o.backend.removeprefix("gpen-")))
 
 
 def _wrap_gpen(net, o, device, root):
-    from deskpro.pipeline.restoration import Restorer
-
     return Restorer(net, device=device, amp=o.amp_dtype, channels_last=o.channels_last)
 
 
