@@ -2,18 +2,26 @@
 
 Input (written by the stage runner): ``WORK/manifest.parquet`` and ``WORK/stages/<stage>/part-*.parquet``
 plus ``stage.json`` for parse, detect and (optional) restore. Output: a shard directory (see
-``deskpro.pipeline.shards``) with the body image and parse map at the training size and both faces at
+`deskpro.shards.format`) with the body image and parse map at the training size and both faces at
 the face size, rows in manifest order.
 
-Rules: a sample whose parse or detect row carries an ``error`` (a bad image) is skipped and counted; a
-manifest sample missing from a stage's outputs is an error naming the stage (it did not finish);
-without a restore stage the restored face is the low-resolution face (``meta.face_hr_source``).
+Rules:
+- a stage must be complete and made from the work directory's manifest, and restore from the
+  current detect output (stage.json fingerprints); otherwise pack refuses, naming the stage to rerun;
+- a sample whose parse or detect row carries an ``error`` (a bad image) is skipped and counted; an
+  image that can no longer be read from the dataset root is skipped, counted and named;
+- a manifest sample missing from a stage's outputs is an error naming the stage (it did not finish);
+- without a restore stage the restored face is the low-resolution face (``meta.face_hr_source``).
+
+Memory is flat in the dataset size: only the stages' sample ids, errors and flags are held for the
+whole dataset; image bytes are read one part file at a time (``_PARTS_CACHED`` per stage).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,27 +29,33 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from deskpro.common.files import OutputPathError, check_output_path
+from deskpro.common.images import ImageDecodeError, decode_image_bytes, decode_png, read_image_rgb
 from deskpro.manifests import SCHEMA as MANIFEST_SCHEMA
 from deskpro.manifests import manifest_info, read_manifest
-from deskpro.pipeline.plan import stage_dir
-from deskpro.pipeline.shards import DEFAULT_PARSE_COMPRESSION, MANIFEST_NAME, ShardError, ShardWriter
+from deskpro.pipeline.plan import manifest_fingerprint, stage_dir
+from deskpro.shards.format import CATALOG_NAME, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, DEFAULT_PARSE_COMPRESSION
+from deskpro.shards.format import ShardError as ShardError  # noqa: PLC0414 (pack raises it too)
+from deskpro.shards.writer import ShardWriter, is_ours
 
-# Columns each stage must provide (the shared stage-output interface).
+# Columns each stage must provide (the shared stage-output interface); the light ones are read for
+# every sample up front, the payload ones a part at a time.
 STAGE_COLUMNS = {
     "parse": ("sample_id", "parse_png", "label_set", "error"),
     "detect": ("sample_id", "has_face", "face_lr_png", "error"),
     "restore": ("sample_id", "face_hr_jpg", "error"),
 }
+PAYLOAD_COLUMNS = {"parse": ("parse_png",), "detect": ("face_lr_png",), "restore": ("face_hr_jpg",)}
 REQUIRED_STAGES = ("parse", "detect")
 EXAMPLES_SHOWN = 3
+_PARTS_CACHED = 2
 
 
 class PackError(ValueError):
-    """The work directory cannot be packed (missing or unfinished stage, inconsistent outputs)."""
+    """The work directory cannot be packed (missing, unfinished or stale stage, inconsistent outputs)."""
 
 
 @dataclass
@@ -56,68 +70,117 @@ class PackSummary:
     face_hr_source: str  # "restore" or "face_lr" (no restore stage)
     skipped: dict[str, int] = field(default_factory=dict)  # stage (or "image") -> samples left out
     faces_dropped: int = 0  # detect found a face but restore failed on it: packed without a face
+    missing_images: list[str] = field(default_factory=list)  # "path: why", images gone since preprocess
 
     def format(self) -> str:
         skipped = ", ".join(f"{stage} {n}" for stage, n in self.skipped.items() if n) or "none"
-        return (
+        text = (
             f"{self.out_dir}: {self.rows} samples ({self.with_face} with a face) in {self.shards} shards, "
             f"{self.bytes / 2**20:.1f} MiB; skipped for errors: {skipped}; "
             f"faces dropped by restore errors: {self.faces_dropped}; face_hr from {self.face_hr_source}"
         )
+        shown = self.missing_images[:EXAMPLES_SHOWN]
+        if shown:
+            more = len(self.missing_images) - len(shown)
+            text += (
+                "\nunreadable images skipped: " + "; ".join(shown) + (f"; and {more} more" if more else "")
+            )
+        return text
 
 
-@dataclass
 class _Stage:
-    """One stage's outputs: a table with its columns and the row of each sample id."""
+    """One stage's outputs: light columns for every sample, payload bytes read a part at a time."""
 
-    name: str
-    table: pa.Table
-    rows: dict[str, int]
-    fingerprint: dict | None
+    def __init__(self, work_dir: Path, name: str) -> None:
+        self.name = name
+        folder = stage_dir(work_dir, name)
+        self.parts = sorted(folder.glob("part-*.parquet"))
+        if not self.parts:
+            raise PackError(f"{folder}: no part-*.parquet files; the {name} stage has not written any output")
+        light = [c for c in STAGE_COLUMNS[name] if c not in PAYLOAD_COLUMNS[name]]
+        self.where: dict[str, tuple[int, int]] = {}
+        self.light: dict[str, dict] = {}
+        n_rows = 0
+        for p, part in enumerate(self.parts):
+            table = self._read(part, light)
+            columns = {c: table.column(c).to_pylist() for c in light}
+            for r, sid in enumerate(columns["sample_id"]):
+                self.where[sid] = (p, r)
+                self.light[sid] = {c: columns[c][r] for c in light if c != "sample_id"}
+            n_rows += table.num_rows
+        if len(self.where) != n_rows:
+            raise PackError(
+                f"{folder}: {n_rows - len(self.where)} sample ids appear in more than one row"
+                f" of the {name} stage"
+            )
+        self.info = _read_stage_json(folder / "stage.json")
+        self.fingerprint = self.info.get("fingerprint")
+        self._cache: OrderedDict[int, dict[str, list]] = OrderedDict()
 
-    def value(self, column: str, sample_id: str):
-        return self.table.column(column)[self.rows[sample_id]].as_py()
-
-
-def _load_stage(work_dir: Path, name: str) -> _Stage | None:
-    """The stage's part files joined; None when the stage folder does not exist."""
-    folder = stage_dir(work_dir, name)
-    if not folder.is_dir():
-        return None
-    parts = sorted(folder.glob("part-*.parquet"))
-    if not parts:
-        raise PackError(f"{folder}: no part-*.parquet files; the {name} stage has not written any output")
-    tables = []
-    for part in parts:
+    def _read(self, part: Path, columns) -> pa.Table:
         try:
-            schema_names = pq.read_schema(part).names
-            missing = [c for c in STAGE_COLUMNS[name] if c not in schema_names]
+            names = pq.read_schema(part).names
+            missing = [c for c in STAGE_COLUMNS[self.name] if c not in names]
             if missing:
-                raise PackError(f"{part}: missing column(s) {', '.join(missing)} of the {name} stage")
-            tables.append(pq.read_table(part, columns=list(STAGE_COLUMNS[name])))
+                raise PackError(f"{part}: missing column(s) {', '.join(missing)} of the {self.name} stage")
+            return pq.read_table(part, columns=list(columns))
         except (OSError, pa.ArrowException) as e:
             raise PackError(f"{part}: unreadable Parquet ({e})") from None
-    table = pa.concat_tables(tables)
-    ids = table.column("sample_id").to_pylist()
-    rows = {sid: i for i, sid in enumerate(ids)}
-    if len(rows) != len(ids):
-        raise PackError(
-            f"{folder}: {len(ids) - len(rows)} sample ids appear in more than one row of the {name} stage"
-        )
-    return _Stage(name, table, rows, _read_fingerprint(folder / "stage.json"))
+
+    def value(self, column: str, sample_id: str):
+        if column not in PAYLOAD_COLUMNS[self.name]:
+            return self.light[sample_id][column]
+        p, r = self.where[sample_id]
+        part = self._cache.get(p)
+        if part is None:
+            table = self._read(self.parts[p], PAYLOAD_COLUMNS[self.name])
+            part = {c: table.column(c).to_pylist() for c in PAYLOAD_COLUMNS[self.name]}
+            self._cache[p] = part
+            if len(self._cache) > _PARTS_CACHED:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(p)
+        return part[column][r]
 
 
-def _read_fingerprint(path: Path) -> dict | None:
+def _read_stage_json(path: Path) -> dict:
     if not path.is_file():
-        return None
+        raise PackError(
+            f"{path}: missing; the stage outputs were not written by `deskpro {path.parent.name}`"
+        )
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except ValueError as e:
         raise PackError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), dict):
+        raise PackError(f"{path}: no fingerprint; rerun `deskpro {path.parent.name}`")
+    return info
+
+
+def _check_current(stages: dict[str, _Stage | None], manifest_fp: str) -> None:
+    """Refuse unfinished or stale stage outputs, naming the stage to rerun."""
+    for name, stage in stages.items():
+        if stage is None:
+            continue
+        if not stage.info.get("complete"):
+            raise PackError(
+                f"stage {name!r} did not finish (stage.json: not complete); run `deskpro {name}` again"
+            )
+        if stage.fingerprint.get("manifest") != manifest_fp:
+            raise PackError(
+                f"stage {name!r} was run on another manifest than the work directory's; "
+                f"rerun `deskpro {name} --overwrite`"
+            )
+    restore, detect = stages["restore"], stages["detect"]
+    if restore is not None and restore.fingerprint.get("upstream") != detect.fingerprint:
+        raise PackError(
+            "stage 'restore' was made from an earlier detect output (detect ran again since); "
+            "rerun `deskpro restore --overwrite`"
+        )
 
 
 def _check_complete(stage: _Stage, sample_ids: list[str]) -> None:
-    missing = [sid for sid in sample_ids if sid not in stage.rows]
+    missing = [sid for sid in sample_ids if sid not in stage.where]
     if missing:
         examples = ", ".join(missing[:EXAMPLES_SHOWN])
         raise PackError(
@@ -127,8 +190,7 @@ def _check_complete(stage: _Stage, sample_ids: list[str]) -> None:
 
 
 def _label_set(parse: _Stage) -> str | None:
-    ok = pc.is_null(parse.table.column("error"))
-    values = set(parse.table.filter(ok).column("label_set").to_pylist()) - {None}
+    values = {row["label_set"] for row in parse.light.values() if row["error"] is None} - {None}
     if len(values) > 1:
         raise PackError(
             f"stage 'parse' mixes label sets {sorted(values)}; parse the whole manifest with one parser"
@@ -151,33 +213,20 @@ def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np
     return cv2.resize(image, (w, h), interpolation=interpolation)
 
 
-def _decode(data: bytes, flags: int, what: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise PackError(f"{what}: cannot decode the stored image bytes")
-    return image
-
-
-def _read_rgb(path: Path) -> np.ndarray | None:
-    """The image at path as RGB, or None when it cannot be read."""
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def _face(data: bytes, size: int, what: str) -> np.ndarray:
-    # Stage files hold true RGB (standard PNG/JPEG); OpenCV decodes to BGR.
-    rgb = cv2.cvtColor(_decode(data, cv2.IMREAD_COLOR, what), cv2.COLOR_BGR2RGB)
-    return _resize(rgb, (size, size))
+    try:
+        return _resize(decode_image_bytes(data, what), (size, size))
+    except ImageDecodeError as e:
+        raise PackError(f"{e}: the stage output is corrupt; rerun the stage with --overwrite") from None
 
 
 def _parse_map(
     data: bytes, image_hw: tuple[int, int], body_size: tuple[int, int], sample_id: str
 ) -> np.ndarray:
-    label_map = _decode(data, cv2.IMREAD_UNCHANGED, f"parse_png of {sample_id}")
+    try:
+        label_map = decode_png(data, rgb=False)
+    except ImageDecodeError:
+        raise PackError(f"parse_png of {sample_id}: cannot decode the stored image bytes") from None
     if label_map.ndim != 2 or label_map.dtype != np.uint8:
         raise PackError(
             f"parse_png of {sample_id}: expected a uint8 label map, got {label_map.dtype} {label_map.shape}"
@@ -190,7 +239,58 @@ def _parse_map(
     return _resize(label_map, body_size, nearest=True)
 
 
+def _faces(
+    stages: dict[str, _Stage | None], sid: str, size: int
+) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """(face_lr, face_hr, 1 if restore failed on a detected face else 0); (None, None, _) without a face."""
+    detect, restore = stages["detect"], stages["restore"]
+    if not detect.value("has_face", sid):
+        return None, None, 0
+    lr_png = detect.value("face_lr_png", sid)
+    if lr_png is None:
+        return None, None, 0
+    face_lr = _face(lr_png, size, f"face_lr_png of {sid}")
+    if restore is None:
+        return face_lr, face_lr, 0
+    if restore.value("error", sid) is not None:
+        return None, None, 1
+    hr_jpg = restore.value("face_hr_jpg", sid)
+    if hr_jpg is None:
+        return None, None, 1
+    return face_lr, _face(hr_jpg, size, f"face_hr_jpg of {sid}"), 0
+
+
 # ---------------------------------------------------------------- pack
+
+
+def check_pack_output(work_dir: Path, out_dir: Path, root: Path | None, force: bool, overwrite: bool) -> None:
+    """Refuse an output that is an input (the work dir, the dataset root, or inside them), or that
+    is a file/folder pack did not create, unless force; complete shards need overwrite."""
+    out = out_dir.resolve()
+    for item, what in ((work_dir, "the work directory"), (root, "the dataset root")):
+        if item is None:
+            continue
+        item = item.resolve()
+        if out == item or item in out.parents or out in item.parents:
+            raise OutputPathError(
+                f"-o {out_dir}: is (inside) {what}, an input of pack; choose another folder"
+            )
+    if out_dir.exists() and not out_dir.is_dir():
+        check_output_path(out_dir, force=force, flag="-o")  # a file: refused unless --force
+        if force:
+            out_dir.unlink()
+        return
+    if out_dir.is_dir():
+        foreign = [p.name for p in out_dir.iterdir() if not (p.is_file() and is_ours(p))]
+        if foreign and not force:
+            raise OutputPathError(
+                f"-o {out_dir}: holds files pack did not write (e.g. {foreign[0]});"
+                " pass --force to pack there"
+            )
+        if (out_dir / CATALOG_NAME).exists() and not overwrite:
+            raise ShardError(
+                f"{out_dir}: already holds complete shards ({CATALOG_NAME}); pass --overwrite to replace"
+            )
 
 
 def pack(
@@ -199,86 +299,92 @@ def pack(
     *,
     body_size: tuple[int, int] = (384, 128),
     face_size: int = 224,
-    codec: str = "raw",
-    quality: int = 95,
+    codec: str = DEFAULT_CODEC,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     shard_size: int = 1024,
     parse_compression: str = DEFAULT_PARSE_COMPRESSION,
     overwrite: bool = False,
+    force: bool = False,
     progress: bool = True,
 ) -> PackSummary:
     """Join WORK's manifest and stage outputs into shards in out_dir; see the module docstring."""
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    if (out_dir / MANIFEST_NAME).exists() and not overwrite:
-        raise ShardError(
-            f"{out_dir}: already holds complete shards ({MANIFEST_NAME}); pass --overwrite to replace"
-        )
-    manifest = read_manifest(work_dir / "manifest.parquet")
+    manifest_path = work_dir / "manifest.parquet"
+    check_pack_output(work_dir, out_dir, None, force, overwrite)
+    manifest = read_manifest(manifest_path)
     info = manifest_info(manifest)
     root = Path(info["root"])
+    check_pack_output(work_dir, out_dir, root, force, overwrite)
     sample_ids = manifest.column("sample_id").to_pylist()
-    stages = {name: _load_stage(work_dir, name) for name in STAGE_COLUMNS}
-    for name in REQUIRED_STAGES:
-        if stages[name] is None:
-            raise PackError(f"{stage_dir(work_dir, name)}: missing; run the {name} stage before packing")
+    stages: dict[str, _Stage | None] = {}
+    for name in STAGE_COLUMNS:
+        folder = stage_dir(work_dir, name)
+        if not folder.is_dir() and name in REQUIRED_STAGES:
+            raise PackError(f"{folder}: missing; run the {name} stage before packing")
+        stages[name] = _Stage(work_dir, name) if folder.is_dir() else None
     for stage in stages.values():
         if stage is not None:
             _check_complete(stage, sample_ids)
+    _check_current(stages, manifest_fingerprint(manifest, info["root"]))
     meta = {
         "dataset": info["dataset"],
         "root": info["root"],
         "scan_time": info["scan_time"],
         "label_set": _label_set(stages["parse"]),
-        "stages": {name: (s.fingerprint if s is not None else None) for name, s in stages.items()},
+        "stages": {name: (s.info if s is not None else None) for name, s in stages.items()},
         "face_hr_source": "restore" if stages["restore"] is not None else "face_lr",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     body_size = (int(body_size[0]), int(body_size[1]))
     skipped = {"parse": 0, "detect": 0, "image": 0}
+    missing_images: list[str] = []
     faces_dropped = 0
-    rows = manifest.select(MANIFEST_SCHEMA.names).to_pylist()
+    columns = manifest.select(MANIFEST_SCHEMA.names)
     with ShardWriter(
         out_dir,
         body_size=body_size,
         face_size=face_size,
         codec=codec,
-        quality=quality,
+        jpeg_quality=jpeg_quality,
         shard_size=shard_size,
         meta=meta,
         parse_compression=parse_compression,
-        overwrite=overwrite,
+        overwrite=True,  # checked above; the writer clears only its own files
     ) as writer:
-        for row in tqdm(rows, desc="pack", unit="img", disable=not progress):
-            sid = row["sample_id"]
-            failed = next(
-                (name for name in REQUIRED_STAGES if stages[name].value("error", sid) is not None), None
-            )
-            if failed is not None:
-                skipped[failed] += 1
-                continue
-            image = _read_rgb(root / row["path"])
-            if image is None:
-                skipped["image"] += 1
-                continue
-            parse = _parse_map(stages["parse"].value("parse_png", sid), image.shape[:2], body_size, sid)
-            face_lr, face_hr, dropped = _faces(stages, sid, face_size)
-            faces_dropped += dropped
-            writer.add(
-                sample_id=sid,
-                pid=row["pid"],
-                camid=row["camid"],
-                clothes_id=row["clothes_id"],
-                split=row["split"],
-                subset=row["subset"],
-                body=_resize(image, body_size),
-                parse=parse,
-                face_lr=face_lr,
-                face_hr=face_hr,
-            )
+        for batch in tqdm(columns.to_batches(1024), desc="pack", unit="batch", disable=not progress):
+            for row in batch.to_pylist():
+                sid = row["sample_id"]
+                failed = next((n for n in REQUIRED_STAGES if stages[n].value("error", sid) is not None), None)
+                if failed is not None:
+                    skipped[failed] += 1
+                    continue
+                try:
+                    image = read_image_rgb(root / row["path"])
+                except ImageDecodeError as e:
+                    skipped["image"] += 1
+                    missing_images.append(str(e).replace(str(root / row["path"]), row["path"], 1))
+                    continue
+                parse = _parse_map(stages["parse"].value("parse_png", sid), image.shape[:2], body_size, sid)
+                face_lr, face_hr, dropped = _faces(stages, sid, face_size)
+                faces_dropped += dropped
+                writer.add(
+                    sample_id=sid,
+                    pid=row["pid"],
+                    camid=row["camid"],
+                    clothes_id=row["clothes_id"],
+                    split=row["split"],
+                    subset=row["subset"],
+                    body=_resize(image, body_size),
+                    parse=parse,
+                    face_lr=face_lr,
+                    face_hr=face_hr,
+                )
         if len(writer) == 0:
             raise PackError(f"{work_dir}: every sample was skipped for errors ({skipped}); nothing to pack")
         writer.meta["skipped"] = dict(skipped)
+        writer.meta["missing_images"] = missing_images
         writer.meta["faces_dropped"] = faces_dropped
-    totals = json.loads((out_dir / MANIFEST_NAME).read_text())["totals"]
+    totals = json.loads((out_dir / CATALOG_NAME).read_text())["totals"]
     return PackSummary(
         out_dir=out_dir,
         rows=totals["rows"],
@@ -288,21 +394,5 @@ def pack(
         face_hr_source=meta["face_hr_source"],
         skipped=skipped,
         faces_dropped=faces_dropped,
+        missing_images=missing_images,
     )
-
-
-def _faces(
-    stages: dict[str, _Stage | None], sid: str, size: int
-) -> tuple[np.ndarray | None, np.ndarray | None, int]:
-    """(face_lr, face_hr, 1 if restore failed on a detected face else 0); (None, None, _) without a face."""
-    detect, restore = stages["detect"], stages["restore"]
-    lr_png = detect.value("face_lr_png", sid)
-    if not detect.value("has_face", sid) or lr_png is None:
-        return None, None, 0
-    face_lr = _face(lr_png, size, f"face_lr_png of {sid}")
-    if restore is None:
-        return face_lr, face_lr, 0
-    hr_jpg = restore.value("face_hr_jpg", sid)
-    if restore.value("error", sid) is not None or hr_jpg is None:
-        return None, None, 1
-    return face_lr, _face(hr_jpg, size, f"face_hr_jpg of {sid}"), 0
