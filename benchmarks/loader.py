@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deskpro.pipeline.shards import ShardWriter
+from deskpro.shards import ShardWriter
 from deskpro.train.augment import AugmentSettings, augment_batch
 from deskpro.train.data import PKBatchSampler, ShardDataset
 

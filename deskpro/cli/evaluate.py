@@ -27,6 +27,10 @@ from deskpro.cli.group import main
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
 @click.option("--no-progress", is_flag=True)
+# shards helper: the full hash check before evaluating (the reader always runs the cheap one)
+@click.option(
+    "--verify", "verify_shards", is_flag=True, help="First check every shard's sha256 (deskpro verify)."
+)
 def evaluate_cmd(
     shards: Path,
     checkpoint_path: str,
@@ -39,10 +43,14 @@ def evaluate_cmd(
     device,
     trust_checkpoint: bool,
     no_progress: bool,
+    verify_shards: bool,
 ) -> None:
     """CMC / mAP of a checkpoint under the dataset's protocols (a table, and JSON with --json)."""
+    from deskpro.shards import verify_or_raise
     from deskpro.train.evaluate import evaluate, format_report
 
+    if verify_shards:  # shards helper: --verify
+        verify_or_raise(shards, progress=not no_progress)
     report = evaluate(
         shards,
         checkpoint_path,

@@ -45,12 +45,19 @@ _TRAIN_OPTIONS = [  # shared by train-teacher and train: settings overrides and 
     click.option("--select-on-val", is_flag=True, help="Keep the best epoch on the val split (PRCC)."),
     click.option("--tensorboard", is_flag=True, help="Also log to RUN/tensorboard."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    # shards helper: the full hash check before training (the reader always runs the cheap one)
+    click.option(
+        "--verify", "verify_shards", is_flag=True, help="First check every shard's sha256 (deskpro verify)."
+    ),
 ]
 
 
 def _run_training(phase: str, shards: Path, run_dir: Path, teacher: str | None, trust: bool, **kw) -> None:
+    from deskpro.shards import verify_or_raise
     from deskpro.train.trainer import TrainRunOptions, run_training
 
+    if kw.pop("verify_shards"):  # shards helper: --verify
+        verify_or_raise(shards, progress=not kw["no_progress"])
     names = ("epochs", "warmup_epochs", "p", "k", "base_lr", "amp", "channels_last", "num_workers", "seed")
     overrides = {key: kw.pop(key) for key in names}
     overrides["compile"] = kw.pop("compile_")

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deskpro.shards import ShardReader
+
 BATCH_KEYS = ("body", "parse", "face_lr", "face_hr", "has_face")
 
 
 def open_reader(shards):
     """A ShardReader for a directory, or the reader-like object itself."""
     if isinstance(shards, (str, Path)):
-        from deskpro.pipeline.shards import ShardReader
-
         return ShardReader(shards)
     return shards
 

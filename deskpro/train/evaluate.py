@@ -459,7 +459,7 @@ def evaluate(
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")
     if not dataset:
-        raise ValueError(f"{shards_dir}: manifest.json meta has no 'dataset'; cannot choose the protocols")
+        raise ValueError(f"{shards_dir}: catalog.json meta has no 'dataset'; cannot choose the protocols")
     model = checkpoint.load(checkpoint_path, trust=trust).to(device)
     if not hasattr(model, "nocloth_net"):
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (evaluate needs one)")

@@ -82,7 +82,7 @@ def resolve_config(shards_dir, phase: str, **overrides) -> TrainConfig:
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")
     if not dataset:
-        raise ValueError(f"{shards_dir}: manifest.json meta has no 'dataset'; cannot choose the settings")
+        raise ValueError(f"{shards_dir}: catalog.json meta has no 'dataset'; cannot choose the settings")
     base = {
         "phase": phase,
         "body_size": tuple(int(v) for v in reader.options["body_size"]),
