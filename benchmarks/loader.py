@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from deskpro.shards import ShardWriter
-from deskpro.train.augment import AugmentSettings, augment_batch
 from deskpro.train.data import PKBatchSampler, ShardDataset
+from deskpro.train.transforms import AugmentSettings, augment_batch
 
 KINDS = ("body", "mask", "lr_face", "hr_face")
 CODECS = ("jpeg", "raw")

@@ -49,6 +49,16 @@ _TRAIN_OPTIONS = [  # shared by train-teacher and train: settings overrides and 
     click.option(
         "--verify", "verify_shards", is_flag=True, help="First check every shard's sha256 (deskpro verify)."
     ),
+    # recipe options (h-recipe): see docs/differences.md
+    click.option(
+        "--recipe",
+        type=click.Choice(["deskpro", "official"]),
+        help="deskpro (default): keep faceless bodies, exact-length P x K epochs, per-sample augmentation, "
+        "flip-averaged tests; official: the official code's behaviour on each of these points.",
+    ),
+    click.option(
+        "--from-scratch", is_flag=True, help="Train a real-dataset preset from random init (no --imagenet)."
+    ),
 ]
 
 
@@ -59,7 +69,8 @@ def _run_training(phase: str, shards: Path, run_dir: Path, teacher: str | None, 
     if kw.pop("verify_shards"):  # shards helper: --verify
         verify_or_raise(shards, progress=not kw["no_progress"])
     names = ("epochs", "warmup_epochs", "p", "k", "base_lr", "amp", "channels_last", "num_workers", "seed")
-    overrides = {key: kw.pop(key) for key in names}
+    names += ("recipe", "teacher_mode")  # recipe options (h-recipe)
+    overrides = {key: kw.pop(key, None) for key in names}
     overrides["compile"] = kw.pop("compile_")
     options = TrainRunOptions(
         device=kw["device"],
@@ -73,6 +84,7 @@ def _run_training(phase: str, shards: Path, run_dir: Path, teacher: str | None, 
         distributed="WORLD_SIZE" in os.environ,
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         trust_checkpoint=trust,
+        from_scratch=kw["from_scratch"],  # recipe option (h-recipe)
     )
     final = run_training(shards, run_dir, phase, overrides, options)
     click.echo(f"checkpoint: {final}")
@@ -92,6 +104,12 @@ def train_teacher_cmd(shards: Path, run_dir: Path, **kw) -> None:
 )
 @click.option("--baseline", is_flag=True, help="Global stream only: no CSA loss, no face streams.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a teacher file that needs full unpickling.")
+@click.option(  # recipe option (h-recipe)
+    "--teacher-mode",
+    type=click.Choice(["train", "eval"]),
+    help="How the frozen teacher runs: train (default, the official: batch statistics, drop block) "
+    "or eval (running statistics).",
+)
 def train_cmd(
     shards: Path, run_dir: Path, teacher: str | None, baseline: bool, trust_checkpoint: bool, **kw
 ) -> None:

@@ -195,7 +195,7 @@ def extract_features(
     (for the body stream alone).
     """
     from deskpro.model.deskpro import retrieval_features
-    from deskpro.train.augment import normalize_uint8
+    from deskpro.train.transforms import normalize_uint8
 
     def inputs(images: np.ndarray) -> torch.Tensor:  # the trainer's normalisation (`augment_batch`)
         return normalize_uint8(torch.from_numpy(images).to(device, non_blocking=True))
@@ -432,6 +432,13 @@ def default_streams(model) -> tuple[str, ...]:
     return ("body",) if phase == "baseline" else STREAMS
 
 
+def test_flip(model) -> bool:
+    """Recipe hook (h-recipe): flip-averaged features unless the checkpoint was trained with
+    --recipe official, whose test-time flip never runs on CUDA (see docs/differences.md)."""
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    return (meta.get("config") or {}).get("recipe", "deskpro") != "official"
+
+
 def evaluate(
     shards_dir,
     checkpoint_path,
@@ -472,6 +479,7 @@ def evaluate(
         streams=streams,
         device=device,
         batch_size=batch_size,
+        flip=test_flip(model),  # recipe hook (h-recipe)
         trials=trials,
         seed=seed,
         progress=progress,
