@@ -24,7 +24,7 @@ import cv2
 import h5py
 import numpy as np
 
-from deskpro.pipeline.shards import ShardReader, ShardWriter
+from deskpro.shards import ShardReader, ShardWriter
 from deskpro.synthetic import generator as synthetic
 
 BODY = (384, 128)
@@ -94,7 +94,7 @@ def measure(
         body_size=BODY,
         face_size=FACE,
         codec=codec,
-        quality=quality,
+        jpeg_quality=quality,
         shard_size=len(samples),
         parse_compression=parse,
     ) as writer:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deskpro.pipeline.shards import ShardWriter
-from deskpro.train.augment import AugmentSettings, augment_batch
+from deskpro.shards import ShardWriter
 from deskpro.train.data import PKBatchSampler, ShardDataset
+from deskpro.train.transforms import AugmentSettings, augment_batch
 
 KINDS = ("body", "mask", "lr_face", "hr_face")
 CODECS = ("jpeg", "raw")

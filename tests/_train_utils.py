@@ -64,7 +64,7 @@ def write_tiny_shards(
     Each identity has its own colour on the head region and a clothes colour per camera group,
     so that the body images carry learnable identity signal. Every third train sample has no face.
     """
-    from deskpro.pipeline.shards import ShardWriter
+    from deskpro.shards import ShardWriter
 
     rng = np.random.default_rng(seed)
     h, w = body_size

@@ -14,6 +14,7 @@ from deskpro.model.checkpoint import (
     load_teacher,
     load_with_meta,
     preprocessing_constants,
+    read_teacher,
     save,
 )
 
@@ -73,8 +74,10 @@ def test_teacher_file_initialises_the_teacher(tmp_path, official_state):
     torch.save({"state_dict": teacher}, path)
     with pytest.raises(CheckpointError, match="teacher-only.*load_teacher"):
         load(path)
+    info = read_teacher(path)
+    assert (info.source, info.class_pids, info.class_order) == ("official", None, "official")
     model = DeSKPro(CLASS_COUNT_OFFICIAL)
-    load_teacher(model, path)
+    load_teacher(model, info)
     key = "global_branch.batch_drop_block.drop_batch_bottleneck.conv3.conv.weight"
     assert torch.equal(model.face_net.state_dict()[key], official_state["face_net." + key])
     with pytest.raises(CheckpointError, match="632 classes"):
@@ -124,12 +127,15 @@ def test_our_checkpoint_round_trip(tmp_path, small_model):
         config=config,
         num_classes=SMALL_CLASSES,
         preprocessing=prep,
+        class_pids=[10, 2, 7, 3],
         extra={"epoch": 3},
     )
     raw = torch.load(path, weights_only=True)  # plain data only
     assert raw["format_version"] == 1 and raw["num_classes"] == SMALL_CLASSES
+    assert raw["class_pids"] == [10, 2, 7, 3]
     model, meta = load_with_meta(path)
     assert meta["config"] == config and meta["preprocessing"] == prep and meta["extra"] == {"epoch": 3}
+    assert meta["class_pids"] == [10, 2, 7, 3]
     assert TrainConfig.from_dict(meta["config"]) == TrainConfig.for_dataset("prcc")
     body, face = images(3, 64, 32, seed=8), images(3, 32, 32, seed=9)
     with torch.no_grad():
@@ -144,11 +150,14 @@ def test_our_teacher_checkpoint_and_bad_metadata(tmp_path):
     path = save(
         tmp_path / "teacher.pt",
         teacher,
-        config={},
+        config={"phase": "teacher"},
         num_classes=SMALL_CLASSES,
         preprocessing=preprocessing_constants(),
+        class_pids=[4, 3, 2, 1],
     )
     assert isinstance(load(path), LightMBN)
+    info = read_teacher(path)
+    assert (info.source, info.num_classes, info.class_pids) == ("ours", SMALL_CLASSES, [4, 3, 2, 1])
     model = DeSKPro(SMALL_CLASSES)
     load_teacher(model, path)
     x = images(2, 32, 32)
@@ -161,6 +170,34 @@ def test_our_teacher_checkpoint_and_bad_metadata(tmp_path):
             config={"method": object()},
             num_classes=SMALL_CLASSES,
             preprocessing=preprocessing_constants(),
+            class_pids=[0, 1, 2, 3],
         )
+    with pytest.raises(ValueError, match="class_pids must list the pid of each of the 4 classes"):
+        save(tmp_path / "bad.pt", teacher, config={}, num_classes=4, preprocessing=preprocessing_constants())
     with pytest.raises(ValueError, match="preprocessing lacks"):
-        save(tmp_path / "bad.pt", teacher, config={}, num_classes=SMALL_CLASSES, preprocessing={})
+        save(
+            tmp_path / "bad.pt",
+            teacher,
+            config={},
+            num_classes=SMALL_CLASSES,
+            preprocessing={},
+            class_pids=[0, 1, 2, 3],
+        )
+
+
+def test_a_baseline_checkpoint_is_not_a_teacher(tmp_path, small_model):
+    config = TrainConfig.for_dataset("prcc", phase="baseline").to_dict()
+    path = save(
+        tmp_path / "baseline.pt",
+        small_model,
+        config=config,
+        num_classes=SMALL_CLASSES,
+        preprocessing=preprocessing_constants(),
+        class_pids=[0, 1, 2, 3],
+    )
+    with pytest.raises(
+        CheckpointError, match=r"baseline\.pt: a baseline checkpoint .*untrained.*train-teacher"
+    ):
+        read_teacher(path)
+    with pytest.raises(CheckpointError, match="a baseline checkpoint"):
+        load_teacher(DeSKPro(SMALL_CLASSES), path)

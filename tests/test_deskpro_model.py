@@ -49,9 +49,9 @@ def test_training_forward_shapes(model):
 
 def test_every_trainable_parameter_gets_a_gradient_teacher_none():
     torch.manual_seed(1)
-    model = freeze_teacher(DeSKPro(NUM_CLASSES))
+    model = freeze_teacher(DeSKPro(NUM_CLASSES), "eval")
     model.train()
-    assert not model.face_net.training  # frozen teacher stays in eval
+    assert not model.face_net.training  # --teacher-mode eval: the teacher stays in eval
     assert model.nocloth_net.training and model.lr_face_net.training
     body, face_lr, face_hr, parse, targets = _batch(seed=3)
     mask = torch.tensor([True, True, True, True, False, True])
@@ -70,6 +70,21 @@ def test_every_trainable_parameter_gets_a_gradient_teacher_none():
             assert torch.isfinite(p.grad).all(), name
     assert model.nocloth_net.spatial_attn.conv1.weight.grad.abs().sum() > 0
     assert terms["fkp"].item() > 0
+
+
+def test_teacher_mode_train_runs_the_teacher_as_the_official_does():
+    torch.manual_seed(2)
+    model = freeze_teacher(DeSKPro(NUM_CLASSES))  # default "train": batch statistics, drop block on
+    model.train()
+    assert model.face_net.training and not any(p.requires_grad for p in model.face_net.parameters())
+    bn = next(m for m in model.face_net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    body, face_lr, face_hr, _, _ = _batch(seed=4)
+    out = model(body, face_lr, face_hr)
+    assert not out["teacher"].logits.requires_grad
+    assert not torch.equal(bn.running_mean, before)  # batch statistics used (and tracked)
+    model.eval()
+    assert not model.face_net.training
 
 
 def test_embed_shapes_and_optional_face(model):

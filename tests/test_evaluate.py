@@ -1,111 +1,11 @@
-"""Retrieval metrics: hand-worked cases, a brute-force per-query reference, exclusion, ties."""
+"""Evaluation protocols, streams, single-shot trials and the evaluate command."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-
-from deskpro.train.evaluate import rank, rank_result
-
-
-def brute_force(dist, q_pids, g_pids, q_cams, g_cams, q_clo, g_clo, mode, max_rank):
-    """The textbook definition, one query at a time, with Python loops."""
-    cmc_sum, aps, valid = np.zeros(max_rank), [], 0
-    for i in range(dist.shape[0]):
-        order = sorted(range(dist.shape[1]), key=lambda j: (dist[i, j], j))
-        ranked = []
-        for j in order:
-            same = g_pids[j] == q_pids[i]
-            if same and g_cams[j] == q_cams[i]:
-                continue
-            if mode == "cc" and same and g_clo[j] == q_clo[i]:
-                continue
-            if mode == "sc" and same and g_clo[j] != q_clo[i]:
-                continue
-            ranked.append(bool(same))
-        if not any(ranked):
-            continue
-        valid += 1
-        first = ranked.index(True)
-        cmc_sum[first:] += 1
-        hits, precisions = 0, []
-        for position, hit in enumerate(ranked, start=1):
-            if hit:
-                hits += 1
-                precisions.append(hits / position)
-        aps.append(np.mean(precisions))
-    return cmc_sum / valid, float(np.mean(aps)), dist.shape[0] - valid
-
-
-def test_hand_worked_standard():
-    # One query (pid 1, cam 0). Gallery sorted by distance: g0 pid1 cam0 (junk), g1 pid2, g2 pid1,
-    # g3 pid1. Kept ranking: miss, hit, hit -> rank-1 0, rank-2 1; AP = (1/2 + 2/3) / 2.
-    dist = np.array([[0.1, 0.2, 0.3, 0.4]])
-    cmc, mAP = rank(dist, [1], [1, 2, 1, 1], [0], [0, 1, 1, 2])
-    np.testing.assert_allclose(cmc, [0, 1, 1, 1])
-    assert mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
-
-
-def test_hand_worked_cc_and_sc():
-    # Query pid 1, cam 0, clothes 5. g0: pid1 cam1 clothes5 (same clothes), g1: pid2, g2: pid1 cam2
-    # clothes 6 (other clothes).
-    dist = np.array([[0.1, 0.2, 0.3]])
-    args = ([1], [1, 2, 1], [0], [1, 1, 2], [5], [5, 9, 6])
-    cmc, mAP = rank(dist, *args, mode="cc")  # kept: g1 miss, g2 hit
-    np.testing.assert_allclose(cmc, [0, 1, 1])  # length min(max_rank, gallery size)
-    assert mAP == pytest.approx(0.5)
-    cmc, mAP = rank(dist, *args, mode="sc")  # kept: g0 hit, g1 miss
-    np.testing.assert_allclose(cmc, [1, 1, 1])
-    assert mAP == pytest.approx(1.0)
-    cmc, mAP = rank(dist, *args, mode="standard")  # kept: hit, miss, hit
-    assert mAP == pytest.approx((1 + 2 / 3) / 2)
-
-
-@pytest.mark.parametrize("mode", ["standard", "cc", "sc"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_brute_force(mode, seed):
-    rng = np.random.default_rng(seed)
-    nq, ng = 23, 41
-    dist = rng.random((nq, ng))
-    dist[:, ::7] = 0.5  # exact ties
-    q_pids, g_pids = rng.integers(0, 6, nq), rng.integers(0, 6, ng)
-    q_cams, g_cams = rng.integers(0, 3, nq), rng.integers(0, 3, ng)
-    q_clo, g_clo = rng.integers(0, 2, nq), rng.integers(0, 2, ng)
-    result = rank_result(dist, q_pids, g_pids, q_cams, g_cams, q_clo, g_clo, mode=mode, max_rank=10, chunk=5)
-    cmc, mAP, excluded = brute_force(dist, q_pids, g_pids, q_cams, g_cams, q_clo, g_clo, mode, 10)
-    np.testing.assert_allclose(result.cmc, cmc)
-    assert result.mAP == pytest.approx(mAP)
-    assert result.num_excluded == excluded
-    assert result.num_valid + result.num_excluded == nq
-
-
-def test_query_without_true_match_is_excluded_and_counted():
-    # Query 0 has a true match at rank 1; query 1's only same-pid item is same camera (junk).
-    dist = np.array([[0.1, 0.9], [0.1, 0.9]])
-    cmc, mAP, excluded = rank(dist, [1, 2], [1, 2], [0, 0], [1, 0], return_excluded=True)
-    assert excluded == 1
-    assert mAP == pytest.approx(1.0)
-    np.testing.assert_allclose(cmc, [1, 1])
-    assert len(rank(dist, [1, 2], [1, 2], [0, 0], [1, 0])) == 2
-
-
-def test_ties_keep_gallery_order():
-    # All distances equal: the stable rule ranks gallery items in their listed order.
-    dist = np.zeros((1, 3))
-    cmc, mAP = rank(dist, [1], [2, 1, 1], [0], [1, 1, 1])
-    np.testing.assert_allclose(cmc, [0, 1, 1])
-    assert mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
-    cmc_swapped, _ = rank(dist, [1], [1, 2, 1], [0], [1, 1, 1])
-    np.testing.assert_allclose(cmc_swapped, [1, 1, 1])
-
-
-def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="g_pids"):
-        rank(np.zeros((1, 3)), [1], [1, 2], [0], [0, 0, 0])
-    with pytest.raises(ValueError, match="clothes"):
-        rank(np.zeros((1, 2)), [1], [1, 2], [0], [0, 0], mode="cc")
-    with pytest.raises(ValueError, match="mode"):
-        rank(np.zeros((1, 2)), [1], [1, 2], [0], [0, 0], mode="bogus")
 
 
 def _index(pids, cams, clothes, splits, subsets):
@@ -167,3 +67,60 @@ def test_protocols_streams_and_single_shot():
     assert rows[("cc-single", "face")].gallery == 3 and rows[("cc-single", "face")].trials == 3
     cols = single_shot_columns(np.array([5, 5, 7, 7, 7, 9]), np.random.default_rng(0))
     assert sorted(np.array([5, 5, 7, 7, 7, 9])[cols].tolist()) == [5, 7, 9]
+
+
+def _one_line_error(result, *words):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [
+        line
+        for line in result.output.splitlines()
+        if line.strip() and not line.startswith(("Usage:", "Try "))
+    ]
+    assert len(lines) == 1 and lines[0].startswith("Error"), result.output
+    for word in words:
+        assert word in lines[0], result.output
+
+
+def test_cli_json_never_writes_over_an_input_or_a_foreign_file(tmp_path):
+    from click.testing import CliRunner
+
+    from deskpro.cli import main
+    from deskpro.train.evaluate import is_report
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not really a checkpoint")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text("{}")
+    base = ["evaluate", str(shards), "--checkpoint", str(ckpt), "--no-progress", "--json"]
+    runner = CliRunner()
+    for target, flags in ((ckpt, []), (ckpt, ["--force"]), (shards / "manifest.json", ["--force"])):
+        before = target.read_bytes()
+        _one_line_error(runner.invoke(main, [*base, str(target), *flags]), "--json", "input")
+        assert target.read_bytes() == before
+    other = tmp_path / "notes.txt"
+    other.write_text("mine")
+    _one_line_error(runner.invoke(main, [*base, str(other)]), "--json", "--force")
+    assert other.read_text() == "mine"
+    # With --force the check passes and evaluate goes on (to fail on the fake checkpoint).
+    result = runner.invoke(main, [*base, str(other), "--force"])
+    assert result.exit_code != 0 and "--json" not in result.output
+    report = tmp_path / "old.json"
+    report.write_text(json.dumps({"checkpoint": "x", "split": "test", "results": []}))
+    assert is_report(report) and not is_report(other) and not is_report(ckpt)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--trials", "--seed"])
+def test_cli_numeric_options_are_range_checked(tmp_path, flag):
+    from click.testing import CliRunner
+
+    from deskpro.cli import main
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"x")
+    value = "-1" if flag == "--seed" else "0"
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--checkpoint", str(ckpt), flag, value])
+    assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1

@@ -20,10 +20,12 @@ from _pipeline_utils import LOOSE_POLICY
 from click.testing import CliRunner
 
 from deskpro.cli import main
+from deskpro.common.files import OutputPathError
 from deskpro.manifests import SCHEMA, write_manifest
-from deskpro.pipeline.pack import PackError, pack
-from deskpro.pipeline.shards import ShardError, ShardReader
+from deskpro.pipeline.plan import manifest_fingerprint
 from deskpro.pipeline.stages import DETECT_SCHEMA, PARSE_SCHEMA, RESTORE_SCHEMA
+from deskpro.shards import ShardError, ShardReader
+from deskpro.shards.pack import PackError, pack
 
 N = 6
 IMAGE_HW = (96, 48)
@@ -105,11 +107,32 @@ def work(tmp_path) -> Path:
     write_part(stages / "parse", "part-00001.parquet", parse_rows[:3], PARSE_SCHEMA)
     write_part(stages / "detect", "part-00000.parquet", detect_rows, DETECT_SCHEMA)
     write_part(stages / "restore", "part-00000.parquet", restore_rows, RESTORE_SCHEMA)
-    for name in ("parse", "detect", "restore"):
-        (stages / name / "stage.json").write_text(
-            json.dumps({"stage": name, "weights_sha256": f"{name}-sha"})
-        )
+    write_stage_json(work, manifest_fingerprint(manifest, str(root)))
     return work
+
+
+def fingerprint(name: str, manifest_fp: str, upstream: dict | None = None, **options) -> dict:
+    """A stage fingerprint as the runner writes it (only the keys pack compares matter)."""
+    return {
+        "stage": name,
+        "manifest": manifest_fp,
+        "options": {"weights": {"sha256": f"{name}-sha"}, **options},
+        "upstream": upstream,
+    }
+
+
+def write_stage_json(work: Path, manifest_fp: str, detect_options: dict | None = None) -> None:
+    """stage.json for each stage; restore's upstream is the detect fingerprint of the first run."""
+    detect = fingerprint("detect", manifest_fp)
+    fingerprints = {
+        "parse": fingerprint("parse", manifest_fp),
+        "detect": fingerprint("detect", manifest_fp, **(detect_options or {})),
+        "restore": fingerprint("restore", manifest_fp, upstream=detect),
+    }
+    for name, fp in fingerprints.items():
+        (work / "stages" / name / "stage.json").write_text(
+            json.dumps({"stage": name, "fingerprint": fp, "complete": True})
+        )
 
 
 def set_error(work: Path, stage: str, schema: pa.Schema, index: int, message: str = "bad image") -> None:
@@ -173,7 +196,7 @@ def test_pack_joins_manifest_and_stages(work, tmp_path):
         np.testing.assert_array_equal(sample["face_lr"], flat((FACE, FACE), colour(i, 2)))
         assert np.abs(sample["face_hr"].astype(int) - colour(i, 3)).max() <= 3  # JPEG from the stage
     assert reader.meta["dataset"] == "synthetic" and reader.meta["label_set"] == "lip"
-    assert reader.meta["stages"]["parse"] == {"stage": "parse", "weights_sha256": "parse-sha"}
+    assert reader.meta["stages"]["parse"]["fingerprint"]["options"] == {"weights": {"sha256": "parse-sha"}}
     assert reader.meta["face_hr_source"] == "restore"
     assert reader.options["body_size"] == BODY and reader.options["face_size"] == FACE
 
@@ -233,7 +256,7 @@ def test_pack_is_deterministic(work, tmp_path):
     pack_small(work, tmp_path / "b", codec="jpeg", shard_size=4)
     for name in ("shard-00000.h5", "shard-00001.h5", "index.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    a, b = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab")
+    a, b = (json.loads((tmp_path / d / "catalog.json").read_text()) for d in "ab")
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     assert a["index"]["sha256"] == b["index"]["sha256"]
 
@@ -244,8 +267,8 @@ def test_pack_refuses_a_complete_output_unless_overwrite(work, tmp_path):
         pack_small(work, tmp_path / "shards")
     assert pack_small(work, tmp_path / "shards", shard_size=N, overwrite=True).shards == 1
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "catalog.json",
         "index.parquet",
-        "manifest.json",
         "shard-00000.h5",
     ]
 
@@ -285,12 +308,12 @@ def test_cli_pack_then_verify(work, tmp_path):
     assert result.exit_code == 1
     assert (
         result.output.strip()
-        == "shard-00001.h5: sha256 differs from manifest.json (the file changed or is corrupt)"
+        == "shard-00001.h5: sha256 differs from catalog.json (the file changed or is corrupt)"
     )
 
-    (out / "manifest.json").unlink()
+    (out / "catalog.json").unlink()
     result = runner.invoke(main, ["verify", str(out), "--no-progress"])
-    assert result.exit_code == 1 and "no manifest.json; the shard directory is incomplete" in result.output
+    assert result.exit_code == 1 and "no catalog.json; the shard directory is incomplete" in result.output
 
 
 def test_cli_rejects_bad_options_and_unfinished_work(work, tmp_path):
@@ -307,7 +330,7 @@ def test_pack_after_the_real_stage_runner(tmp_path):
     from deskpro.manifests import scan
     from deskpro.pipeline.plan import StageRunOptions
     from deskpro.pipeline.runner import run_stage
-    from deskpro.pipeline.shards import verify
+    from deskpro.shards import verify
     from deskpro.synthetic import generator as synthetic
 
     root = synthetic.generate(
@@ -336,3 +359,107 @@ def test_pack_after_the_real_stage_runner(tmp_path):
         np.testing.assert_array_equal(sample["parse"], synthetic.read_parse_truth(root, row["path"]))
         assert sample["has_face"] == truth[row["path"]][0]
     assert reader.meta["stages"]["parse"]["complete"] is True and reader.meta["label_set"] == "lip"
+
+
+# ---------------------------------------------------------------- nothing silent (issue 10)
+
+
+def test_pack_refuses_restore_made_from_an_earlier_detect(work, tmp_path):
+    """`detect --overwrite` with new options, then pack without rerunning restore: refused."""
+    fp = json.loads((work / "stages" / "parse" / "stage.json").read_text())["fingerprint"]["manifest"]
+    write_stage_json(work, fp, detect_options={"min_size": 40})
+    with pytest.raises(
+        PackError, match=r"stage 'restore' was made from an earlier detect output.*deskpro restore"
+    ):
+        pack_small(work, tmp_path / "shards")
+    assert not (tmp_path / "shards").exists()
+
+
+def test_pack_refuses_a_stale_or_unfinished_stage(work, tmp_path):
+    write_stage_json(work, "another-manifest")
+    with pytest.raises(
+        PackError, match=r"stage 'parse' was run on another manifest.*deskpro parse --overwrite"
+    ):
+        pack_small(work, tmp_path / "shards")
+    info = json.loads((work / "stages" / "parse" / "stage.json").read_text())
+    write_stage_json(work, manifest_fingerprint(*_work_manifest(work)))
+    path = work / "stages" / "detect" / "stage.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "complete": False}))
+    with pytest.raises(PackError, match=r"stage 'detect' did not finish"):
+        pack_small(work, tmp_path / "shards")
+    assert info["fingerprint"]["manifest"] == "another-manifest"
+
+
+def _work_manifest(work: Path):
+    from deskpro.manifests import manifest_info, read_manifest
+
+    table = read_manifest(work / "manifest.parquet")
+    return table, manifest_info(table)["root"]
+
+
+def test_an_image_removed_since_preprocess_is_skipped_counted_and_named(work, tmp_path):
+    table, root = _work_manifest(work)
+    gone = table.column("path")[4].as_py()
+    (Path(root) / gone).unlink()
+    summary = pack_small(work, tmp_path / "shards")
+    assert summary.skipped["image"] == 1 and summary.rows == N - 1
+    assert len(summary.missing_images) == 1 and summary.missing_images[0].startswith(f"{gone}: cannot read")
+    assert f"unreadable images skipped: {gone}: cannot read" in summary.format()
+    assert ShardReader(tmp_path / "shards").meta["missing_images"] == summary.missing_images
+
+
+def test_pack_decodes_dataset_images_with_the_common_decoder(work, tmp_path, monkeypatch):
+    """One decoder for dataset images: deskpro.common.images.read_image_rgb (16-bit PNG, EXIF...)."""
+    import deskpro.shards.pack as pack_module
+
+    seen = []
+
+    def fake_read(path):
+        seen.append(Path(path).name)
+        return np.full((*IMAGE_HW, 3), 77, np.uint8)
+
+    monkeypatch.setattr(pack_module, "read_image_rgb", fake_read)
+    pack_small(work, tmp_path / "shards")
+    assert len(seen) == N
+    assert (ShardReader(tmp_path / "shards").read(0)["body"] == 77).all()
+
+
+def test_pack_refuses_to_write_onto_its_inputs_or_foreign_files(work, tmp_path):
+    table, root = _work_manifest(work)
+    image = Path(root) / table.column("path")[0].as_py()
+    before = image.read_bytes()
+    for out in (work, work / "stages" / "sub", image, Path(root)):
+        with pytest.raises(OutputPathError, match="an input of pack"):
+            pack_small(work, out, force=True)
+    assert image.read_bytes() == before
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"keep me")
+    with pytest.raises(
+        OutputPathError, match=r"holds files pack did not write \(e.g. holiday.jpg\).*--force"
+    ):
+        pack_small(work, foreign)
+    assert pack_small(work, foreign, force=True).rows == N
+    assert (foreign / "holiday.jpg").read_bytes() == b"keep me"
+    report = tmp_path / "notes.txt"
+    report.write_text("mine")
+    with pytest.raises(OutputPathError, match="--force"):
+        pack_small(work, report)
+    assert report.read_text() == "mine"
+
+
+def test_cli_validates_pack_and_verify_options(work, tmp_path):
+    runner = CliRunner()
+    base = ["pack", str(work), "-o", str(tmp_path / "s"), "--no-progress"]
+    for extra, message in (
+        (["--quality", "90"], "No such option: --quality"),
+        (["--jpeg-quality", "101"], "--jpeg-quality"),
+        (["--jpeg-quality", "0"], "--jpeg-quality"),
+        (["--shard-size", "0"], "--shard-size"),
+        (["--face-size", "0"], "--face-size"),
+    ):
+        result = runner.invoke(main, [*base, *extra])
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)
+    result = runner.invoke(main, ["pack", str(work), "-o", str(work), "--no-progress"])
+    assert result.exit_code == 1 and "an input of pack" in result.output
+    assert result.output.strip().count("\n") == 0

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from deskpro.pipeline.shards import (
+from deskpro.shards import (
+    CATALOG_NAME,
     INDEX_NAME,
-    MANIFEST_NAME,
     ShardError,
     ShardReader,
     ShardWriter,
@@ -92,7 +92,7 @@ def test_raw_round_trip_is_exact(raw_dir):
 
 def test_jpeg_round_trip_is_close_and_parse_exact(tmp_path):
     samples = make_samples(5)
-    write_shards(tmp_path / "jpeg", samples, codec="jpeg", quality=95)
+    write_shards(tmp_path / "jpeg", samples, codec="jpeg", jpeg_quality=95)
     reader = ShardReader(tmp_path / "jpeg")
     for i, sample in enumerate(samples):
         got = reader.read(i)
@@ -128,7 +128,8 @@ def test_an_undecodable_jpeg_names_its_shard_and_row(tmp_path):
 
     write_shards(tmp_path / "jpeg", make_samples(5), codec="jpeg")
     with h5py.File(tmp_path / "jpeg" / "shard-00001.h5", "r+") as f:
-        f["body"][1] = np.zeros(10, np.uint8)  # sample 4: not a JPEG any more
+        start, stop = f["body_end"][0], f["body_end"][1]
+        f["body"][start:stop] = 0  # sample 4: not a JPEG any more (checksums rewritten by HDF5)
     reader = ShardReader(tmp_path / "jpeg")
     with pytest.raises(ShardError, match=r"shard-00001\.h5: body row 1: cannot decode JPEG"):
         reader.read(4)
@@ -136,14 +137,14 @@ def test_an_undecodable_jpeg_names_its_shard_and_row(tmp_path):
         reader.read_many([0, 4])
 
 
-def test_index_and_manifest_describe_the_shards(raw_dir):
+def test_index_and_catalog_describe_the_shards(raw_dir):
     out_dir, samples = raw_dir
-    manifest = json.loads((out_dir / MANIFEST_NAME).read_text())
-    assert manifest["format_version"] == 1
-    assert [s["rows"] for s in manifest["shards"]] == [3, 3, 1]
-    assert [s["file"] for s in manifest["shards"]] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
-    assert manifest["totals"]["rows"] == 7 and manifest["totals"]["with_face"] == 6
-    assert manifest["totals"]["splits"] == {"train": 5, "query": 2}
+    catalog = json.loads((out_dir / CATALOG_NAME).read_text())
+    assert catalog["format_version"] == 2
+    assert [s["rows"] for s in catalog["shards"]] == [3, 3, 1]
+    assert [s["file"] for s in catalog["shards"]] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    assert catalog["totals"]["rows"] == 7 and catalog["totals"]["with_face"] == 6
+    assert catalog["totals"]["splits"] == {"train": 5, "query": 2}
     index = ShardReader(out_dir).index.to_pylist()
     assert [r["sample_id"] for r in index] == [s["sample_id"] for s in samples]
     assert [(r["shard"], r["row"]) for r in index] == [(i // 3, i % 3) for i in range(7)]
@@ -184,9 +185,9 @@ def test_failed_write_leaves_an_incomplete_directory(tmp_path):
             for sample in samples:
                 writer.add(**sample)
             raise RuntimeError("crash while packing")
-    assert not (tmp_path / "s" / MANIFEST_NAME).exists()
+    assert not (tmp_path / "s" / CATALOG_NAME).exists()
     assert not list((tmp_path / "s").glob("*.tmp"))
-    with pytest.raises(ShardError, match="no manifest.json"):
+    with pytest.raises(ShardError, match="no catalog.json"):
         ShardReader(tmp_path / "s")
 
 
@@ -194,16 +195,16 @@ def test_writing_is_deterministic(tmp_path):
     samples = make_samples(7)
     write_shards(tmp_path / "a", samples, codec="jpeg")
     write_shards(tmp_path / "b", samples, codec="jpeg")
-    for name in ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5", INDEX_NAME, MANIFEST_NAME]:
+    for name in ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5", INDEX_NAME, CATALOG_NAME]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_without_manifest_reader_and_verify_refuse(raw_dir):
     out_dir, _ = raw_dir
-    (out_dir / MANIFEST_NAME).unlink()
-    with pytest.raises(ShardError, match="no manifest.json; the shard directory is incomplete"):
+    (out_dir / CATALOG_NAME).unlink()
+    with pytest.raises(ShardError, match="no catalog.json; the shard directory is incomplete"):
         ShardReader(out_dir)
-    with pytest.raises(ShardError, match="no manifest.json"):
+    with pytest.raises(ShardError, match="no catalog.json"):
         verify(out_dir)
 
 
@@ -232,7 +233,7 @@ def test_verify_names_a_flipped_byte(raw_dir):
     path.write_bytes(bytes(data))
     report = verify(out_dir, strict=False)
     assert report.problems == [
-        "shard-00002.h5: sha256 differs from manifest.json (the file changed or is corrupt)"
+        "shard-00002.h5: sha256 differs from catalog.json (the file changed or is corrupt)"
     ]
     with pytest.raises(ShardError, match="shard-00002.h5: sha256 differs"):
         verify(out_dir)
@@ -243,8 +244,8 @@ def test_verify_names_a_missing_shard_and_index(raw_dir):
     (out_dir / "shard-00000.h5").unlink()
     (out_dir / INDEX_NAME).unlink()
     report = verify(out_dir, strict=False)
-    assert "shard-00000.h5: missing (listed in manifest.json)" in report.problems
-    assert "index.parquet: missing (listed in manifest.json)" in report.problems
+    assert "shard-00000.h5: missing (listed in catalog.json)" in report.problems
+    assert "index.parquet: missing (listed in catalog.json)" in report.problems
 
 
 def test_verify_catches_an_index_that_points_elsewhere(raw_dir):
@@ -262,7 +263,7 @@ def test_verify_catches_an_index_that_points_elsewhere(raw_dir):
         report.problems
     )
     assert (
-        "index.parquet: sha256 differs from manifest.json (the file changed or is corrupt)"
+        "index.parquet: sha256 differs from catalog.json (the file changed or is corrupt)"
         in verify(out_dir, strict=False).problems
     )
 

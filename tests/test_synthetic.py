@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from deskpro import cli
 from deskpro.manifests import ManifestError, manifest_info, read_manifest, scan
-from deskpro.synthetic import draw as _draw
+from deskpro.synthetic import appearance
 from deskpro.synthetic import generator as synthetic
 
 IDENTITIES, PER_CAMERA = 12, 3
@@ -171,11 +171,16 @@ def test_identity_cues_consistent_clothes_misleading(dataset: Path, rows: list[d
 
 
 def test_outfits_shared_across_people() -> None:
-    """Different people often wear the same garment colours (one shared palette)."""
-
-    colours = [tuple(_draw.sample_outfits(np.random.default_rng([0, p]))[0].upper.colour) for p in range(200)]
-    counts = np.unique(np.array(colours), axis=0, return_counts=True)[1]
-    assert len(counts) <= len(_draw.GARMENT_PALETTE) and counts.max() >= 20
+    """Garments come from one wardrobe smaller than the crowd: many people wear the same garment."""
+    people = 60
+    wardrobe = appearance.sample_wardrobe(np.random.default_rng(0), *appearance.wardrobe_size(people))
+    worn = [
+        id(outfit.upper)
+        for p in range(people)
+        for outfit in appearance.sample_outfits(np.random.default_rng([0, p]), wardrobe)
+    ]
+    counts = np.unique(worn, return_counts=True)[1]
+    assert len(counts) <= len(wardrobe.uppers) < people and counts.max() >= 5
 
 
 def test_generate_reuses_refuses_and_restarts(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Shard dataset, P x K sampler and batch augmentation."""
+"""Shard dataset, class tables and the identity samplers (the transforms: test_transforms.py)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import pickle
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 import torch
 from _train_utils import FakeReader
 
-from deskpro.train.augment import (
-    AugmentSettings,
-    _shift_flip_gather,
-    _shift_flip_slices,
-    augment_batch,
-    shift_and_flip,
+from deskpro.train.data import (
+    ClassTableError,
+    OfficialIdentitySampler,
+    PKBatchSampler,
+    ShardDataset,
+    class_table,
+    make_loader,
+    pid_strings,
 )
-from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader
 
 
 def _labels(counts):
@@ -109,102 +112,109 @@ def test_loader_with_a_worker_yields_sampler_batches():
         np.testing.assert_array_equal(got["position"].numpy(), positions)
 
 
-def _batch(n=6, h=16, w=8, f=8, seed=0):
-    rng = np.random.default_rng(seed)
-    body = torch.from_numpy(rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8))
-    parse = body[..., 0] // 13  # parse is a function of the body pixel: alignment is checkable
-    face = torch.from_numpy(rng.integers(0, 256, (n, f, f, 3), dtype=np.uint8))
-    return {
-        "body": body,
-        "parse": parse,
-        "face_lr": face,
-        "face_hr": face.clone(),
-        "has_face": torch.ones(n, dtype=torch.bool),
-        "label": torch.arange(n),
-    }
+# ---------------------------------------------------------------- class tables
 
 
-def _unnormalize(x):
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return ((x * std + mean) * 255).round()
+def _celeb_tree(root, pids=range(1, 13), per_id=2):
+    """A Celeb-reID-style folder (unpadded pids PID_SEQ_IDX.jpg) with empty image files."""
+    for split in ("train", "query", "gallery"):
+        (root / split).mkdir(parents=True)
+    for pid in pids:
+        for i in range(per_id):
+            (root / "train" / f"{pid}_{i + 1}_{i}.jpg").write_bytes(b"")
+    (root / "query" / "100_1_0.jpg").write_bytes(b"")
+    (root / "gallery" / "100_2_0.jpg").write_bytes(b"")
+    return root
 
 
-def test_flip_and_shift_apply_alike_to_body_and_parse():
-    batch = _batch()
-    settings = AugmentSettings(flip_p=0.5, translate_p=1.0, translate_pad=0.5, erase_p=0.0)
-    out = augment_batch(batch, torch.Generator().manual_seed(0), settings)
-    body = _unnormalize(out["body"])[:, 0]  # red channel, [B,H,W]
-    # Everywhere, padding included: padded body pixels are 0 and padded parse labels are 0 too.
-    expected_parse = torch.div(body, 13, rounding_mode="floor").long()
-    assert torch.equal(out["parse"], expected_parse)
-    assert out["body"].shape == (6, 3, 16, 8) and out["parse"].dtype == torch.long
-    # Some samples really moved or flipped.
-    assert not torch.equal(body.long(), batch["body"][..., 0].long())
+def _reader_from_manifest(table, has_face=None):
+    train = table.filter(pa.compute.equal(table.column("split"), "train"))
+    pids = train.column("pid").to_numpy()
+    reader = FakeReader(pids, has_face=has_face)
+    reader.index = reader.index.set_column(0, "sample_id", train.column("sample_id"))
+    return reader
 
 
-def test_faces_flip_with_the_body():
-    batch = _batch(n=16)
-    settings = AugmentSettings(flip_p=0.5, translate_p=0.0, erase_p=0.0)
-    out = augment_batch(batch, torch.Generator().manual_seed(1), settings)
+def test_official_class_order_sorts_the_pid_strings(tmp_path):
+    from deskpro.manifests import celeb_reid
 
-    def changed(key):
-        return (_unnormalize(out[key]) != batch[key].permute(0, 3, 1, 2).float()).flatten(1).any(1)
-
-    body_flipped, face_flipped = changed("body"), changed("face_lr")
-    assert 0 < int(body_flipped.sum()) < 16
-    assert torch.equal(body_flipped, face_flipped)
-    assert torch.equal(out["face_lr"], out["face_hr"])
-
-
-def test_no_augmentation_is_exact_and_erasing_hits_body_only():
-    batch = _batch()
-    off = AugmentSettings(flip_p=0.0, translate_p=0.0, erase_p=0.0)
-    out = augment_batch(batch, torch.Generator().manual_seed(0), off)
-    torch.testing.assert_close(_unnormalize(out["body"]), batch["body"].permute(0, 3, 1, 2).float())
-    assert torch.equal(out["parse"], batch["parse"].long())
-    erase = AugmentSettings(flip_p=0.0, translate_p=0.0, erase_p=1.0)
-    out = augment_batch(batch, torch.Generator().manual_seed(0), erase)
-    zeros = (out["body"] == 0).all(dim=1)  # erased pixels are exactly 0 in all channels
-    assert zeros.flatten(1).any(dim=1).all()
-    assert torch.equal(out["parse"], batch["parse"].long())
+    table = celeb_reid.scan(_celeb_tree(tmp_path / "celeb"))
+    reader = _reader_from_manifest(table)
+    official = ShardDataset(reader, class_order="official")
+    assert official.classes.tolist() == [1, 10, 11, 12, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert official.labels[official.pids == 10].tolist() == [1, 1]
+    assert official.labels[official.pids == 2].tolist() == [4, 4]
+    numeric = ShardDataset(reader)
+    assert numeric.classes.tolist() == list(range(1, 13))
+    assert numeric.labels[numeric.pids == 10].tolist() == [9, 9]
 
 
-def test_augmentation_is_seeded():
-    batch = _batch()
-    a = augment_batch(batch, torch.Generator().manual_seed(5))
-    b = augment_batch(batch, torch.Generator().manual_seed(5))
-    c = augment_batch(batch, torch.Generator().manual_seed(6))
-    assert torch.equal(a["body"], b["body"]) and torch.equal(a["parse"], b["parse"])
-    assert not torch.equal(a["body"], c["body"])
+def test_pid_strings_keep_zero_padding():
+    pids = np.array([7, 10, 7])
+    assert pid_strings(["rgb/train/007/A_1", "rgb/train/010/C_3", "x/7_1_1"], pids) == ["007", "010", "7"]
+    assert pid_strings(["s0"], np.array([3])) == ["3"]
+    # Padded names sort like the numbers; unpadded ones do not.
+    assert class_table(np.array([2, 10]), ["002_c1", "010_c1"], "official").tolist() == [2, 10]
+    assert class_table(np.array([2, 10]), ["2_1_1", "10_1_1"], "official").tolist() == [10, 2]
 
 
-def test_shift_moves_content_by_the_offset():
-    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 4, 4)  # [B,H,W]
-    out = shift_and_flip(x, torch.tensor([1, 2]), torch.tensor([1, 0]), (1, 1), torch.tensor([False, False]))
-    assert torch.equal(out[0], x[0])  # offset == pad: unchanged
-    assert torch.equal(out[1, :3, 1:], x[1, 1:, :3])  # moved up one row and right one column
-    assert (out[1, 3] == 0).all() and (out[1, :, 0] == 0).all()
-    flipped = shift_and_flip(
-        x, torch.tensor([1, 1]), torch.tensor([1, 1]), (1, 1), torch.tensor([True, False])
-    )
-    assert torch.equal(flipped[0], x[0].flip(-1)) and torch.equal(flipped[1], x[1])
+def test_an_explicit_class_table_is_used_or_refused():
+    reader = FakeReader([5, 5, 9, 9, 2])
+    data = ShardDataset(reader, classes=[9, 2, 5])
+    assert data.labels.tolist() == [2, 2, 0, 0, 1]
+    with pytest.raises(ClassTableError, match=r"teacher.pth: classes do not match.*not in the table: \[2\]"):
+        ShardDataset(reader, classes=[9, 5], classes_from="teacher.pth")
+    with pytest.raises(ClassTableError, match=r"not in the training set: \[4\]"):
+        ShardDataset(reader, classes=[9, 2, 5, 4])
 
 
-@pytest.mark.parametrize("channels", [None, 3])
-def test_cpu_slices_match_the_gpu_gather(channels):
-    rng = np.random.default_rng(0)
-    shape = (7, 9, 6) + ((channels,) if channels else ())
-    x = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
-    pad = (2, 1)
-    dy, dx = torch.from_numpy(rng.integers(0, 5, 7)), torch.from_numpy(rng.integers(0, 3, 7))
-    flipped = torch.from_numpy(rng.random(7) < 0.5)
-    spatial = (0, 0, 1, 1, 2, 2) if channels else (1, 1, 2, 2)
-    padded = torch.nn.functional.pad(x, spatial)
-    sliced = _shift_flip_slices(padded, dy, dx, flipped, (9, 6))
-    gathered = _shift_flip_gather(padded, dy, dx, flipped, (9, 6), pad[1])
-    assert torch.equal(sliced, gathered)
-    # Flip-then-shift, written out for one flipped sample.
-    i = int(torch.nonzero(flipped)[0])
-    expected = padded[i].flip(1)[dy[i] : dy[i] + 9, dx[i] : dx[i] + 6]
-    assert torch.equal(sliced[i], expected)
+def test_dropping_faceless_rows_drops_their_classes():
+    pids = [1, 1, 2, 2, 3, 3]
+    has_face = [True, False, False, False, True, True]  # pid 2 has no face at all
+    kept = ShardDataset(FakeReader(pids, has_face=has_face))
+    assert kept.num_classes == 3 and len(kept) == 6
+    teacher = ShardDataset(FakeReader(pids, has_face=has_face), require_face=True)
+    assert teacher.num_classes == 3 and len(teacher) == 3 and teacher.labels.tolist() == [0, 2, 2]
+    dropped = ShardDataset(FakeReader(pids, has_face=has_face), drop_faceless=True)
+    assert dropped.num_classes == 2 and len(dropped) == 3
+    assert dropped.classes.tolist() == [1, 3] and dropped.labels.tolist() == [0, 1, 1]
+
+
+# ---------------------------------------------------------------- the official sampler
+
+
+def test_official_sampler_drops_remainders_and_leftover_chunks():
+    labels = _labels([13, 6, 2, 7, 12, 6])  # chunks of K=6: 2, 1, 1 (with replacement), 1, 2, 1
+    sampler = OfficialIdentitySampler(labels, p=3, k=6, seed=0)
+    lengths = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        lengths.add(len(batches))
+        seen = Counter()
+        for batch in batches:
+            ids = labels[batch]
+            assert len(batch) == 18
+            for start in range(0, 18, 6):
+                assert len(set(ids[start : start + 6])) == 1
+            assert len(set(ids.tolist())) == 3
+            seen.update(set(ids.tolist()))
+        # An identity gives at most its chunks: id 0 (13 images) two, the remainder image dropped.
+        assert seen[0] <= 2 and seen[1] <= 1 and seen[4] <= 2
+    # 8 chunks, 3 per batch, while 3 identities are left: 2 batches at most, 1 when ids run out early.
+    assert lengths <= {1, 2} and 2 in lengths
+
+
+def test_official_sampler_is_seeded_and_splits_batches_across_ranks():
+    labels = _labels([12] * 8)
+    a, b = OfficialIdentitySampler(labels, 2, 4, seed=1), OfficialIdentitySampler(labels, 2, 4, seed=1)
+    assert list(a) == list(b)
+    a.set_epoch(1)
+    assert list(a) != list(b)
+    ranks = [OfficialIdentitySampler(labels, 2, 4, seed=1, rank=r, world_size=2) for r in range(2)]
+    together = list(b)
+    assert [list(s) for s in ranks] == [
+        together[0::2][: len(together) // 2],
+        together[1::2][: len(together) // 2],
+    ]

@@ -4,6 +4,8 @@ One module per step of the flow; importing them registers their commands on `mai
 """
 
 from deskpro.cli import data, demo, evaluate, shards, stages, train  # noqa: F401  (importing registers the commands)
-from deskpro.cli.group import main
+from deskpro.cli.group import add_verbosity_options, main
+
+add_verbosity_options(main)
 
 __all__ = ["main"]

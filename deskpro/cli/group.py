@@ -6,9 +6,60 @@ Ray take seconds to import); nothing else is imported lazily.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import click
+
+VERBOSITY_KEY = "deskpro.verbosity"
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """-q lowers and -v raises the verbosity kept in ctx.meta (shared by the group and its commands)."""
+    if value:
+        level = -1 if param.name == "quiet" else 1
+        ctx.meta[VERBOSITY_KEY] = level
+        logging.getLogger("deskpro").setLevel(logging.WARNING if level < 0 else logging.DEBUG)
+
+
+VERBOSITY_OPTIONS = (
+    click.Option(
+        ["-q", "--quiet"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_verbosity,
+        help="Only errors and the final result: no progress bars, no step lines.",
+    ),
+    click.Option(
+        ["-v", "--verbose"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_verbosity,
+        help="More detail: Ray's own logs, debug lines.",
+    ),
+)
+
+
+def verbosity() -> int:
+    """-1 with -q, 1 with -v, else 0: what the running command was asked for."""
+    ctx = click.get_current_context(silent=True)
+    return 0 if ctx is None else int(ctx.meta.get(VERBOSITY_KEY, 0))
+
+
+def show_progress(progress: bool | None = None) -> bool:
+    """Whether to draw progress bars: --progress/--no-progress when given, else not under -q."""
+    return verbosity() >= 0 if progress is None else progress
+
+
+def add_verbosity_options(command: click.Command) -> None:
+    """Give `command` and every command below it -q/--quiet and -v/--verbose (once all are registered)."""
+    names = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    if "--quiet" not in names:
+        command.params.extend(VERBOSITY_OPTIONS)
+    for sub in getattr(command, "commands", {}).values():
+        add_verbosity_options(sub)
 
 
 class _Group(click.Group):

@@ -13,41 +13,55 @@ from deskpro.cli.group import _parse_hw, main
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Shard folder.")
 @click.option("--body-size", default="384x128", show_default=True, callback=_parse_hw, help="HEIGHTxWIDTH.")
-@click.option("--face-size", default=224, show_default=True, type=click.IntRange(min=1))
+@click.option("--face-size", default=224, show_default=True, type=click.IntRange(1, 4096))
 @click.option(
     "--codec",
-    default="raw",
+    default="jpeg",
     show_default=True,
-    type=click.Choice(["raw", "jpeg"]),
-    help="raw: exact, fastest to read; jpeg: a tenth of the bytes (see shards.py)",
+    type=click.Choice(["jpeg", "raw"]),
+    help="jpeg: ~44 KB a sample at q95; raw: exact, fastest to read, ~10x the bytes (docs/formats.md)",
 )
-@click.option("--quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality.")
-@click.option("--shard-size", default=1024, show_default=True, type=click.IntRange(min=1), help="Per shard.")
+@click.option(
+    "--jpeg-quality",
+    default=95,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="JPEG quality (--codec jpeg).",
+)
+@click.option(
+    "--shard-size",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1, 1 << 20),
+    help="Samples per shard.",
+)
 @click.option(
     "--parse-compression", default="gzip", show_default=True, type=click.Choice(["gzip", "lzf", "none"])
 )
 @click.option("--overwrite", is_flag=True, help="Replace a complete shard directory.")
+@click.option("--force", is_flag=True, help="Write into a folder (or over a file) pack did not create.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def pack_cmd(work: Path, out_dir: Path, **options) -> None:
     """Join WORK's manifest and stage outputs into training shards in OUT."""
+    from deskpro.common.files import OutputPathError
     from deskpro.manifests import ManifestError
-    from deskpro.pipeline.pack import PackError, pack
-    from deskpro.pipeline.shards import ShardError
+    from deskpro.shards import ShardError
+    from deskpro.shards.pack import PackError, pack
 
     try:
         summary = pack(work, out_dir, **options)
-    except (PackError, ShardError, ManifestError) as e:
+    except (PackError, ShardError, ManifestError, OutputPathError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(summary.format())
 
 
 @main.command("verify")
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--no-hash", is_flag=True, help="Skip the sha256 checks (sizes, lengths and index only).")
+@click.option("--no-hash", is_flag=True, help="Skip the sha256 checks (layout, sizes and index only).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def verify_cmd(shards: Path, no_hash: bool, progress: bool) -> None:
-    """Check every shard in SHARDS against manifest.json; one line per problem, exit 1 on any."""
-    from deskpro.pipeline.shards import ShardError, verify
+    """Check every shard in SHARDS against catalog.json; one line per problem, exit 1 on any."""
+    from deskpro.shards import ShardError, verify
 
     try:
         report = verify(shards, check_hashes=not no_hash, strict=False, progress=progress)

@@ -45,14 +45,32 @@ _TRAIN_OPTIONS = [  # shared by train-teacher and train: settings overrides and 
     click.option("--select-on-val", is_flag=True, help="Keep the best epoch on the val split (PRCC)."),
     click.option("--tensorboard", is_flag=True, help="Also log to RUN/tensorboard."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    # shards helper: the full hash check before training (the reader always runs the cheap one)
+    click.option(
+        "--verify", "verify_shards", is_flag=True, help="First check every shard's sha256 (deskpro verify)."
+    ),
+    # recipe options (h-recipe): see docs/differences.md
+    click.option(
+        "--recipe",
+        type=click.Choice(["deskpro", "official"]),
+        help="deskpro (default): keep faceless bodies, exact-length P x K epochs, per-sample augmentation, "
+        "flip-averaged tests; official: the official code's behaviour on each of these points.",
+    ),
+    click.option(
+        "--from-scratch", is_flag=True, help="Train a real-dataset preset from random init (no --imagenet)."
+    ),
 ]
 
 
 def _run_training(phase: str, shards: Path, run_dir: Path, teacher: str | None, trust: bool, **kw) -> None:
+    from deskpro.shards import verify_or_raise
     from deskpro.train.trainer import TrainRunOptions, run_training
 
+    if kw.pop("verify_shards"):  # shards helper: --verify
+        verify_or_raise(shards, progress=not kw["no_progress"])
     names = ("epochs", "warmup_epochs", "p", "k", "base_lr", "amp", "channels_last", "num_workers", "seed")
-    overrides = {key: kw.pop(key) for key in names}
+    names += ("recipe", "teacher_mode")  # recipe options (h-recipe)
+    overrides = {key: kw.pop(key, None) for key in names}
     overrides["compile"] = kw.pop("compile_")
     options = TrainRunOptions(
         device=kw["device"],
@@ -66,6 +84,7 @@ def _run_training(phase: str, shards: Path, run_dir: Path, teacher: str | None, 
         distributed="WORLD_SIZE" in os.environ,
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         trust_checkpoint=trust,
+        from_scratch=kw["from_scratch"],  # recipe option (h-recipe)
     )
     final = run_training(shards, run_dir, phase, overrides, options)
     click.echo(f"checkpoint: {final}")
@@ -85,6 +104,12 @@ def train_teacher_cmd(shards: Path, run_dir: Path, **kw) -> None:
 )
 @click.option("--baseline", is_flag=True, help="Global stream only: no CSA loss, no face streams.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a teacher file that needs full unpickling.")
+@click.option(  # recipe option (h-recipe)
+    "--teacher-mode",
+    type=click.Choice(["train", "eval"]),
+    help="How the frozen teacher runs: train (default, the official: batch statistics, drop block) "
+    "or eval (running statistics).",
+)
 def train_cmd(
     shards: Path, run_dir: Path, teacher: str | None, baseline: bool, trust_checkpoint: bool, **kw
 ) -> None:

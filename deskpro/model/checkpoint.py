@@ -8,6 +8,7 @@ config as a dict, class count, preprocessing constants, format version).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from deskpro.common.files import atomic_path
 from deskpro.common.state_dicts import brief_keys, load_checked
+from deskpro.config import IMAGENET_MEAN, IMAGENET_STD
 from deskpro.model.deskpro import DeSKPro
 from deskpro.model.lmbn import LightMBN
 from deskpro.model.osnet import CheckpointError, read_checkpoint
@@ -22,8 +24,6 @@ from deskpro.model.osnet import CheckpointError, read_checkpoint
 FORMAT = "deskpro-checkpoint"
 FORMAT_VERSION = 1
 KINDS = ("deskpro", "lightmbn")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSING_KEYS = ("mean", "std", "body_size", "face_size")
 STREAMS = ("face_net", "lr_face_net", "nocloth_net")
 WRAPPER_PREFIXES = ("module.", "model.")  # DataParallel / Lightning wrappers
@@ -41,6 +41,8 @@ __all__ = [
     "load",
     "load_teacher",
     "load_with_meta",
+    "read_teacher",
+    "TeacherFile",
     "preprocessing_constants",
     "save",
 ]
@@ -80,11 +82,14 @@ def save(
     config: dict,
     num_classes: int,
     preprocessing: dict,
+    class_pids: list[int] | None = None,
     extra: dict | None = None,
 ) -> Path:
     """Write a DeSKPro or LightMBN (teacher) checkpoint that loads with ``weights_only=True``.
 
-    The file is written under a temporary name and renamed when complete. Returns the path.
+    ``class_pids[c]`` is the dataset pid of classifier class c (stored as "class_pids"; required:
+    a teacher's classes must line up with the student's). The file is written under a temporary
+    name and renamed when complete. Returns the path.
     """
     path = Path(path)
     if isinstance(model, DeSKPro):
@@ -94,6 +99,11 @@ def save(
     else:
         raise TypeError(f"save: expected DeSKPro or LightMBN, got {type(model).__name__}")
     arch["repeat_conv2a"] = bool(model.repeat_conv2a)
+    if class_pids is None or len(class_pids) != int(num_classes):
+        got = "none" if class_pids is None else len(class_pids)
+        raise ValueError(
+            f"save {path}: class_pids must list the pid of each of the {num_classes} classes (got {got})"
+        )
     missing = [k for k in PREPROCESSING_KEYS if k not in preprocessing]
     if missing:
         raise ValueError(f"save {path}: preprocessing lacks {', '.join(missing)}")
@@ -103,6 +113,7 @@ def save(
         "kind": kind,
         "arch": arch,
         "num_classes": int(num_classes),
+        "class_pids": [int(p) for p in class_pids],
         "config": config,
         "preprocessing": preprocessing,
         "extra": extra or {},
@@ -200,7 +211,8 @@ def _from_ours(obj: dict, path: Path) -> tuple[nn.Module, dict]:
         )
     _load_strict(model, _complete_aliases(state), path, kind)
     meta = {
-        k: obj.get(k) for k in ("kind", "num_classes", "config", "preprocessing", "extra", "format_version")
+        k: obj.get(k)
+        for k in ("kind", "num_classes", "class_pids", "config", "preprocessing", "extra", "format_version")
     }
     return model, meta
 
@@ -227,6 +239,7 @@ def _from_official(obj, path: Path) -> tuple[nn.Module, dict]:
     meta = {
         "kind": "deskpro",
         "num_classes": model.num_classes,
+        "class_pids": None,  # official files number classes by sorted pid strings (the training set's)
         "config": None,
         "preprocessing": preprocessing_constants(),
         "extra": {"official": True, "teacher_loaded": "face_net" in present},
@@ -253,28 +266,78 @@ def load(path: str | Path, *, trust: bool = False) -> nn.Module:
     return model
 
 
-def _teacher_state(obj, path: Path) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class TeacherFile:
+    """A teacher checkpoint, read: its face LightMBN state and what its classes are.
+
+    ``class_pids`` is the stored class -> pid table of our checkpoints; None for official files,
+    whose classes are the training set's pids sorted as strings (and for deskpro 0.1 files, which
+    numbered the sorted int pids: ``class_order`` says which).
+    """
+
+    path: Path
+    source: str  # "ours" or "official"
+    state: dict
+    num_classes: int
+    class_pids: list[int] | None
+    class_order: str  # how to derive the table when class_pids is None: "official" or "numeric"
+
+
+def _refuse_non_teacher(obj: Mapping, path: Path) -> None:
+    """Our checkpoints whose face_net was never trained (a baseline run) are not teachers."""
+    phase = (obj.get("config") or {}).get("phase")
+    if phase == "baseline":
+        raise CheckpointError(
+            f"{path}: a baseline checkpoint (global stream only; its face streams are untrained) is not a "
+            "teacher: give a `deskpro train-teacher` checkpoint or an official {dataset}_teacher.pth"
+        )
+    if obj.get("kind") == "deskpro" and phase not in (None, "deskpro"):
+        raise CheckpointError(f"{path}: a DeSKPro checkpoint of phase {phase!r} is not a teacher")
+
+
+def _teacher_state(obj, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        _refuse_non_teacher(obj, path)
         state = dict(obj.get("state_dict") or {})
-        return _sub(state, "face_net.") if obj.get("kind") == "deskpro" else state
+        return (_sub(state, "face_net.") if obj.get("kind") == "deskpro" else state), "ours"
     state = _unwrap_state(obj, path)
     if any(k.startswith("face_net.") for k in state):
-        return _sub(state, "face_net.")  # the official {dataset}_teacher.pth layout
+        return _sub(state, "face_net."), "official"  # the official {dataset}_teacher.pth layout
+    if any(k.startswith(("lr_face_net.", "nocloth_net.")) for k in state):
+        raise CheckpointError(f"{path}: an official DeSKPro file without the teacher (no face_net.* keys)")
     if any(k.startswith(("backbone.", "branches.", "global_branch.")) for k in state):
-        return state  # a bare LightMBN state dict
+        return state, "official"  # a bare LightMBN state dict
     raise CheckpointError(f"{path}: not a teacher checkpoint (no face_net.* or LightMBN keys)")
 
 
-def load_teacher(model: DeSKPro | LightMBN, path: str | Path, *, trust: bool = False) -> None:
+def read_teacher(path: str | Path, *, trust: bool = False) -> TeacherFile:
+    """Read a teacher file (see `load_teacher`) once: its state and its class table."""
+    path = Path(path)
+    obj = read_checkpoint(path, trust=trust)
+    state, source = _teacher_state(obj, path)
+    state = _complete_aliases(state)
+    pids = obj.get("class_pids") if source == "ours" else None
+    num_classes = _num_classes(state, path)
+    if pids is not None and len(pids) != num_classes:
+        raise CheckpointError(f"{path}: class_pids lists {len(pids)} pids for {num_classes} classes")
+    order = "official" if source == "official" else "numeric"
+    return TeacherFile(path, source, state, num_classes, None if pids is None else list(pids), order)
+
+
+def load_teacher(
+    model: DeSKPro | LightMBN, teacher: str | Path | TeacherFile, *, trust: bool = False
+) -> None:
     """Initialise the face teacher (``model.face_net``, or a bare LightMBN) from a teacher file.
 
     Accepts the official ``{dataset}_teacher.pth`` (``face_net.*``, optional ``module.``/``model.``
-    prefixes), a bare LightMBN state dict, or our LightMBN / DeSKPro checkpoints.
+    prefixes), a bare LightMBN state dict, or our teacher-phase LightMBN / DeSKPro checkpoints
+    (a baseline checkpoint is refused: its face streams are untrained). The caller checks the
+    class table (`TeacherFile.class_pids`) against the training set.
     """
-    path = Path(path)
+    info = teacher if isinstance(teacher, TeacherFile) else read_teacher(teacher, trust=trust)
     target = model.face_net if isinstance(model, DeSKPro) else model
-    state = _complete_aliases(_teacher_state(read_checkpoint(path, trust=trust), path))
-    found = _num_classes(state, path)
-    if found != target.num_classes:
-        raise CheckpointError(f"{path}: teacher has {found} classes, the model {target.num_classes}")
-    _load_strict(target, state, path, "LightMBN teacher")
+    if info.num_classes != target.num_classes:
+        raise CheckpointError(
+            f"{info.path}: teacher has {info.num_classes} classes, the model {target.num_classes}"
+        )
+    _load_strict(target, info.state, info.path, "LightMBN teacher")

@@ -65,12 +65,12 @@ class DeSKPro(nn.Module):
         self.face_net = LightMBN(num_classes, feat_dim, osnet, repeat_conv2a)
         self.lr_face_net = LightMBN(num_classes, feat_dim, osnet, repeat_conv2a)
         self.nocloth_net = GlobalStream(num_classes, feat_dim, csa_form, osnet, repeat_conv2a)
-        self.teacher_frozen = False
+        self.teacher_eval = False  # keep face_net in eval mode when the model trains
 
     def train(self, mode: bool = True) -> DeSKPro:
         super().train(mode)
-        if self.teacher_frozen:
-            self.face_net.eval()  # a frozen teacher keeps its running statistics and never drops rows
+        if self.teacher_eval:
+            self.face_net.eval()  # frozen statistics: running BatchNorm stats, no row drop
         return self
 
     def forward(
@@ -113,11 +113,18 @@ class DeSKPro(nn.Module):
         return {"face": face_emb, "body": body_emb}
 
 
-def freeze_teacher(model: DeSKPro) -> DeSKPro:
-    """Freeze the face teacher: no gradients, eval mode, and kept in eval when ``model.train()`` is called."""
-    model.teacher_frozen = True
+def freeze_teacher(model: DeSKPro, mode: str = "train") -> DeSKPro:
+    """Freeze the face teacher's weights (no gradients); ``mode`` says how it runs while the model trains.
+
+    "train", the official code's way (model/deskpro/deskpro.py: ``torch.no_grad()`` but never
+    ``.eval()``): BatchNorm normalises with batch statistics (and updates its running ones) and the
+    drop block is active. "eval": running statistics, no drop, kept so by ``model.train()``.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"freeze_teacher: mode must be 'train' or 'eval', got {mode!r}")
+    model.teacher_eval = mode == "eval"
     model.face_net.requires_grad_(False)
-    model.face_net.eval()
+    model.face_net.train(model.training and not model.teacher_eval)
     return model
 
 

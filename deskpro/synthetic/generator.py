@@ -1,10 +1,12 @@
 """A seeded synthetic cloth-changing re-id dataset in the PRCC layout, with ground truth.
 
-`generate(root)` draws pedestrians (numpy + OpenCV, see `draw.py`) where identity is carried by
-face, hair and body build and clothes change across cameras: cameras A and B show a person in one
-outfit, camera C in another whose upper garment has a clearly different colour; outfits come from a
-shared palette, so different people often dress alike. About 15% of images show no face (back
-views, or an umbrella in front of the head). Faces are small (about 1/10 of the image height).
+`generate(root)` draws pedestrians (numpy + OpenCV, see `appearance.py`, `figure.py`, `draw.py`)
+where identity is carried by face, hair colour and style, skin tone, height, build and shoes, and
+clothes change across cameras: cameras A and B show a person in one outfit, camera C in another
+whose upper garment has a clearly different colour. Garments come from one wardrobe shared by all
+people (fewer garments than people), so different people wear the same clothes. About 15% of
+images show no face (back views, or an umbrella in front of the head). Faces are small (about
+1/10 of the image height).
 
 Written under ROOT:
   rgb/{train,val}/PID/{A,B,C}_KKK.jpg and rgb/test/{A,B,C}/PID/KKK.jpg   (JPEG q92, RGB content)
@@ -35,9 +37,10 @@ from tqdm import tqdm
 
 from deskpro.common.images import encode_jpeg, encode_png
 from deskpro.manifests.schema import ManifestError
-from deskpro.synthetic import draw
+from deskpro.synthetic import appearance, draw
+from deskpro.synthetic.figure import FaceTruth
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shared wardrobe, shoes and wider body cues belong to the person
 CAMERAS = ("A", "B", "C")
 NO_FACE_RATE = 0.15
 JPEG_QUALITY = 92
@@ -151,19 +154,22 @@ def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bo
         for i, cam in enumerate(CAMERAS)
     }
     people = _assign_pids(sizes)
+    wardrobe = appearance.sample_wardrobe(
+        np.random.default_rng([seed, 4]), *appearance.wardrobe_size(sum(sizes.values()))
+    )
     faces = []
     bar = tqdm(
         total=len(people) * len(CAMERAS) * per_camera, desc="synthetic", unit="img", disable=not progress
     )
     for split, pid in people:
         person_rng = np.random.default_rng([seed, 2, pid])
-        ident = draw.sample_identity(person_rng)
-        outfits = draw.sample_outfits(person_rng)
+        ident = appearance.sample_identity(person_rng)
+        outfits = appearance.sample_outfits(person_rng, wardrobe)
         for cam_index, camera in enumerate(CAMERAS):
             outfit = outfits[1] if camera == "C" else outfits[0]
             for k in range(per_camera):
                 rng = np.random.default_rng([seed, 3, pid, cam_index, k])
-                view = draw.sample_view(rng, NO_FACE_RATE)
+                view = appearance.sample_view(rng, NO_FACE_RATE)
                 image, labels, face = draw.draw_person(
                     ident, outfit, view, camera, backgrounds[camera], size, rng
                 )
@@ -197,7 +203,7 @@ def _write_pair(root: Path, rel: str, image: np.ndarray, labels: np.ndarray) -> 
         file.write_bytes(data)
 
 
-def _face_row(rel: str, pid: int, camera: str, facing: str, face: draw.FaceTruth | None) -> dict:
+def _face_row(rel: str, pid: int, camera: str, facing: str, face: FaceTruth | None) -> dict:
     return {
         "path": rel,
         "pid": pid,

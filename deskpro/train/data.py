@@ -1,27 +1,84 @@
-"""Training data from shards: a batch-reading dataset and a seeded, DDP-aware P x K identity sampler.
+"""Training data from shards: a batch-reading dataset, its class table, and two identity samplers.
 
-The sampler yields whole batches (lists of dataset positions) and the dataset reads a batch with one
+The samplers yield whole batches (lists of dataset positions) and the dataset reads a batch with one
 `ShardReader.read_many` call in the loader worker, so HDF5 is opened lazily in each worker process.
-Samples without a face stay in the batch: the body stream trains on them, and `has_face` lets the
-face terms skip them.
+By default samples without a face stay in the batch: the body stream trains on them, and `has_face`
+lets the face terms skip them. `drop_faceless` drops them from the training set, as the official
+code does (its class count and epoch length follow).
+
+Class numbers: "numeric" sorts the int pids; "official" sorts the pid *strings* as they appear in
+the file names (the official relabel, `sorted(pid_container)`), so Celeb-reID's unpadded pids come
+in the order 1, 10, 11, 12, 2, ... An explicit table (a teacher's `class_pids`) overrides both.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from deskpro.shards import ShardReader
+
 BATCH_KEYS = ("body", "parse", "face_lr", "face_hr", "has_face")
+CLASS_ORDERS = ("numeric", "official")
+_DIGITS = re.compile(r"\d+")
+
+
+class ClassTableError(ValueError):
+    """A class table (e.g. a teacher's) that does not match the training set."""
+
+
+def pid_strings(sample_ids: Sequence[str], pids: np.ndarray) -> list[str]:
+    """Each pid as its file name spells it: the first digit run of the sample id equal to it.
+
+    "train/10_2_3.jpg" with pid 10 gives "10"; "rgb/train/007/A_1.jpg" with pid 7 gives "007".
+    A sample id without such a run (synthetic rows) gives the plain decimal str(pid).
+    """
+    out = []
+    for sample_id, pid in zip(sample_ids, pids.tolist()):
+        runs = [r for r in _DIGITS.findall(str(sample_id)) if int(r) == pid]
+        out.append(runs[0] if runs else str(pid))
+    return out
+
+
+def class_table(pids: np.ndarray, sample_ids: Sequence[str] | None, order: str) -> np.ndarray:
+    """The pids in class order: class c is pid `table[c]`."""
+    if order not in CLASS_ORDERS:
+        raise ValueError(f"class order must be one of {', '.join(CLASS_ORDERS)}, got {order!r}")
+    unique = np.unique(pids)
+    if order == "numeric":
+        return unique
+    names = pid_strings(sample_ids if sample_ids is not None else [""] * len(pids), pids)
+    spelled: dict[int, str] = {}
+    for pid, name in zip(pids.tolist(), names):
+        if spelled.setdefault(pid, name) != name:
+            raise ClassTableError(
+                f"pid {pid} is spelled both {spelled[pid]!r} and {name!r} in the sample ids"
+            )
+    return np.asarray(sorted(unique.tolist(), key=lambda p: spelled[p]), dtype=np.int64)
+
+
+def check_class_table(table, pids: np.ndarray, what: str) -> np.ndarray:
+    """`table` as an array, or a one-line ClassTableError when its pids are not the training set's."""
+    table = np.asarray(table, dtype=np.int64)
+    have, want = set(table.tolist()), set(np.unique(pids).tolist())
+    if len(have) != table.size:
+        raise ClassTableError(f"{what}: the class table repeats pids")
+    if have != want:
+        extra, missing = sorted(have - want), sorted(want - have)
+        raise ClassTableError(
+            f"{what}: classes do not match the training set ({table.size} classes vs {len(want)} train "
+            f"pids; not in the training set: {extra[:5]}; not in the table: {missing[:5]})"
+        )
+    return table
 
 
 def open_reader(shards):
     """A ShardReader for a directory, or the reader-like object itself."""
     if isinstance(shards, (str, Path)):
-        from deskpro.pipeline.shards import ShardReader
-
         return ShardReader(shards)
     return shards
 
@@ -29,12 +86,25 @@ def open_reader(shards):
 class ShardDataset(torch.utils.data.Dataset):
     """The rows of one split of a shard set; `dataset[list_of_positions]` reads a whole batch.
 
-    `labels` are dense train labels: the split's pids sorted, numbered 0..C-1 (over the whole split,
-    also with `require_face`, which keeps only the rows with a face). Picklable: it holds the
-    (lazily opening) reader and small numpy arrays only.
+    `labels` are dense train labels 0..C-1 and `classes[c]` the pid of class c: `classes` when
+    given, else the split's pids in `class_order`. With `require_face` only the rows with a face
+    are kept but the classes are those of the whole split (a face-only model shares them); with
+    `drop_faceless` faceless rows leave the split before the classes are made (the official
+    filter: a pid without any face image has no class). Picklable: it holds the (lazily opening)
+    reader and small numpy arrays only.
     """
 
-    def __init__(self, shards, split: str | Sequence[str] = "train", *, require_face: bool = False):
+    def __init__(
+        self,
+        shards,
+        split: str | Sequence[str] = "train",
+        *,
+        require_face: bool = False,
+        drop_faceless: bool = False,
+        class_order: str = "numeric",
+        classes=None,
+        classes_from: str = "class table",
+    ):
         self.reader = open_reader(shards)
         index = self.reader.index
         splits = {split} if isinstance(split, str) else set(split)
@@ -42,10 +112,20 @@ class ShardDataset(torch.utils.data.Dataset):
         self.rows = np.flatnonzero(np.isin(split_col, list(splits))).astype(np.int64)
         if self.rows.size == 0:
             raise ValueError(f"{_where(self.reader)}: no rows in split {sorted(splits)}")
+        has_face = np.asarray(index.column("has_face").to_numpy(), dtype=bool)[self.rows]
+        if drop_faceless:
+            if not has_face.any():
+                raise ValueError(f"{_where(self.reader)}: no sample with a face in split {sorted(splits)}")
+            self.rows, has_face = self.rows[has_face], has_face[has_face]
         self.pids = np.asarray(index.column("pid").to_numpy(), dtype=np.int64)[self.rows]
-        self.classes = np.unique(self.pids)  # sorted
-        self.labels = np.searchsorted(self.classes, self.pids).astype(np.int64)
-        self.has_face = np.asarray(index.column("has_face").to_numpy(), dtype=bool)[self.rows]
+        self.has_face = has_face
+        if classes is None:
+            ids = index.column("sample_id").to_pylist() if "sample_id" in index.column_names else None
+            ids = None if ids is None else [ids[i] for i in self.rows]
+            self.classes = class_table(self.pids, ids, class_order)
+        else:
+            self.classes = check_class_table(classes, self.pids, classes_from)
+        self.labels = _labels_of(self.classes, self.pids)
         if require_face:
             # Keep the labels of the whole split, so that a face-only model shares its classes.
             keep = self.has_face
@@ -69,6 +149,11 @@ class ShardDataset(torch.utils.data.Dataset):
         batch["label"] = torch.from_numpy(self.labels[positions])
         batch["position"] = torch.from_numpy(positions)
         return batch
+
+
+def _labels_of(classes: np.ndarray, pids: np.ndarray) -> np.ndarray:
+    order = np.argsort(classes, kind="stable")
+    return order[np.searchsorted(classes[order], pids)].astype(np.int64)
 
 
 def _where(reader) -> str:
@@ -150,6 +235,46 @@ class PKBatchSampler(torch.utils.data.Sampler):
                 left = np.array([len(chunks[int(i)]) for i in ids], dtype=np.float64)
             chosen = rng.choice(ids, size=self.p, replace=False, p=left / left.sum())
             yield [int(x) for i in chosen for x in chunks[int(i)].pop()]
+
+
+class OfficialIdentitySampler(PKBatchSampler):
+    """The official RandomIdentitySampler's epoch rule (data/sampler.py), seeded from (seed, epoch).
+
+    Each identity's images (in row order; drawn with replacement up to K when it has fewer) are
+    shuffled and cut into chunks of K, the remainder dropped. While at least P identities have
+    chunks left, P of them are drawn uniformly and each gives its next chunk; the chunks left then
+    are dropped. So the epoch length varies from epoch to epoch and rare identities weigh less than
+    in `PKBatchSampler`. With DDP rank r takes batches r, r + world, ... (equal counts per rank).
+    """
+
+    def _epoch_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 4099])
+        chunks: dict[int, list[np.ndarray]] = {}
+        first_seen = np.unique(self.labels, return_index=True)[1]
+        for id_number in np.argsort(first_seen, kind="stable"):  # identities in first-appearance order
+            members = self.members[id_number]
+            if members.size < self.k:
+                members = rng.choice(members, size=self.k, replace=True)
+            picked = rng.permutation(members)
+            chunks[int(id_number)] = [
+                picked[j * self.k : (j + 1) * self.k] for j in range(len(picked) // self.k)
+            ]
+        available = list(chunks)
+        batches = []
+        while len(available) >= self.p:
+            chosen = rng.choice(len(available), size=self.p, replace=False)
+            ids = [available[c] for c in chosen]
+            batches.append([int(x) for i in ids for x in chunks[i].pop(0)])
+            available = [i for i in available if chunks[i]]
+        return batches
+
+    def __len__(self) -> int:
+        return len(self._epoch_batches()) // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._epoch_batches()
+        length = len(batches) // self.world_size
+        yield from batches[self.rank :: self.world_size][:length]
 
 
 def make_loader(

@@ -1,13 +1,13 @@
-"""Re-id evaluation: CMC / mAP ranking, retrieval features from shards, and the datasets' protocols.
+"""Re-id evaluation: retrieval features from shards, the datasets' protocols and their table.
 
-Ties are broken deterministically: gallery items at equal distance keep their gallery order (a
-stable sort), so the item listed first in the gallery ranks first.
+Distances are made a block of queries at a time and ranked at once (`deskpro.train.metrics`), so
+memory beyond the features stays a few [block, gallery] matrices whatever the gallery size.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,136 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deskpro.common.files import atomic_path, check_output_path
 from deskpro.train.data import _where, open_reader
+from deskpro.train.metrics import Gallery, RankAccumulator, rank, rank_block
 
-MODES = ("standard", "cc", "sc")
+__all__ = ["rank", "evaluate", "evaluate_model", "evaluate_features", "extract_features"]
 
-
-@dataclass(frozen=True)
-class RankResult:
-    """CMC curve and mAP over the valid queries; queries without a true match are counted apart."""
-
-    cmc: np.ndarray
-    mAP: float
-    num_valid: int
-    num_excluded: int
-
-
-def _as_1d(name: str, values, length: int) -> np.ndarray:
-    array = np.asarray(values).reshape(-1)
-    if array.shape[0] != length:
-        raise ValueError(f"rank: {name} has {array.shape[0]} entries, the distance matrix needs {length}")
-    return array
-
-
-def _junk_mask(mode, same_pid, same_cam, same_clothes) -> np.ndarray:
-    """Gallery items a query must not see (removed from its ranking, neither hit nor miss)."""
-    junk = same_pid & same_cam
-    if mode == "cc":
-        junk |= same_pid & same_clothes
-    elif mode == "sc":
-        junk |= same_pid & ~same_clothes
-    return junk
-
-
-def _rank_chunk(dist, q_pids, g_pids, q_cams, g_cams, q_clothes, g_clothes, mode, max_rank):
-    """CMC hits [n, max_rank], APs [n] and a validity mask [n] for a block of queries."""
-    order = np.argsort(dist, axis=1, kind="stable")
-    same_pid = g_pids[order] == q_pids[:, None]
-    same_cam = g_cams[order] == q_cams[:, None]
-    same_clothes = None if q_clothes is None else g_clothes[order] == q_clothes[:, None]
-    keep = ~_junk_mask(mode, same_pid, same_cam, same_clothes)
-    hits = same_pid & keep
-    kept_position = np.cumsum(keep, axis=1)  # 1-based rank among kept items
-    num_hits = hits.sum(axis=1)
-    valid = num_hits > 0
-    # First hit's rank among kept items; a large sentinel where there is none.
-    first = np.where(hits, kept_position, np.iinfo(np.int64).max).min(axis=1)
-    cmc = first[:, None] <= np.arange(1, max_rank + 1)[None, :]
-    precision = np.cumsum(hits, axis=1) / np.maximum(kept_position, 1)
-    ap = (precision * hits).sum(axis=1) / np.maximum(num_hits, 1)
-    return cmc, ap, valid
-
-
-def rank_result(
-    distmat,
-    q_pids,
-    g_pids,
-    q_camids,
-    g_camids,
-    q_clothes=None,
-    g_clothes=None,
-    mode: str = "standard",
-    max_rank: int = 50,
-    chunk: int = 512,
-) -> RankResult:
-    """CMC and mAP with the count of excluded queries; see `rank` for the rules."""
-    if mode not in MODES:
-        raise ValueError(f"rank: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    dist = np.asarray(distmat, dtype=np.float64)
-    if dist.ndim != 2:
-        raise ValueError(f"rank: distance matrix must be 2-D, got shape {dist.shape}")
-    nq, ng = dist.shape
-    q_pids, q_camids = _as_1d("q_pids", q_pids, nq), _as_1d("q_camids", q_camids, nq)
-    g_pids, g_camids = _as_1d("g_pids", g_pids, ng), _as_1d("g_camids", g_camids, ng)
-    if mode != "standard":
-        if q_clothes is None or g_clothes is None:
-            raise ValueError(f"rank: mode {mode!r} needs q_clothes and g_clothes")
-        q_clothes, g_clothes = _as_1d("q_clothes", q_clothes, nq), _as_1d("g_clothes", g_clothes, ng)
-    else:
-        q_clothes = g_clothes = None
-    max_rank = max(1, min(max_rank, ng))
-    cmcs, aps, valids = [], [], []
-    for start in range(0, nq, chunk):
-        stop = start + chunk
-        qc = None if q_clothes is None else q_clothes[start:stop]
-        cmc, ap, valid = _rank_chunk(
-            dist[start:stop],
-            q_pids[start:stop],
-            g_pids,
-            q_camids[start:stop],
-            g_camids,
-            qc,
-            g_clothes,
-            mode,
-            max_rank,
-        )
-        cmcs.append(cmc[valid])
-        aps.append(ap[valid])
-        valids.append(valid)
-    valid = np.concatenate(valids) if valids else np.zeros(0, bool)
-    num_valid = int(valid.sum())
-    if num_valid == 0:
-        return RankResult(np.zeros(max_rank), 0.0, 0, int(nq))
-    cmc = np.concatenate(cmcs).mean(axis=0)
-    return RankResult(cmc, float(np.concatenate(aps).mean()), num_valid, int(nq - num_valid))
-
-
-def rank(
-    distmat,
-    q_pids,
-    g_pids,
-    q_camids,
-    g_camids,
-    q_clothes=None,
-    g_clothes=None,
-    mode: str = "standard",
-    max_rank: int = 50,
-    return_excluded: bool = False,
-):
-    """CMC curve (`cmc[k]` = rank-(k+1) accuracy) and mAP over queries, vectorised.
-
-    Modes decide which gallery items a query ignores: "standard" drops items with the same pid
-    and camera; "cc" (cloth-changing) also drops items with the same pid and clothes; "sc"
-    (same-clothes) also drops items with the same pid and other clothes, so only same-clothes
-    true matches count. A query left with no true match is excluded from the averages; with
-    `return_excluded=True` the result is `(cmc, mAP, num_excluded)`. Ties keep gallery order.
-    """
-    result = rank_result(distmat, q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode, max_rank)
-    if return_excluded:
-        return result.cmc, result.mAP, result.num_excluded
-    return result.cmc, result.mAP
-
+QUERY_BLOCK = 256  # queries per distance block: 256 x 11,006 float32 is 11 MB
 
 # ---------------------------------------------------------------- features and protocols
 
@@ -195,7 +72,7 @@ def extract_features(
     (for the body stream alone).
     """
     from deskpro.model.deskpro import retrieval_features
-    from deskpro.train.augment import normalize_uint8
+    from deskpro.train.transforms import normalize_uint8
 
     def inputs(images: np.ndarray) -> torch.Tensor:  # the trainer's normalisation (`augment_batch`)
         return normalize_uint8(torch.from_numpy(images).to(device, non_blocking=True))
@@ -216,10 +93,10 @@ def extract_features(
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
-def stream_distances(
-    query: dict, gallery: dict, streams: Sequence[str] = STREAMS
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per stream asked for: (distance [q,g], query rows used, gallery rows used).
+def stream_distance_blocks(
+    query: dict, gallery: dict, stream: str, block: int = QUERY_BLOCK
+) -> tuple[np.ndarray, np.ndarray, Iterator[tuple[slice, torch.Tensor]]]:
+    """(query rows used, gallery rows used, blocks of (slice of those query rows, distances)).
 
     body: 1 - mean cosine over the 7 body chunks, all rows. face: the same over the face chunks, on
     the rows that have a face on both sides. both: `retrieval_distance` (face and body where both
@@ -227,23 +104,27 @@ def stream_distances(
     """
     from deskpro.model.deskpro import retrieval_distance
 
-    def mean_cos_distance(q: torch.Tensor, g: torch.Tensor) -> np.ndarray:
-        return (1.0 - (q.flatten(1) @ g.flatten(1).T) / q.shape[1]).numpy()
+    if stream == "face":
+        q_rows = np.flatnonzero(query["has_face"].numpy())
+        g_rows = np.flatnonzero(gallery["has_face"].numpy())
+    elif stream in ("body", "both"):
+        q_rows, g_rows = np.arange(len(query["body"])), np.arange(len(gallery["body"]))
+    else:
+        raise ValueError(f"unknown stream {stream!r}; expected one of {', '.join(STREAMS)}")
 
-    def all_rows(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return dist, np.arange(dist.shape[0]), np.arange(dist.shape[1])
+    def blocks():
+        if stream == "both":
+            for start in range(0, len(q_rows), block):
+                part = {k: v[start : start + block] for k, v in query.items()}
+                yield slice(start, start + block), retrieval_distance(part, gallery)
+            return
+        g = gallery[stream][g_rows].flatten(1)
+        q = query[stream][q_rows].flatten(1)
+        chunks = query[stream].shape[1]
+        for start in range(0, len(q_rows), block):
+            yield slice(start, start + block), 1.0 - (q[start : start + block] @ g.T) / chunks
 
-    def face() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        q_face = np.flatnonzero(query["has_face"].numpy())
-        g_face = np.flatnonzero(gallery["has_face"].numpy())
-        return mean_cos_distance(query["face"][q_face], gallery["face"][g_face]), q_face, g_face
-
-    compute = {
-        "body": lambda: all_rows(mean_cos_distance(query["body"], gallery["body"])),
-        "face": face,
-        "both": lambda: all_rows(retrieval_distance(query, gallery).numpy()),
-    }
-    return {stream: compute[stream]() for stream in streams}
+    return q_rows, g_rows, blocks()
 
 
 @dataclass(frozen=True)
@@ -298,37 +179,46 @@ def single_shot_columns(g_pids: np.ndarray, rng: np.random.Generator) -> np.ndar
     return np.sort(order[first])
 
 
-def _rank_protocol(dist, q_rows, g_rows, labels, protocol, trials, seed, max_rank=50):
-    """Metrics of one protocol and stream: one ranking, or the mean over single-shot trials."""
+def _rank_protocol(blocks, q_rows, g_rows, labels, protocol, trials, seed, max_rank=50):
+    """Metrics of one protocol and stream: one ranking, or the mean over single-shot trials.
+
+    Every distance block is ranked against the full gallery, or against each trial's columns.
+    """
     pid, cam, clothes = labels
-    q_pid, g_pid, q_cam, g_cam = pid[q_rows], pid[g_rows], cam[q_rows], cam[g_rows]
-    q_clo, g_clo = clothes[q_rows], clothes[g_rows]
-    if not protocol.single_shot:
-        r = rank_result(dist, q_pid, g_pid, q_cam, g_cam, q_clo, g_clo, mode=protocol.mode, max_rank=max_rank)
-        return r.cmc, r.mAP, r.num_valid + r.num_excluded, len(g_rows), r.num_excluded, 1
-    cmcs, maps, excluded, gallery = [], [], [], []
-    for trial in range(trials):
-        cols = single_shot_columns(g_pid, np.random.default_rng([seed, trial]))
-        r = rank_result(
-            dist[:, cols],
-            q_pid,
-            g_pid[cols],
-            q_cam,
-            g_cam[cols],
-            q_clo,
-            g_clo[cols],
+    q_pid, q_cam, q_clo = pid[q_rows], cam[q_rows], clothes[q_rows]
+    g_pid, g_cam, g_clo = pid[g_rows], cam[g_rows], clothes[g_rows]
+    if protocol.single_shot:
+        columns = [single_shot_columns(g_pid, np.random.default_rng([seed, t])) for t in range(trials)]
+    else:
+        columns = [None]
+    galleries = [
+        Gallery(
+            g_pid if c is None else g_pid[c],
+            g_cam if c is None else g_cam[c],
+            g_clo if c is None else g_clo[c],
             mode=protocol.mode,
-            max_rank=max_rank,
         )
+        for c in columns
+    ]
+    totals = [RankAccumulator(max_rank, gal.size) for gal in galleries]
+    for rows, dist in blocks:
+        for cols, gal, total in zip(columns, galleries, totals):
+            part = dist if cols is None else dist[:, torch.from_numpy(cols).to(dist.device)]
+            total.add(rank_block(part, q_pid[rows], q_cam[rows], q_clo[rows], gal))
+    results = [total.result() for total in totals]
+    if not protocol.single_shot:
+        r = results[0]
+        return r.cmc, r.mAP, r.num_valid + r.num_excluded, len(g_rows), r.num_excluded, 1
+    cmcs = []
+    for r in results:  # trials' galleries may be shorter than max_rank: pad with the last value
         cmc = np.zeros(max_rank)
         cmc[: len(r.cmc)] = r.cmc
         cmc[len(r.cmc) :] = r.cmc[-1] if len(r.cmc) else 0.0
         cmcs.append(cmc)
-        maps.append(r.mAP)
-        excluded.append(r.num_excluded)
-        gallery.append(len(cols))
-    m_ap = float(np.mean(maps))
-    return np.mean(cmcs, 0), m_ap, len(q_rows), int(np.mean(gallery)), int(max(excluded)), trials
+    m_ap = float(np.mean([r.mAP for r in results]))
+    gallery = int(np.mean([len(c) for c in columns]))
+    excluded = int(max(r.num_excluded for r in results))
+    return np.mean(cmcs, 0), m_ap, len(q_rows), gallery, excluded, trials
 
 
 def evaluate_features(
@@ -339,6 +229,7 @@ def evaluate_features(
     streams: Sequence[str] = STREAMS,
     trials: int = 10,
     seed: int = 0,
+    block: int = QUERY_BLOCK,
 ) -> list[ProtocolRow]:
     """Metrics per protocol and stream; `features` are indexed by reader position (all rows)."""
     labels = (_column(index, "pid"), _column(index, "camid"), _column(index, "clothes_id"))
@@ -346,13 +237,12 @@ def evaluate_features(
     for protocol in protocols:
         query = {k: v[protocol.query] for k, v in features.items()}
         gallery = {k: v[protocol.gallery] for k, v in features.items()}
-        per_stream = stream_distances(query, gallery, streams)
         for stream in streams:
-            dist, q_sel, g_sel = per_stream[stream]
+            q_sel, g_sel, blocks = stream_distance_blocks(query, gallery, stream, block)
             if q_sel.size == 0 or g_sel.size == 0:
                 continue
             cmc, m_ap, nq, ng, excluded, n_trials = _rank_protocol(
-                dist, protocol.query[q_sel], protocol.gallery[g_sel], labels, protocol, trials, seed
+                blocks, protocol.query[q_sel], protocol.gallery[g_sel], labels, protocol, trials, seed
             )
             rows.append(
                 ProtocolRow(
@@ -432,6 +322,13 @@ def default_streams(model) -> tuple[str, ...]:
     return ("body",) if phase == "baseline" else STREAMS
 
 
+def test_flip(model) -> bool:
+    """Recipe hook (h-recipe): flip-averaged features unless the checkpoint was trained with
+    --recipe official, whose test-time flip never runs on CUDA (see docs/differences.md)."""
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    return (meta.get("config") or {}).get("recipe", "deskpro") != "official"
+
+
 def evaluate(
     shards_dir,
     checkpoint_path,
@@ -445,21 +342,26 @@ def evaluate(
     trust: bool = False,
     progress: bool = True,
     json_path=None,
+    force: bool = False,
 ) -> dict:
     """Evaluate a checkpoint on a shard set under its dataset's protocols; returns the JSON report.
 
     The report holds the rows of the results table (`format_report` prints it) and is written to
-    `json_path` when given.
+    `json_path` when given: never over the checkpoint or a shard file, and over an existing file
+    only when it is an earlier report or `force` is set (checked before any work is done).
     """
     from deskpro.config import preset
     from deskpro.model import checkpoint
     from deskpro.train.trainer import resolve_device
 
+    if json_path is not None:
+        inputs = [checkpoint_path, *(p for p in Path(shards_dir).iterdir() if p.is_file())]
+        json_path = check_output_path(json_path, inputs=inputs, is_ours=is_report, force=force, flag="--json")
     device = resolve_device(str(device))
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")
     if not dataset:
-        raise ValueError(f"{shards_dir}: manifest.json meta has no 'dataset'; cannot choose the protocols")
+        raise ValueError(f"{shards_dir}: catalog.json meta has no 'dataset'; cannot choose the protocols")
     model = checkpoint.load(checkpoint_path, trust=trust).to(device)
     if not hasattr(model, "nocloth_net"):
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (evaluate needs one)")
@@ -472,6 +374,7 @@ def evaluate(
         streams=streams,
         device=device,
         batch_size=batch_size,
+        flip=test_flip(model),  # recipe hook (h-recipe)
         trials=trials,
         seed=seed,
         progress=progress,
@@ -486,8 +389,22 @@ def evaluate(
         "results": [r.to_dict() for r in rows],
     }
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(report, indent=2))
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     return report
+
+
+def is_report(path: Path) -> bool:
+    """Whether `path` holds an `evaluate` report (JSON with its keys), i.e. one evaluate wrote."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1)
+            if head != b"{":
+                return False
+            data = json.loads(head + f.read(1 << 24))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"checkpoint", "results", "split"} <= set(data)
 
 
 def format_report(report: dict) -> str:

@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 from deskpro.common.files import atomic_path
 from deskpro.common.torch_utils import autocast_context, torch_load_weights
 from deskpro.common.torch_utils import resolve_device as _resolve_device_name  # returns a str
-from deskpro.config import CLOTH_LABELS, TrainConfig, preset
-from deskpro.train.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSettings, augment_batch
-from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader, open_reader
+from deskpro.config import CLOTH_LABELS, IMAGENET_MEAN, IMAGENET_STD, TrainConfig, preset
+from deskpro.train import recipe  # recipe hook: dataset, sampler, draws, init rules per --recipe
+from deskpro.train.data import make_loader, open_reader
 from deskpro.train.schedule import warmup_cosine
+from deskpro.train.transforms import augment_batch
 
 PHASES = ("teacher", "deskpro", "baseline")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -61,6 +62,7 @@ class TrainRunOptions:
     distributed: bool = False  # init torch.distributed from torchrun's environment (env://)
     local_rank: int = 0
     trust_checkpoint: bool = False
+    from_scratch: bool = False  # recipe hook: allow a real-dataset run without --imagenet
 
 
 @dataclass
@@ -82,7 +84,7 @@ def resolve_config(shards_dir, phase: str, **overrides) -> TrainConfig:
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")
     if not dataset:
-        raise ValueError(f"{shards_dir}: manifest.json meta has no 'dataset'; cannot choose the settings")
+        raise ValueError(f"{shards_dir}: catalog.json meta has no 'dataset'; cannot choose the settings")
     base = {
         "phase": phase,
         "body_size": tuple(int(v) for v in reader.options["body_size"]),
@@ -116,11 +118,12 @@ def _setup_dist(options: TrainRunOptions) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), device, owns)
 
 
-def _build_model(config: TrainConfig, num_classes: int, options: TrainRunOptions):
+def _build_model(config: TrainConfig, num_classes: int, options: TrainRunOptions, teacher=None):
     """A DeSKPro model initialised from config.seed (and ImageNet OSNet weights when given)."""
     from deskpro.model.deskpro import DeSKPro, freeze_teacher
     from deskpro.model.osnet import load_imagenet
 
+    recipe.check_init(config, options.imagenet, options.from_scratch)  # recipe hook
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
         model = DeSKPro(num_classes, csa_form=config.csa_form)
@@ -128,12 +131,10 @@ def _build_model(config: TrainConfig, num_classes: int, options: TrainRunOptions
         for module in _phase_modules(model, config.phase):
             load_imagenet(module, options.imagenet)
     if config.phase == "deskpro":
-        if not options.teacher:
-            raise ValueError("phase 'deskpro' needs a teacher checkpoint (--teacher CKPT)")
         from deskpro.model.checkpoint import load_teacher
 
-        load_teacher(model, options.teacher, trust=options.trust_checkpoint)
-        freeze_teacher(model)
+        load_teacher(model, teacher)  # recipe hook: the file read once by recipe.teacher_file
+        freeze_teacher(model, config.teacher_mode)  # recipe hook: --teacher-mode
     return model
 
 
@@ -164,15 +165,6 @@ def _epoch_generator(config: TrainConfig, epoch: int, rank: int, device: torch.d
     """The augmentation generator of one epoch: seeded from (seed, epoch, rank), so resume is exact."""
     seed = int(np.random.default_rng([config.seed, epoch, rank, 17]).integers(0, 2**62))
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def _augment_settings(config: TrainConfig) -> AugmentSettings:
-    return AugmentSettings(
-        flip_p=config.flip_p,
-        translate_p=config.translate_p,
-        translate_pad=config.translate_pad,
-        erase_p=config.erase_p,
-    )
 
 
 # ---------------------------------------------------------------- one step
@@ -293,7 +285,7 @@ def _preprocessing(config: TrainConfig, reader) -> dict:
     }
 
 
-def _save_checkpoint(path: Path, model, config, num_classes, reader, extra: dict) -> None:
+def _save_checkpoint(path: Path, model, config, dataset, reader, extra: dict) -> None:
     """Our checkpoint of what the phase trained: the teacher LightMBN alone, else the DeSKPro model."""
     from deskpro.model import checkpoint
 
@@ -301,7 +293,8 @@ def _save_checkpoint(path: Path, model, config, num_classes, reader, extra: dict
         path,
         _trained_module(model, config.phase),
         config=config.to_dict(),
-        num_classes=num_classes,
+        num_classes=dataset.num_classes,
+        class_pids=dataset.classes.tolist(),  # recipe hook: the class -> pid table
         preprocessing=_preprocessing(config, reader),
         extra=extra,
     )
@@ -341,7 +334,8 @@ def _run_epoch(epoch, forward_model, loader, sampler, config, optimizer, scaler,
     """One epoch; returns (mean loss terms, iterations done, images per second)."""
     sampler.set_epoch(epoch)
     generator = _epoch_generator(config, epoch, dist.rank, dist.device)
-    settings = _augment_settings(config)
+    settings = recipe.augment_settings(config)
+    draws = recipe.draws_of_epoch(config, generator, dist.device)  # recipe hook: per sample / per worker
     sums: dict[str, float] = {}
     done, images, start = 0, 0, time.perf_counter()
     bar = tqdm(
@@ -354,7 +348,11 @@ def _run_epoch(epoch, forward_model, loader, sampler, config, optimizer, scaler,
         if options.max_iters is not None and step + done >= options.max_iters:
             break
         batch = augment_batch(
-            raw, generator, settings, device=dist.device, channels_last=config.channels_last
+            raw,
+            settings=settings,
+            device=dist.device,
+            channels_last=config.channels_last,
+            draws=draws.for_batch(done, len(raw["label"])),
         )
         terms = _step(forward_model, batch, config, optimizer, scaler, dist.device)
         if not math.isfinite(terms["total"]):
@@ -393,8 +391,9 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
     reader = open_reader(shards_dir)
-    dataset = ShardDataset(reader, "train", require_face=config.phase == "teacher")
-    model = _build_model(config, dataset.num_classes, options).to(dist.device)
+    teacher = recipe.teacher_file(config, options.teacher, options.trust_checkpoint)  # recipe hook
+    dataset = recipe.train_dataset(reader, config, teacher)  # recipe hook: faceless rows, class table
+    model = _build_model(config, dataset.num_classes, options, teacher).to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(
@@ -403,9 +402,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
     scheduler = warmup_cosine(
         optimizer, epochs=config.epochs, warmup_epochs=config.warmup_epochs, min_factor=config.min_lr_factor
     )
-    sampler = PKBatchSampler(
-        dataset.labels, config.p, config.k, seed=config.seed, rank=dist.rank, world_size=dist.world_size
-    )
+    sampler = recipe.make_sampler(config, dataset.labels, dist.rank, dist.world_size)  # recipe hook
     scaler = torch.amp.GradScaler(dist.device.type) if config.amp == "fp16" else None
     start_epoch, step = 0, 0
     if saved is not None:
@@ -430,13 +427,13 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
                 continue
             record = {"epoch": epoch + 1, "step": step, "lr": lr, "images_per_s": rate, **means}
             extra = {"epoch": epoch + 1, "step": step, "phase": config.phase}
-            _save_checkpoint(run_dir / CHECKPOINT_NAME, model, config, dataset.num_classes, reader, extra)
+            _save_checkpoint(run_dir / CHECKPOINT_NAME, model, config, dataset, reader, extra)
             if options.select_on_val:
                 score = _val_score(model, reader, config, dist.device, options.progress)
                 record["val_mAP"] = score
                 if score > best:
                     best = score
-                    _save_checkpoint(run_dir / BEST_NAME, model, config, dataset.num_classes, reader, extra)
+                    _save_checkpoint(run_dir / BEST_NAME, model, config, dataset, reader, extra)
             state = _train_state(epoch + 1, step, model, optimizer, scheduler, sampler, scaler, config)
             state["best"] = best
             _save_atomic(state, _state_path(run_dir))
@@ -478,6 +475,7 @@ def _val_score(model, reader, config: TrainConfig, device, progress: bool) -> fl
         streams=(stream,),
         device=device,
         progress=progress,
+        flip=config.test_flip,  # recipe hook: no flip under --recipe official
         trials=1,
     )
     scores = [r.mAP for r in rows if not r.protocol.endswith("-single")]
@@ -495,4 +493,6 @@ def run_training(
 ) -> Path:
     """Resolve the config for the shards (preset defaults, then overrides) and train; the final checkpoint."""
     config = resolve_config(shards_dir, phase, **(overrides or {}))
+    amp_given = (overrides or {}).get("amp") is not None
+    config = recipe.recipe_amp(config, resolve_device(options.device), amp_given)  # recipe hook: fp16
     return train(shards_dir, run_dir, config, options)

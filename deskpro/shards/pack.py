@@ -1,0 +1,398 @@
+"""Pack: join a work directory's manifest and stage outputs, by sample id, into training shards.
+
+Input (written by the stage runner): ``WORK/manifest.parquet`` and ``WORK/stages/<stage>/part-*.parquet``
+plus ``stage.json`` for parse, detect and (optional) restore. Output: a shard directory (see
+`deskpro.shards.format`) with the body image and parse map at the training size and both faces at
+the face size, rows in manifest order.
+
+Rules:
+- a stage must be complete and made from the work directory's manifest, and restore from the
+  current detect output (stage.json fingerprints); otherwise pack refuses, naming the stage to rerun;
+- a sample whose parse or detect row carries an ``error`` (a bad image) is skipped and counted; an
+  image that can no longer be read from the dataset root is skipped, counted and named;
+- a manifest sample missing from a stage's outputs is an error naming the stage (it did not finish);
+- without a restore stage the restored face is the low-resolution face (``meta.face_hr_source``).
+
+Memory is flat in the dataset size: only the stages' sample ids, errors and flags are held for the
+whole dataset; image bytes are read one part file at a time (``_PARTS_CACHED`` per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from deskpro.common.files import OutputPathError, check_output_path
+from deskpro.common.images import ImageDecodeError, decode_image_bytes, decode_png, read_image_rgb
+from deskpro.manifests import SCHEMA as MANIFEST_SCHEMA
+from deskpro.manifests import manifest_info, read_manifest
+from deskpro.pipeline.plan import manifest_fingerprint, stage_dir
+from deskpro.shards.format import CATALOG_NAME, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, DEFAULT_PARSE_COMPRESSION
+from deskpro.shards.format import ShardError as ShardError  # noqa: PLC0414 (pack raises it too)
+from deskpro.shards.writer import ShardWriter, is_ours
+
+# Columns each stage must provide (the shared stage-output interface); the light ones are read for
+# every sample up front, the payload ones a part at a time.
+STAGE_COLUMNS = {
+    "parse": ("sample_id", "parse_png", "label_set", "error"),
+    "detect": ("sample_id", "has_face", "face_lr_png", "error"),
+    "restore": ("sample_id", "face_hr_jpg", "error"),
+}
+PAYLOAD_COLUMNS = {"parse": ("parse_png",), "detect": ("face_lr_png",), "restore": ("face_hr_jpg",)}
+REQUIRED_STAGES = ("parse", "detect")
+EXAMPLES_SHOWN = 3
+_PARTS_CACHED = 2
+
+
+class PackError(ValueError):
+    """The work directory cannot be packed (missing, unfinished or stale stage, inconsistent outputs)."""
+
+
+@dataclass
+class PackSummary:
+    """What pack wrote and what it left out."""
+
+    out_dir: Path
+    rows: int
+    shards: int
+    with_face: int
+    bytes: int
+    face_hr_source: str  # "restore" or "face_lr" (no restore stage)
+    skipped: dict[str, int] = field(default_factory=dict)  # stage (or "image") -> samples left out
+    faces_dropped: int = 0  # detect found a face but restore failed on it: packed without a face
+    missing_images: list[str] = field(default_factory=list)  # "path: why", images gone since preprocess
+
+    def format(self) -> str:
+        skipped = ", ".join(f"{stage} {n}" for stage, n in self.skipped.items() if n) or "none"
+        text = (
+            f"{self.out_dir}: {self.rows} samples ({self.with_face} with a face) in {self.shards} shards, "
+            f"{self.bytes / 2**20:.1f} MiB; skipped for errors: {skipped}; "
+            f"faces dropped by restore errors: {self.faces_dropped}; face_hr from {self.face_hr_source}"
+        )
+        shown = self.missing_images[:EXAMPLES_SHOWN]
+        if shown:
+            more = len(self.missing_images) - len(shown)
+            text += (
+                "\nunreadable images skipped: " + "; ".join(shown) + (f"; and {more} more" if more else "")
+            )
+        return text
+
+
+class _Stage:
+    """One stage's outputs: light columns for every sample, payload bytes read a part at a time."""
+
+    def __init__(self, work_dir: Path, name: str) -> None:
+        self.name = name
+        folder = stage_dir(work_dir, name)
+        self.parts = sorted(folder.glob("part-*.parquet"))
+        if not self.parts:
+            raise PackError(f"{folder}: no part-*.parquet files; the {name} stage has not written any output")
+        light = [c for c in STAGE_COLUMNS[name] if c not in PAYLOAD_COLUMNS[name]]
+        self.where: dict[str, tuple[int, int]] = {}
+        self.light: dict[str, dict] = {}
+        n_rows = 0
+        for p, part in enumerate(self.parts):
+            table = self._read(part, light)
+            columns = {c: table.column(c).to_pylist() for c in light}
+            for r, sid in enumerate(columns["sample_id"]):
+                self.where[sid] = (p, r)
+                self.light[sid] = {c: columns[c][r] for c in light if c != "sample_id"}
+            n_rows += table.num_rows
+        if len(self.where) != n_rows:
+            raise PackError(
+                f"{folder}: {n_rows - len(self.where)} sample ids appear in more than one row"
+                f" of the {name} stage"
+            )
+        self.info = _read_stage_json(folder / "stage.json")
+        self.fingerprint = self.info.get("fingerprint")
+        self._cache: OrderedDict[int, dict[str, list]] = OrderedDict()
+
+    def _read(self, part: Path, columns) -> pa.Table:
+        try:
+            names = pq.read_schema(part).names
+            missing = [c for c in STAGE_COLUMNS[self.name] if c not in names]
+            if missing:
+                raise PackError(f"{part}: missing column(s) {', '.join(missing)} of the {self.name} stage")
+            return pq.read_table(part, columns=list(columns))
+        except (OSError, pa.ArrowException) as e:
+            raise PackError(f"{part}: unreadable Parquet ({e})") from None
+
+    def value(self, column: str, sample_id: str):
+        if column not in PAYLOAD_COLUMNS[self.name]:
+            return self.light[sample_id][column]
+        p, r = self.where[sample_id]
+        part = self._cache.get(p)
+        if part is None:
+            table = self._read(self.parts[p], PAYLOAD_COLUMNS[self.name])
+            part = {c: table.column(c).to_pylist() for c in PAYLOAD_COLUMNS[self.name]}
+            self._cache[p] = part
+            if len(self._cache) > _PARTS_CACHED:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(p)
+        return part[column][r]
+
+
+def _read_stage_json(path: Path) -> dict:
+    if not path.is_file():
+        raise PackError(
+            f"{path}: missing; the stage outputs were not written by `deskpro {path.parent.name}`"
+        )
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise PackError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), dict):
+        raise PackError(f"{path}: no fingerprint; rerun `deskpro {path.parent.name}`")
+    return info
+
+
+def _check_current(stages: dict[str, _Stage | None], manifest_fp: str) -> None:
+    """Refuse unfinished or stale stage outputs, naming the stage to rerun."""
+    for name, stage in stages.items():
+        if stage is None:
+            continue
+        if not stage.info.get("complete"):
+            raise PackError(
+                f"stage {name!r} did not finish (stage.json: not complete); run `deskpro {name}` again"
+            )
+        if stage.fingerprint.get("manifest") != manifest_fp:
+            raise PackError(
+                f"stage {name!r} was run on another manifest than the work directory's; "
+                f"rerun `deskpro {name} --overwrite`"
+            )
+    restore, detect = stages["restore"], stages["detect"]
+    if restore is not None and restore.fingerprint.get("upstream") != detect.fingerprint:
+        raise PackError(
+            "stage 'restore' was made from an earlier detect output (detect ran again since); "
+            "rerun `deskpro restore --overwrite`"
+        )
+
+
+def _check_complete(stage: _Stage, sample_ids: list[str]) -> None:
+    missing = [sid for sid in sample_ids if sid not in stage.where]
+    if missing:
+        examples = ", ".join(missing[:EXAMPLES_SHOWN])
+        raise PackError(
+            f"stage {stage.name!r} has no output for {len(missing)} of {len(sample_ids)} samples"
+            f" (e.g. {examples}); the stage did not finish: run it again to complete it"
+        )
+
+
+def _label_set(parse: _Stage) -> str | None:
+    values = {row["label_set"] for row in parse.light.values() if row["error"] is None} - {None}
+    if len(values) > 1:
+        raise PackError(
+            f"stage 'parse' mixes label sets {sorted(values)}; parse the whole manifest with one parser"
+        )
+    return values.pop() if values else None
+
+
+# ---------------------------------------------------------------- per-sample image work
+
+
+def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """To (H, W): nearest for label maps; area when shrinking (no aliasing), linear when enlarging."""
+    h, w = hw
+    if image.shape[:2] == (h, w):
+        return np.ascontiguousarray(image)
+    if nearest:
+        interpolation = cv2.INTER_NEAREST_EXACT
+    else:
+        interpolation = cv2.INTER_AREA if h * w < image.shape[0] * image.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(image, (w, h), interpolation=interpolation)
+
+
+def _face(data: bytes, size: int, what: str) -> np.ndarray:
+    try:
+        return _resize(decode_image_bytes(data, what), (size, size))
+    except ImageDecodeError as e:
+        raise PackError(f"{e}: the stage output is corrupt; rerun the stage with --overwrite") from None
+
+
+def _parse_map(
+    data: bytes, image_hw: tuple[int, int], body_size: tuple[int, int], sample_id: str
+) -> np.ndarray:
+    try:
+        label_map = decode_png(data, rgb=False)
+    except ImageDecodeError:
+        raise PackError(f"parse_png of {sample_id}: cannot decode the stored image bytes") from None
+    if label_map.ndim != 2 or label_map.dtype != np.uint8:
+        raise PackError(
+            f"parse_png of {sample_id}: expected a uint8 label map, got {label_map.dtype} {label_map.shape}"
+        )
+    if label_map.shape != image_hw:
+        raise PackError(
+            f"parse_png of {sample_id}: label map is {label_map.shape[0]}x{label_map.shape[1]} but the image"
+            f" is {image_hw[0]}x{image_hw[1]}; the work directory does not match the dataset root"
+        )
+    return _resize(label_map, body_size, nearest=True)
+
+
+def _faces(
+    stages: dict[str, _Stage | None], sid: str, size: int
+) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """(face_lr, face_hr, 1 if restore failed on a detected face else 0); (None, None, _) without a face."""
+    detect, restore = stages["detect"], stages["restore"]
+    if not detect.value("has_face", sid):
+        return None, None, 0
+    lr_png = detect.value("face_lr_png", sid)
+    if lr_png is None:
+        return None, None, 0
+    face_lr = _face(lr_png, size, f"face_lr_png of {sid}")
+    if restore is None:
+        return face_lr, face_lr, 0
+    if restore.value("error", sid) is not None:
+        return None, None, 1
+    hr_jpg = restore.value("face_hr_jpg", sid)
+    if hr_jpg is None:
+        return None, None, 1
+    return face_lr, _face(hr_jpg, size, f"face_hr_jpg of {sid}"), 0
+
+
+# ---------------------------------------------------------------- pack
+
+
+def check_pack_output(work_dir: Path, out_dir: Path, root: Path | None, force: bool, overwrite: bool) -> None:
+    """Refuse an output that is an input (the work dir, the dataset root, or inside them), or that
+    is a file/folder pack did not create, unless force; complete shards need overwrite."""
+    out = out_dir.resolve()
+    for item, what in ((work_dir, "the work directory"), (root, "the dataset root")):
+        if item is None:
+            continue
+        item = item.resolve()
+        if out == item or item in out.parents or out in item.parents:
+            raise OutputPathError(
+                f"-o {out_dir}: is (inside) {what}, an input of pack; choose another folder"
+            )
+    if out_dir.exists() and not out_dir.is_dir():
+        check_output_path(out_dir, force=force, flag="-o")  # a file: refused unless --force
+        if force:
+            out_dir.unlink()
+        return
+    if out_dir.is_dir():
+        foreign = [p.name for p in out_dir.iterdir() if not (p.is_file() and is_ours(p))]
+        if foreign and not force:
+            raise OutputPathError(
+                f"-o {out_dir}: holds files pack did not write (e.g. {foreign[0]});"
+                " pass --force to pack there"
+            )
+        if (out_dir / CATALOG_NAME).exists() and not overwrite:
+            raise ShardError(
+                f"{out_dir}: already holds complete shards ({CATALOG_NAME}); pass --overwrite to replace"
+            )
+
+
+def pack(
+    work_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    body_size: tuple[int, int] = (384, 128),
+    face_size: int = 224,
+    codec: str = DEFAULT_CODEC,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    shard_size: int = 1024,
+    parse_compression: str = DEFAULT_PARSE_COMPRESSION,
+    overwrite: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> PackSummary:
+    """Join WORK's manifest and stage outputs into shards in out_dir; see the module docstring."""
+    work_dir, out_dir = Path(work_dir), Path(out_dir)
+    manifest_path = work_dir / "manifest.parquet"
+    check_pack_output(work_dir, out_dir, None, force, overwrite)
+    manifest = read_manifest(manifest_path)
+    info = manifest_info(manifest)
+    root = Path(info["root"])
+    check_pack_output(work_dir, out_dir, root, force, overwrite)
+    sample_ids = manifest.column("sample_id").to_pylist()
+    stages: dict[str, _Stage | None] = {}
+    for name in STAGE_COLUMNS:
+        folder = stage_dir(work_dir, name)
+        if not folder.is_dir() and name in REQUIRED_STAGES:
+            raise PackError(f"{folder}: missing; run the {name} stage before packing")
+        stages[name] = _Stage(work_dir, name) if folder.is_dir() else None
+    for stage in stages.values():
+        if stage is not None:
+            _check_complete(stage, sample_ids)
+    _check_current(stages, manifest_fingerprint(manifest, info["root"]))
+    meta = {
+        "dataset": info["dataset"],
+        "root": info["root"],
+        "scan_time": info["scan_time"],
+        "label_set": _label_set(stages["parse"]),
+        "stages": {name: (s.info if s is not None else None) for name, s in stages.items()},
+        "face_hr_source": "restore" if stages["restore"] is not None else "face_lr",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    body_size = (int(body_size[0]), int(body_size[1]))
+    skipped = {"parse": 0, "detect": 0, "image": 0}
+    missing_images: list[str] = []
+    faces_dropped = 0
+    columns = manifest.select(MANIFEST_SCHEMA.names)
+    with ShardWriter(
+        out_dir,
+        body_size=body_size,
+        face_size=face_size,
+        codec=codec,
+        jpeg_quality=jpeg_quality,
+        shard_size=shard_size,
+        meta=meta,
+        parse_compression=parse_compression,
+        overwrite=True,  # checked above; the writer clears only its own files
+    ) as writer:
+        for batch in tqdm(columns.to_batches(1024), desc="pack", unit="batch", disable=not progress):
+            for row in batch.to_pylist():
+                sid = row["sample_id"]
+                failed = next((n for n in REQUIRED_STAGES if stages[n].value("error", sid) is not None), None)
+                if failed is not None:
+                    skipped[failed] += 1
+                    continue
+                try:
+                    image = read_image_rgb(root / row["path"])
+                except ImageDecodeError as e:
+                    skipped["image"] += 1
+                    missing_images.append(str(e).replace(str(root / row["path"]), row["path"], 1))
+                    continue
+                parse = _parse_map(stages["parse"].value("parse_png", sid), image.shape[:2], body_size, sid)
+                face_lr, face_hr, dropped = _faces(stages, sid, face_size)
+                faces_dropped += dropped
+                writer.add(
+                    sample_id=sid,
+                    pid=row["pid"],
+                    camid=row["camid"],
+                    clothes_id=row["clothes_id"],
+                    split=row["split"],
+                    subset=row["subset"],
+                    body=_resize(image, body_size),
+                    parse=parse,
+                    face_lr=face_lr,
+                    face_hr=face_hr,
+                )
+        if len(writer) == 0:
+            raise PackError(f"{work_dir}: every sample was skipped for errors ({skipped}); nothing to pack")
+        writer.meta["skipped"] = dict(skipped)
+        writer.meta["missing_images"] = missing_images
+        writer.meta["faces_dropped"] = faces_dropped
+    totals = json.loads((out_dir / CATALOG_NAME).read_text())["totals"]
+    return PackSummary(
+        out_dir=out_dir,
+        rows=totals["rows"],
+        shards=totals["shards"],
+        with_face=totals["with_face"],
+        bytes=totals["bytes"],
+        face_hr_source=meta["face_hr_source"],
+        skipped=skipped,
+        faces_dropped=faces_dropped,
+        missing_images=missing_images,
+    )

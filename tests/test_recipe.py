@@ -1,0 +1,96 @@
+"""What --recipe, --teacher-mode and --from-scratch decide (deskpro.train.recipe), without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _train_utils import FakeReader, write_tiny_shards
+from click.testing import CliRunner
+
+from deskpro.cli import main
+from deskpro.config import TrainConfig
+from deskpro.model.checkpoint import TeacherFile
+from deskpro.train import recipe
+from deskpro.train.data import ClassTableError, OfficialIdentitySampler, PKBatchSampler
+
+
+def _config(**kw):
+    return TrainConfig.for_dataset("synthetic", **kw)
+
+
+def test_a_real_dataset_needs_imagenet_weights_or_from_scratch():
+    prcc = TrainConfig.for_dataset("prcc", phase="teacher")
+    with pytest.raises(ValueError, match=r"^--imagenet: .*osnet_x1_0_imagenet\.pth.*deskpro weights list"):
+        recipe.check_init(prcc, None, from_scratch=False)
+    recipe.check_init(prcc, "osnet.pth", from_scratch=False)
+    recipe.check_init(prcc, None, from_scratch=True)
+    recipe.check_init(_config(), None, from_scratch=False)  # the synthetic set may start from scratch
+
+
+def test_the_cli_stops_without_imagenet_in_one_line(tmp_path):
+    shards = write_tiny_shards(tmp_path / "shards", dataset="prcc")
+    result = CliRunner().invoke(
+        main, ["train-teacher", str(shards), "-o", str(tmp_path / "run"), "--no-progress"]
+    )
+    assert result.exit_code != 0
+    message = result.output.strip().splitlines()
+    assert len(message) == 1 and "osnet_x1_0_imagenet.pth" in message[0] and "--from-scratch" in message[0]
+    assert not (tmp_path / "run" / "train_state.pt").exists()
+
+
+def test_official_recipe_drops_faceless_samples_and_their_classes():
+    pids = [1, 1, 2, 2, 3, 3, 4, 4]
+    has_face = [True, False, False, False, True, True, True, False]  # pid 2: no face at all
+    reader = FakeReader(pids, has_face=has_face)
+    ours = recipe.train_dataset(reader, _config(phase="deskpro"))
+    assert (len(ours), ours.num_classes) == (8, 4)
+    official = recipe.train_dataset(reader, _config(phase="deskpro", recipe="official"))
+    assert (len(official), official.num_classes) == (4, 3)
+    assert official.has_face.all() and official.classes.tolist() == [1, 3, 4]
+    # The teacher phase of the deskpro recipe trains on faces but keeps every class.
+    teacher = recipe.train_dataset(reader, _config(phase="teacher"))
+    assert (len(teacher), teacher.num_classes) == (4, 4)
+
+
+def test_the_recipe_picks_sampler_amp_and_test_flip():
+    labels = np.repeat(np.arange(4), 4)
+    assert type(recipe.make_sampler(_config(p=2, k=2), labels)) is PKBatchSampler
+    assert type(recipe.make_sampler(_config(p=2, k=2, recipe="official"), labels)) is OfficialIdentitySampler
+    official = _config(recipe="official")
+    assert recipe.recipe_amp(official, torch.device("cuda"), amp_given=False).amp == "fp16"
+    assert recipe.recipe_amp(official, torch.device("cuda"), amp_given=True).amp == "none"
+    assert recipe.recipe_amp(official, torch.device("cpu"), amp_given=False).amp == "none"
+    assert recipe.recipe_amp(_config(), torch.device("cuda"), amp_given=False).amp == "none"
+    assert official.test_flip is False and _config().test_flip is True
+    assert TrainConfig.from_dict(official.to_dict()) == official  # the recipe is saved in the config
+    with pytest.raises(ValueError, match="--recipe: unknown recipe 'paper'"):
+        _config(recipe="paper")
+    with pytest.raises(ValueError, match="--teacher-mode"):
+        _config(teacher_mode="frozen")
+
+
+def _teacher(num_classes, class_pids=None, source="ours"):
+    order = "official" if source == "official" else "numeric"
+    return TeacherFile(Path("teacher.pt"), source, {}, num_classes, class_pids, order)
+
+
+def test_a_teacher_fixes_the_class_table_or_is_refused():
+    sample_ids = [f"train/{pid}_1_{i}" for i, pid in enumerate([1, 1, 2, 10, 10, 12])]
+    reader = FakeReader([1, 1, 2, 10, 10, 12])
+    reader.index = reader.index.set_column(0, "sample_id", [sample_ids])
+    config = _config(phase="deskpro")
+    ours = recipe.train_dataset(reader, config, _teacher(4, [12, 1, 10, 2]))
+    assert ours.classes.tolist() == [12, 1, 10, 2] and ours.labels.tolist() == [1, 1, 3, 2, 2, 0]
+    official = recipe.train_dataset(reader, config, _teacher(4, source="official"))
+    assert official.classes.tolist() == [1, 10, 12, 2]  # the official order: pid strings sorted
+    with pytest.raises(
+        ClassTableError, match=r"^--teacher teacher\.pt: classes do not match the training set"
+    ):
+        recipe.train_dataset(reader, config, _teacher(4, [12, 1, 10, 3]))
+    with pytest.raises(
+        ValueError, match=r"^--teacher teacher\.pt: the teacher has 5 classes, the training set 4"
+    ):
+        recipe.train_dataset(reader, config, _teacher(5, source="official"))
