@@ -75,6 +75,9 @@ def _load_smp(o):
 
 
 def _wrap_parser(net, o, device, root):
+    if isinstance(net, schp.SCHPNet):
+        # Inference only: each ABN folded into its conv (same label maps, fewer passes; benchmarks/nets.py)
+        net = schp.fold_abn(net)
     parser = Parser(
         net,
         labels=o.labels,
