@@ -105,11 +105,13 @@ class _StageOptions:
         return tuple(f.name for f in dataclasses.fields(cls))
 
 
-_PIXELS = option(
-    DEFAULT_MAX_PIXELS,
-    "Largest image (width x height) decoded; a larger one is an error row.",
-    range=Range(1),
-)
+def _max_pixels() -> Any:
+    """The image-size limit of the stages that decode images (a new field for each class)."""
+    return option(
+        DEFAULT_MAX_PIXELS,
+        "Largest image (width x height) decoded; a larger one is an error row.",
+        range=Range(1),
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class ParseOptions(_StageOptions):
     num_classes: int | None = option(
         None, "smp parsers: output classes [default: the label set's].", type=int, range=Range(1, 255)
     )
-    max_pixels: int = _PIXELS
+    max_pixels: int = _max_pixels()
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class DetectOptions(_StageOptions):
         1.0, "Enlarge images (bicubic) before detection, any backend.", range=Range(0, 16, low_open=True)
     )
     face_lr_size: int = option(128, "Aligned low-res crop size, px.", range=Range(8, 1024))
-    max_pixels: int = _PIXELS
+    max_pixels: int = _max_pixels()
 
 
 @dataclass(frozen=True)
