@@ -9,6 +9,7 @@ on their values; these figures say nothing about accuracy).
     python benchmarks/nets.py                       # CPU: reduced sizes, a few iterations
     python benchmarks/nets.py --device cuda --full  # GPU: official sizes, AMP and channels_last
     python benchmarks/nets.py --json results.json
+    python benchmarks/nets.py --compare-fold --repeat 5  # SCHP: ABN folded into the convs, or not
 """
 
 from __future__ import annotations
@@ -129,6 +130,42 @@ def run(nets: list[str], batch_sizes: list[int], device: str, iters: int, full: 
     return rows
 
 
+def compare_fold(size: int, batch: int, repeat: int) -> dict:
+    """SCHP as loaded against SCHP with every InPlaceABN folded into its conv (what the parse stage
+    runs), side by side: each repeat times both on the same images, alternating which goes first.
+    Returns per-repeat images/s of each and the ratio folded / plain, with min and median."""
+    import copy
+
+    from deskpro.pipeline.nets import schp
+
+    net = schp.build("lip")
+    gen = torch.Generator().manual_seed(0)
+    for m in net.modules():  # non-trivial statistics, so that folding has something to fold
+        if isinstance(m, schp.InPlaceABN):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    plain = parsing.Parser(net, labels="lip", input_size=size)
+    folded = parsing.Parser(schp.fold_abn(copy.deepcopy(net)), labels="lip", input_size=size)
+    images = _images(np.zeros((size * 2, size, 3), np.uint8), batch, seed=1)
+    same = all(np.array_equal(a, b) for a, b in zip(plain(images), folded(images)))
+    ratios, rows = [], []
+    for r in range(repeat):
+        order = [("plain", plain), ("folded", folded)][:: 1 if r % 2 == 0 else -1]
+        speed = {name: _time(wrapper, images, 1, "cpu") for name, wrapper in order}
+        ratios.append(speed["folded"] / speed["plain"])
+        rows.append(speed)
+        print(
+            f"repeat {r}: plain {speed['plain']:.3f} img/s, folded {speed['folded']:.3f} img/s, "
+            f"ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
+    summary = {"min": float(np.min(ratios)), "median": float(np.median(ratios)), "label_maps_equal": same}
+    print(
+        f"folded / plain: min {summary['min']:.3f}, median {summary['median']:.3f}; label maps equal: {same}"
+    )
+    return {"size": size, "batch": batch, "repeats": rows, "ratio": summary}
+
+
 HEADER = (
     f"{'net':<26}{'device':<8}{'amp':<6}{'ch_last':<9}{'batch':>6}{'images/s':>11}{'x batch1':>10}  input"
 )
@@ -150,7 +187,22 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="official input sizes (SCHP 473, GPEN 512)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
+    ap.add_argument("--compare-fold", action="store_true", help="SCHP with ABN folded vs not (CPU)")
+    ap.add_argument("--fold-size", type=int, default=233, help="--compare-fold: SCHP input side")
+    ap.add_argument("--repeat", type=int, default=5, help="--compare-fold: repeats")
     args = ap.parse_args()
+    if args.compare_fold:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(
+            f"# {platform.processor() or 'cpu'}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        )
+        with torch.inference_mode():
+            report = compare_fold(args.fold_size, int((args.batch_sizes or "1").split(",")[0]), args.repeat)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+        return
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.threads:

@@ -136,13 +136,6 @@ def get(name: str) -> OfficialWeights:
         raise KeyError(f"no official weights named {name!r}; known: {', '.join(_BY_NAME)}") from None
 
 
-def missing_weights_message(path: Path | str, flag: str, name: str) -> str:
-    """One line for a checkpoint that is not there: the flag, the path and where to get the file."""
-    entry = _BY_NAME.get(name)
-    where = f"; get {entry.file} from {entry.source}" if entry else ""
-    return f"{flag} {path}: no such file{where} (see `deskpro weights list`)"
-
-
 def format_table() -> str:
     """The registry as a plain-text table for `deskpro weights list`."""
     lines = []

@@ -91,9 +91,9 @@ def test_reduce_68_to_5_by_hand():
 
 def test_missing_files_are_named(weight_files, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.pth: S3FD.*deskpro weights list"):
-        fa.FaceAlignmentDetector(tmp_path / "nope.pth", weight_files["fan"])
+        fa.FaceAlignmentDetector.from_files(tmp_path / "nope.pth", weight_files["fan"])
     with pytest.raises(FileNotFoundError, match=r"fan\.pth: FAN landmark.*deskpro weights list"):
-        fa.FaceAlignmentDetector(weight_files["detector"], tmp_path / "fan.pth")
+        fa.FaceAlignmentDetector.from_files(weight_files["detector"], tmp_path / "fan.pth")
 
 
 def test_wrong_files_are_named(weight_files, tmp_path):
@@ -120,7 +120,7 @@ def test_fan_state_dict_file_loads(tmp_path):
 
 
 def test_heatmap_peaks_map_back_into_the_image(weight_files):
-    det = fa.FaceAlignmentDetector(weight_files["detector"], weight_files["fan"])
+    det = fa.FaceAlignmentDetector.from_files(weight_files["detector"], weight_files["fan"])
     rgb = np.zeros((120, 100, 3), np.uint8)
     box = np.array([[20.0, 30.0, 80.0, 90.0, 0.9]])
     (points,) = det._landmarks(rgb, box)
@@ -148,7 +148,9 @@ def test_heatmap_points_quarter_shift_matches_face_alignment():
 
 
 def test_call_contract(weight_files):
-    det = fa.FaceAlignmentDetector(weight_files["detector"], weight_files["fan"], conf_threshold=0.5)
+    det = fa.FaceAlignmentDetector.from_files(
+        weight_files["detector"], weight_files["fan"], conf_threshold=0.5
+    )
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 48, 3), dtype=np.uint8), rng.integers(0, 256, (40, 56, 3), np.uint8)]
     results = det(images)

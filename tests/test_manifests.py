@@ -334,3 +334,56 @@ def test_generation_options_only_for_synthetic(prcc_root: Path, tmp_path: Path) 
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path)
+
+
+# ---- entries a scan cannot read: skipped, counted and named, never a traceback
+
+
+def _manifest_cli(root: Path, out: Path):
+    return CliRunner().invoke(cli.main, ["manifest", "prcc", str(root), "-o", str(out)])
+
+
+def test_a_symlink_loop_is_skipped_counted_and_named(prcc_root: Path, tmp_path: Path) -> None:
+    person = prcc_root / "rgb/train/001"
+    (person / "A_loop.jpg").symlink_to(person / "A_loop.jpg")  # points at itself
+    (prcc_root / "rgb/test/A/006").symlink_to(prcc_root / "rgb/test/A/007")
+    (prcc_root / "rgb/test/A/007").symlink_to(prcc_root / "rgb/test/A/006")  # a pair of folder links
+    table = scan("prcc", prcc_root)
+    assert table.num_rows == len(PRCC_FILES)
+    assert skipped_counts(table)["unreadable"] == 3
+    stats = format_stats(table)
+    assert "skipped 3 unreadable entries" in stats and "rgb/train/001/A_loop.jpg (Too many levels" in stats
+    result = _manifest_cli(prcc_root, tmp_path / "m.parquet")
+    assert result.exit_code == 0 and result.exception is None and "rgb/test/A/006" in result.output
+
+
+def test_an_unreadable_folder_is_skipped_counted_and_named(prcc_root: Path, monkeypatch) -> None:
+    import os
+
+    blocked = str(prcc_root / "rgb/train/002")
+    real = os.scandir
+
+    def scandir(path):  # the test runs as root, where chmod 000 blocks nothing: refuse like the OS
+        if str(path) == blocked:
+            raise PermissionError(13, "Permission denied", blocked)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    table = scan("prcc", prcc_root)
+    assert table.num_rows == len(PRCC_FILES) - 2  # 002's two images were not readable
+    assert "skipped 1 unreadable entries: rgb/train/002/ (Permission denied)" in format_stats(table)
+
+
+def test_a_non_utf8_file_name_is_skipped_counted_and_named(prcc_root: Path, tmp_path: Path) -> None:
+    import os
+
+    folder = os.fsencode(prcc_root / "rgb/train/001")
+    with open(folder + b"/A_caf\xe9.jpg", "wb"):  # Latin-1 "café": not UTF-8
+        pass
+    table = scan("prcc", prcc_root)
+    assert table.num_rows == len(PRCC_FILES)
+    assert skipped_counts(table)["bad_names"] == 1
+    assert "skipped 1 non-UTF-8 names: rgb/train/001/A_caf\\udce9.jpg" in format_stats(table)
+    result = _manifest_cli(prcc_root, tmp_path / "m.parquet")
+    assert result.exit_code == 0 and result.exception is None
+    assert read_manifest(tmp_path / "m.parquet").num_rows == len(PRCC_FILES)

@@ -120,9 +120,15 @@ def test_changed_options_are_refused_unless_overwrite(data, reference, tmp_path)
     assert redone.parts_written == 5
     crop = read_stage(tmp_path, "detect")["face_lr_png"]
     assert crop != reference["detect"]["face_lr_png"]
-    # restore was made from the old detect outputs: its upstream fingerprint no longer matches
-    with pytest.raises(StageError, match="changed: upstream"):
+    # restore was made from the old detect outputs: refused by restore, naming the stage to rerun
+    with pytest.raises(
+        StageError, match=r"detect stage has been rerun since.*rerun `deskpro restore` with --overwrite"
+    ):
         run_stage("restore", data[1], tmp_path, BACKENDS["restore"], LOCAL)
+    redone = run_stage(
+        "restore", data[1], tmp_path, BACKENDS["restore"], dataclasses.replace(LOCAL, overwrite=True)
+    )
+    assert redone.parts_written == 5
 
 
 def test_a_different_manifest_is_refused(data, tmp_path):
@@ -229,7 +235,7 @@ def test_parts_are_typed_even_when_a_batch_has_no_faces(reference):
 
 
 def test_preprocess_checks_every_stage_before_running_any(data, tmp_path):
-    from deskpro.pipeline.stages import StageConfigError
+    from deskpro.pipeline.options import StageConfigError
 
     options = {
         "parse": {"backend": "oracle"},

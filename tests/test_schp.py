@@ -420,3 +420,29 @@ def test_parser_rejects_bad_settings_and_images(lip_net: schp.SCHPNet) -> None:
     assert parser([]) == []
     assert parser.input_size == SMALL
     assert parsing.Parser(lip_net, "lip").input_size == schp.INPUT_SIZES["lip"] == 473
+
+
+def test_folding_abn_into_the_convs_keeps_the_label_maps() -> None:
+    import copy
+
+    import numpy as np
+
+    from deskpro.pipeline import parsing
+
+    net = schp.build("pascal")
+    gen = torch.Generator().manual_seed(0)
+    for m in net.modules():  # statistics and scales far from identity, so that folding matters
+        if isinstance(m, schp.InPlaceABN):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen) * 0.5 + 1)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    folded = schp.fold_abn(copy.deepcopy(net))
+    assert not any(isinstance(m, schp.InPlaceABN) for m in folded.modules())
+    x = torch.randn(1, 3, 65, 65, generator=gen)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
+    images = [np.random.default_rng(1).integers(0, 256, (96, 48, 3), dtype=np.uint8)]
+    plain_maps = parsing.Parser(net, labels="pascal", input_size=64)(images)
+    folded_maps = parsing.Parser(folded, labels="pascal", input_size=64)(images)
+    assert np.array_equal(plain_maps[0], folded_maps[0])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from deskpro.pipeline import parsing
-from deskpro.pipeline.nets import schp, smp_parser, specs
+from deskpro.pipeline import backends, parsing
+from deskpro.pipeline.nets import smp_parser, specs
+from deskpro.pipeline.options import ParseOptions, StageConfigError
 
 SPEC = "smp:Unet:resnet18"
 SIZE = 64
@@ -147,8 +148,9 @@ def test_parser_checks_size_multiple_and_class_count(
     assert parsing.Parser(net, "pascal").input_size == 512
 
 
-def test_load_any_dispatches_on_the_arch(trained_file: tuple[Path, dict[str, torch.Tensor]]) -> None:
-    net = schp.load_any(trained_file[0], "pascal", arch=SPEC)  # pascal: 7 classes, as saved
+def test_the_registry_loads_an_smp_parser(trained_file: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    options = ParseOptions(backend=SPEC, weights=str(trained_file[0]), labels="pascal")  # 7 classes, as saved
+    net = backends.load_checked(backends.get("parse", SPEC), options)
     assert net.num_classes == 7 and net.input_spec.bgr is False
-    with pytest.raises(ValueError, match="unknown parser arch 'hrnet'"):
-        schp.load_any(trained_file[0], "lip", arch="hrnet")
+    with pytest.raises(StageConfigError, match="--backend smp:Unet: expected smp:ARCH:ENCODER"):
+        backends.get("parse", "smp:Unet")

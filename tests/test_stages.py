@@ -11,6 +11,7 @@ from _pipeline_utils import LOOSE_POLICY, make_dataset
 from deskpro.common import images
 from deskpro.manifests import read_manifest
 from deskpro.pipeline.faces import align_face
+from deskpro.pipeline.runner import check_stage, stage_options
 from deskpro.pipeline.stages import (
     DETECT_SCHEMA,
     PARSE_SCHEMA,
@@ -19,10 +20,9 @@ from deskpro.pipeline.stages import (
     ParseStage,
     RestoreStage,
     StageConfigError,
-    _Upscaled,
     batch_to_table,
-    check_options,
     table_to_batch,
+    upscaled,
 )
 from deskpro.synthetic import generator as synthetic
 
@@ -122,11 +122,11 @@ def test_upscaled_detector_reports_original_pixels():
 
     seen = []
 
-    def fake(images):  # finds a face at fixed coordinates of the (upscaled) image it is given
+    def fake(paths, images):  # finds a face at fixed coordinates of the (upscaled) image it is given
         seen.extend(im.shape for im in images)
         return [[Face(np.array([20, 40, 60, 80], np.float32), 0.9, np.full((5, 2), 40, np.float32))]]
 
-    faces = _Upscaled(fake, 2.0)([np.zeros((50, 30, 3), np.uint8)])
+    faces = upscaled(fake, 2.0)(["a.jpg"], [np.zeros((50, 30, 3), np.uint8)])
     assert seen == [(100, 60, 3)]
     np.testing.assert_allclose(faces[0][0].box, [10, 20, 30, 40])
     np.testing.assert_allclose(faces[0][0].landmarks, 20)
@@ -186,7 +186,7 @@ def test_restore_none_upsamples_the_low_res_face_bicubically(dataset, batch):
 )
 def test_bad_options_give_one_line_errors_naming_the_flag(stage, options, message):
     with pytest.raises(StageConfigError) as info:
-        check_options(stage, options)
+        check_stage(stage, stage_options(stage, options))
     assert message in str(info.value) and "\n" not in str(info.value)
     if "weights" in message:
         assert "deskpro weights list" in str(info.value)

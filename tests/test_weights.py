@@ -55,11 +55,6 @@ def test_verify_dir_fails_on_wrong_file_and_on_empty_dir(tmp_path):
     assert result.exit_code == 1 and "BAD" in result.output
 
 
-def test_missing_weights_message_names_flag_path_and_source(tmp_path):
-    msg = weights.missing_weights_message(tmp_path / "x.pth", "--weights", "gpen-512")
-    assert "--weights" in msg and "x.pth" in msg and "GPEN-BFR-512.pth" in msg and "\n" not in msg
-
-
 def test_file_without_published_hash_is_reported_present_not_checked(tmp_path):
     (tmp_path / "osnet_x1_0_imagenet.pth").write_bytes(b"any bytes")
     report = weights.verify_dir(tmp_path)

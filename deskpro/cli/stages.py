@@ -1,12 +1,21 @@
-"""`deskpro parse / detect / restore / preprocess`: the preprocessing stages over a manifest."""
+"""`deskpro parse / detect / restore / preprocess`: the preprocessing stages over a manifest.
+
+Each stage's flags are made from its options dataclass (deskpro.pipeline.options): names, defaults,
+help, choices and ranges are written there once.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from deskpro.cli.group import _with, main
+from deskpro.pipeline.options import EXECUTORS, OPTIONS, SHARED_FIELDS, STAGE_NAMES, StageRunOptions, flag
+
+_RUN = {f.name: f.default for f in dataclasses.fields(StageRunOptions)}
+_AT_LEAST_ONE = click.IntRange(min=1)
 
 _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where to write, how to run
     click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
@@ -20,40 +29,102 @@ _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where
     ),
     click.option(
         "--executor",
-        type=click.Choice(["ray", "local"]),
-        default="ray",
+        type=click.Choice(EXECUTORS),
+        default=_RUN["executor"],
         show_default=True,
         help="ray: Ray Data with an actor pool; local: the same classes in a plain loop.",
     ),
     click.option(
         "--ray-address",
-        default=None,
+        default=_RUN["ray_address"],
         help="Join a cluster ('auto', 'ray://HOST:10001'); default: start a local Ray for this command.",
     ),
-    click.option("--part-size", default=1000, show_default=True, help="Manifest rows per part file."),
-    click.option("--batch-size", default=16, show_default=True, help="Images per model call."),
-    click.option("--actors", "num_actors", default=1, show_default=True, help="Most model replicas."),
+    click.option(
+        "--part-size", type=_AT_LEAST_ONE, default=_RUN["part_size"], show_default=True, help="Rows per part."
+    ),
+    click.option(
+        "--batch-size",
+        type=_AT_LEAST_ONE,
+        default=_RUN["batch_size"],
+        show_default=True,
+        help="Rows per call.",
+    ),
+    click.option(
+        "--actors",
+        "num_actors",
+        type=_AT_LEAST_ONE,
+        default=_RUN["num_actors"],
+        show_default=True,
+        help="Most model replicas.",
+    ),
     click.option(
         "--num-gpus",
-        type=float,
-        default=None,
+        type=click.FloatRange(min=0),
+        default=_RUN["num_gpus"],
         help="GPUs per actor, fractional allowed "
         "[default: 1 when the cluster has GPUs and the backend is a network, else 0].",
     ),
-    click.option("--num-cpus", type=float, default=1.0, show_default=True, help="CPUs per actor."),
-    click.option("--device", default="auto", show_default=True, help="auto: cuda when available."),
-    click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True),
-    click.option("--channels-last", is_flag=True, help="channels_last memory format for the networks."),
+    click.option(
+        "--num-cpus",
+        type=click.FloatRange(min=0, min_open=True),
+        default=_RUN["num_cpus"],
+        show_default=True,
+        help="CPUs per actor.",
+    ),
     click.option("--overwrite", is_flag=True, help="Recompute every part (needed when options changed)."),
-    click.option("--max-errors", type=int, default=None, help="Fail above this many error rows."),
+    click.option(
+        "--max-errors",
+        type=click.IntRange(min=0),
+        default=_RUN["max_errors"],
+        help="Fail above this many error rows.",
+    ),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
 ]
 
 
-def _split_run_options(kw: dict):
-    """Click's keyword arguments -> (StageRunOptions, the options every backend takes)."""
-    from deskpro.pipeline.plan import StageRunOptions
+def _click_type(f: dataclasses.Field):
+    meta = f.metadata
+    if meta["choices"]:
+        return click.Choice(meta["choices"])
+    kind = meta["type"] or type(f.default)
+    bounds = meta["range"]
+    if bounds is None:
+        return kind
+    range_type = click.IntRange if kind is int else click.FloatRange
+    return range_type(min=bounds.low, max=bounds.high, min_open=bounds.low_open)
 
+
+def _click_option(f: dataclasses.Field, prefix: str = ""):
+    """The click option of one options field; per-stage fields get preprocess's stage prefix."""
+    meta = f.metadata
+    name = f"{prefix}{f.name}" if meta["per_stage"] else f.name
+    decls = [flag(name), *([meta["alias"]] if meta["alias"] else []), name]
+    if isinstance(f.default, bool):
+        return click.option(*decls, is_flag=True, default=f.default, help=meta["help"])
+    shown = f.default is not None
+    return click.option(*decls, type=_click_type(f), default=f.default, show_default=shown, help=meta["help"])
+
+
+def _stage_fields(stage: str) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(OPTIONS[stage]) if f.name not in SHARED_FIELDS]
+
+
+_SHARED_OPTIONS = [_click_option(f) for f in dataclasses.fields(OPTIONS["parse"]) if f.name in SHARED_FIELDS]
+
+
+def _preprocess_options() -> list:
+    """Every stage's flags; a flag that several stages share (--max-pixels) appears once."""
+    out, seen = [], set()
+    for stage in STAGE_NAMES:
+        for f in _stage_fields(stage):
+            if f.metadata["per_stage"] or f.name not in seen:
+                out.append(_click_option(f, f"{stage}_"))
+                seen.add(f.name)
+    return out
+
+
+def _split_run_options(kw: dict) -> tuple[StageRunOptions, dict]:
+    """Click's keyword arguments -> (StageRunOptions, the options every stage takes)."""
     run = StageRunOptions(
         part_size=kw.pop("part_size"),
         batch_size=kw.pop("batch_size"),
@@ -66,28 +137,34 @@ def _split_run_options(kw: dict):
         max_errors=kw.pop("max_errors"),
         progress=not kw.pop("no_progress"),
     )
-    amp = kw.pop("amp")
-    common = {
-        "device": kw.pop("device"),
-        "amp": None if amp == "none" else amp,
-        "channels_last": kw.pop("channels_last"),
+    return run, {name: kw.pop(name) for name in SHARED_FIELDS}
+
+
+def _by_stage(kw: dict) -> dict[str, dict]:
+    """preprocess's options -> {stage: its options}; per-stage ones carry the stage prefix."""
+    return {
+        stage: {
+            f.name: kw[f"{stage}_{f.name}" if f.metadata["per_stage"] else f.name]
+            for f in _stage_fields(stage)
+        }
+        for stage in STAGE_NAMES
     }
-    return run, common
 
 
 def _run_stage_command(stage: str, kw: dict) -> None:
     from deskpro.manifests import ManifestError
+    from deskpro.pipeline.options import StageConfigError
     from deskpro.pipeline.plan import StageError
     from deskpro.pipeline.runner import run_preprocess, run_stage
-    from deskpro.pipeline.stages import StageConfigError
 
     manifest, work_dir = kw.pop("manifest"), kw.pop("work_dir")
-    run, common = _split_run_options(kw)
+    run, shared = _split_run_options(kw)
     try:
         if stage == "preprocess":
-            summaries = run_preprocess(manifest, work_dir, {s: {**kw[s], **common} for s in _STAGE_KEYS}, run)
+            by_stage = {s: {**options, **shared} for s, options in _by_stage(kw).items()}
+            summaries = run_preprocess(manifest, work_dir, by_stage, run)
         else:
-            summaries = [run_stage(stage, manifest, work_dir, {**kw, **common}, run)]
+            summaries = [run_stage(stage, manifest, work_dir, {**kw, **shared}, run)]
     except (StageError, StageConfigError, ManifestError) as exc:
         if getattr(exc, "summary", None) is not None:
             click.echo(exc.summary.format())
@@ -96,133 +173,33 @@ def _run_stage_command(stage: str, kw: dict) -> None:
         click.echo(summary.format())
 
 
-_STAGE_KEYS = {
-    "parse": ("backend", "weights", "labels", "flip", "input_size", "num_classes"),
-    "detect": (
-        "backend",
-        "weights",
-        "landmarks_weights",
-        "conf_threshold",
-        "nms_threshold",
-        "min_score",
-        "min_size",
-        "max_center_y",
-        "upscale",
-        "face_lr_size",
-    ),
-    "restore": ("backend", "weights", "face_hr_size", "quality"),
-}
-
-
-def _by_stage(kw: dict) -> dict:
-    """preprocess's options -> {stage: backend options}; backend and weights carry a stage prefix."""
-    prefixed = ("backend", "weights")
-    return {
-        stage: {key: kw[f"{stage}_{key}" if key in prefixed else key] for key in keys}
-        for stage, keys in _STAGE_KEYS.items()
-    }
-
-
-def _backend_options(prefix: str, alias: str, default: str, backends: str, weights_help: str) -> list:
-    """--[PREFIX]backend (also ALIAS, e.g. --parser) and --[PREFIX]weights of one stage."""
-    dest = prefix.replace("-", "_")
-    return [
-        click.option(
-            f"--{prefix}backend", alias, f"{dest}backend", default=default, show_default=True, help=backends
-        ),
-        click.option(f"--{prefix}weights", f"{dest}weights", default=None, help=weights_help),
-    ]
-
-
-def _parse_options(prefix: str = ""):
-    return [
-        *_backend_options(
-            prefix,
-            "--parser",
-            "schp",
-            "schp | smp:ARCH:ENCODER | oracle (synthetic ground truth).",
-            "Parser checkpoint path.",
-        ),
-        click.option(
-            "--labels", type=click.Choice(["lip", "atr", "pascal"]), default="lip", show_default=True
-        ),
-        click.option("--flip", is_flag=True, help="Flip test (average with the mirrored image)."),
-        click.option("--input-size", type=int, default=None, help="Square input size."),
-        click.option("--num-classes", type=int, default=None, help="smp parsers: output classes."),
-    ]
-
-
-def _detect_options(prefix: str = ""):
-    return [
-        *_backend_options(
-            prefix,
-            "--detector",
-            "retinaface-resnet50",
-            "retinaface-resnet50 | retinaface-mobilenet0.25 | face-alignment | oracle.",
-            "Detector checkpoint (face-alignment: the S3FD file).",
-        ),
-        click.option("--landmarks-weights", default=None, help="face-alignment: FAN checkpoint."),
-        click.option("--conf-threshold", default=0.5, show_default=True),
-        click.option("--nms-threshold", default=0.4, show_default=True),
-        click.option("--min-score", default=0.8, show_default=True, help="FacePolicy: lowest score."),
-        click.option("--min-size", default=8.0, show_default=True, help="FacePolicy: least side, px."),
-        click.option(
-            "--max-center-y",
-            default=0.5,
-            show_default=True,
-            help="FacePolicy: lowest face centre, as a fraction of the image height.",
-        ),
-        click.option("--upscale", default=1.0, show_default=True, help="Enlarge images before detection."),
-        click.option("--face-lr-size", default=128, show_default=True, help="Aligned low-res crop size."),
-    ]
-
-
-def _restore_options(prefix: str = ""):
-    return [
-        *_backend_options(
-            prefix,
-            "--restorer",
-            "gpen-512",
-            "gpen-512 | gpen-256 | none (bicubic upsampling).",
-            "GPEN checkpoint path.",
-        ),
-        click.option("--face-hr-size", default=256, show_default=True, help="Restored face size."),
-        click.option("--quality", default=95, show_default=True, help="JPEG quality of restored faces."),
-    ]
-
-
 @main.command("parse")
-@_with(_STAGE_RUN_OPTIONS)
-@_with(_parse_options())
+@_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
+@_with([_click_option(f) for f in _stage_fields("parse")])
 def parse_command(**kw) -> None:
     """Human parsing of every image in MANIFEST -> WORK/stages/parse."""
     _run_stage_command("parse", kw)
 
 
 @main.command("detect")
-@_with(_STAGE_RUN_OPTIONS)
-@_with(_detect_options())
+@_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
+@_with([_click_option(f) for f in _stage_fields("detect")])
 def detect_command(**kw) -> None:
     """Face detection, 5 landmarks and aligned low-res crops -> WORK/stages/detect."""
     _run_stage_command("detect", kw)
 
 
 @main.command("restore")
-@_with(_STAGE_RUN_OPTIONS)
-@_with(_restore_options())
+@_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
+@_with([_click_option(f) for f in _stage_fields("restore")])
 def restore_command(**kw) -> None:
     """Restoration of the detect stage's faces -> WORK/stages/restore."""
     _run_stage_command("restore", kw)
 
 
 @main.command("preprocess")
-@_with(_STAGE_RUN_OPTIONS)
-@_with(_parse_options("parse-") + _detect_options("detect-") + _restore_options("restore-"))
+@_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
+@_with(_preprocess_options())
 def preprocess_command(**kw) -> None:
     """parse, detect and restore in order with the same run options."""
-    run_keys = (
-        set(kw)
-        - {k for keys in _STAGE_KEYS.values() for k in keys}
-        - {f"{s}_{k}" for s in _STAGE_KEYS for k in ("backend", "weights")}
-    )
-    _run_stage_command("preprocess", {**{k: kw[k] for k in run_keys}, **_by_stage(kw)})
+    _run_stage_command("preprocess", kw)

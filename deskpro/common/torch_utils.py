@@ -6,6 +6,8 @@ Kept tiny and stable: retinaface.py and gpen.py may import from here.
 from __future__ import annotations
 
 import contextlib
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,11 +24,36 @@ def check_amp(amp: str | None) -> str | None:
     return amp
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible to this process, else 'cpu'; anything else unchanged."""
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def resolve_device(device: str, check_available: bool = True) -> str:
+    """'auto' -> 'cuda' when a GPU is visible to this process, else 'cpu'; other names checked.
+
+    ValueError, one line naming --device, for a name torch does not know ("bogus") or, when
+    `check_available`, a device this process cannot use ("cuda" without a GPU, "cuda:3" of two).
+    """
+    name = str(device)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: deskpro runs on cpu, cuda or mps devices; use auto, cpu or cuda")
+    if not check_available or parsed.type == "cpu":
+        return name
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use --device auto or cpu")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: no CUDA GPU is visible to this process; use --device auto or cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"--device {name}: this process sees {count} CUDA GPU(s), cuda:0..cuda:{count - 1}"
+            )
+    return name
 
 
 def autocast_context(device: torch.device | str, amp: str | None) -> contextlib.AbstractContextManager:
@@ -95,10 +122,29 @@ def require_weights_file(path: Path | str, what: str = "checkpoint") -> Path:
     return path
 
 
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """Why torch.load refused a file, in deskpro's words (torch's own text advises weights_only=False,
+    which would run whatever code the file holds: never echoed)."""
+    text = str(exc).lower()
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not head:
+        return "empty file"
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch's zip nor a pickle
+        if "zip archive" in text or "central directory" in text:
+            return "truncated or corrupt file (not a complete torch checkpoint)"
+        return "not a torch checkpoint (neither a torch zip archive nor a tensor pickle)"
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text:
+        return "holds Python objects besides tensors; deskpro loads checkpoints as weights only (no code)"
+    if isinstance(exc, EOFError) or "zip archive" in text or "central directory" in text:
+        return "truncated or corrupt file (not a complete torch checkpoint)"
+    return f"not a loadable torch checkpoint ({type(exc).__name__})"
+
+
 def torch_load_weights(path: Path | str, what: str = "checkpoint") -> object:
-    """torch.load(path, map_location='cpu', weights_only=True) with a clear error for a missing file."""
+    """torch.load(path, map_location='cpu', weights_only=True), with one-line errors naming the file."""
     path = require_weights_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # re-raised with the file name: torch raises many types
-        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint: {exc}") from exc
+        raise ValueError(f"{path}: cannot be read as a {what}: {_load_failure(path, exc)}") from None

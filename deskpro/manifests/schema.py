@@ -60,6 +60,10 @@ class ScanLog:
     mismatched: list[str] = field(default_factory=list)  # image names that break the layout
     non_image: int = 0  # skipped silently, reported in the stats
     junk: int = 0  # images the dataset itself marks as junk (Market pid -1)
+    # Entries skipped, each named in the stats: folders or links that cannot be read (no
+    # permission, a symlink loop) and names that are not UTF-8 (a manifest stores text).
+    unreadable: list[str] = field(default_factory=list)
+    bad_names: list[str] = field(default_factory=list)
 
     def raise_if_mismatched(self) -> None:
         if self.mismatched:
@@ -81,28 +85,58 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _entries(folder: Path, root: Path, log: ScanLog) -> Iterator[tuple[str, str, bool]]:
+    """(name, path relative to root, is a folder) of the readable entries of `folder`, sorted by name.
+
+    A folder that cannot be listed, an entry whose type cannot be read (a symlink loop, no
+    permission) and a name that is not UTF-8 are skipped and recorded in `log`: named, not fatal.
+    """
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        log.unreadable.append(f"{_rel(folder, root)}/ ({exc.strerror or type(exc).__name__})")
+        return
+    for entry in entries:
+        rel = _rel(Path(entry.path), root)
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:  # os.scandir decodes undecodable bytes as surrogates
+            log.bad_names.append(ascii(rel)[1:-1])
+            continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError as exc:
+            log.unreadable.append(f"{rel} ({exc.strerror or type(exc).__name__})")
+            continue
+        yield entry.name, rel, is_dir
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
 def list_images(folder: Path, root: Path, log: ScanLog) -> Iterator[tuple[str, str]]:
     """(name, path relative to root) of the images directly in `folder`, sorted by name.
 
     Non-image files are counted in `log`; sub-folders are layout mismatches.
     """
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        rel = Path(entry.path).relative_to(root).as_posix()
-        if entry.is_dir():
+    for name, rel, is_dir in _entries(folder, root, log):
+        if is_dir:
             log.mismatched.append(rel + "/")
-        elif is_image(entry.name):
-            yield entry.name, rel
+        elif is_image(name):
+            yield name, rel
         else:
             log.non_image += 1
 
 
 def subdirs(folder: Path, root: Path, log: ScanLog) -> Iterator[Path]:
     """The sub-folders of `folder`, sorted; loose files there are mismatches (images) or skipped."""
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir():
-            yield Path(entry.path)
-        elif is_image(entry.name):
-            log.mismatched.append(Path(entry.path).relative_to(root).as_posix())
+    for name, rel, is_dir in _entries(folder, root, log):
+        if is_dir:
+            yield folder / name
+        elif is_image(name):
+            log.mismatched.append(rel)
         else:
             log.non_image += 1
 
@@ -135,7 +169,14 @@ def build_table(rows: Iterable[Row], *, dataset: str, log: ScanLog, splits: Iter
         b"dataset": dataset.encode(),
         b"root": str(Path(log.root).resolve()).encode(),
         b"scan_time": datetime.now(timezone.utc).isoformat(timespec="seconds").encode(),
-        b"skipped": json.dumps({"non_image": log.non_image, "junk": log.junk}).encode(),
+        b"skipped": json.dumps(
+            {
+                "non_image": log.non_image,
+                "junk": log.junk,
+                "unreadable": log.unreadable,
+                "bad_names": log.bad_names,
+            }
+        ).encode(),
     }
     return pa.Table.from_pydict(columns, schema=SCHEMA.with_metadata(metadata))
 
@@ -201,10 +242,18 @@ def manifest_info(table: pa.Table) -> dict:
 
 
 def skipped_counts(table: pa.Table) -> dict:
-    """What the scan skipped: {"non_image": n, "junk": n} (zeros when not recorded)."""
+    """How many entries the scan skipped: {"non_image": n, "junk": n} (zeros when not recorded), plus
+    "unreadable" and "bad_names" where some were skipped (see skipped_entries)."""
+    skipped = skipped_entries(table)
+    counts = {"non_image": int(skipped.get("non_image", 0)), "junk": int(skipped.get("junk", 0))}
+    counts.update({k: len(skipped[k]) for k in ("unreadable", "bad_names") if skipped.get(k)})
+    return counts
+
+
+def skipped_entries(table: pa.Table) -> dict:
+    """The scan's record of what it skipped, as stored in the manifest's metadata."""
     raw = (table.schema.metadata or {}).get(b"skipped")
-    counts = json.loads(raw) if raw else {}
-    return {"non_image": int(counts.get("non_image", 0)), "junk": int(counts.get("junk", 0))}
+    return json.loads(raw) if raw else {}
 
 
 # ---- statistics
@@ -229,6 +278,11 @@ def format_stats(table: pa.Table) -> str:
     lines.append(_stats_line("total", "", records))
     skipped = skipped_counts(table)
     lines.append(f"  skipped: {skipped['non_image']} non-image file(s), {skipped['junk']} junk image(s)")
+    entries = skipped_entries(table)
+    for key, what in (("unreadable", "unreadable entries"), ("bad_names", "non-UTF-8 names")):
+        if entries.get(key):
+            examples = "; ".join(entries[key][:EXAMPLES_SHOWN])
+            lines.append(f"  skipped {len(entries[key])} {what}: {examples}")
     return "\n".join(lines)
 
 

@@ -120,19 +120,26 @@ class FaceAlignmentDetector:
 
     def __init__(
         self,
-        detector_path: Path | str,
-        landmarks_path: Path | str,
+        detector: nn.Module,
+        fan: nn.Module,
         device: torch.device | str = "cpu",
         conf_threshold: float = 0.5,
         nms_threshold: float = 0.3,
         flip_input: bool = False,
     ) -> None:
         self.device = torch.device(device)
-        self.detector = load_s3fd(detector_path, self.device)
-        self.fan = load_fan(landmarks_path, self.device)
+        self.detector = detector.to(self.device).eval()
+        self.fan = fan.to(self.device).eval()
         self.conf_threshold = float(conf_threshold)
         self.nms_threshold = float(nms_threshold)
         self.flip_input = flip_input
+
+    @classmethod
+    def from_files(
+        cls, detector_path: Path | str, landmarks_path: Path | str, device: torch.device | str = "cpu", **kw
+    ) -> FaceAlignmentDetector:
+        """The detector from the S3FD and FAN files (see load_s3fd, load_fan)."""
+        return cls(load_s3fd(detector_path), load_fan(landmarks_path), device, **kw)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         for i, image in enumerate(images):

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from deskpro.common import images
 from deskpro.common.files import atomic_path, sha256_file
 from deskpro.manifests import SCHEMA as MANIFEST_SCHEMA
+from deskpro.pipeline.options import StageRunOptions
 from deskpro.pipeline.stages import (
     batch_to_table,
     table_to_batch,
@@ -31,41 +31,12 @@ from deskpro.pipeline.stages import (
 FORMAT_VERSION = 1
 
 
-EXECUTORS = ("ray", "local")
-
-
-# Options that change where or how fast a stage runs, never its results: not fingerprinted.
-UNFINGERPRINTED = frozenset({"device", "channels_last"})
-
-
 class StageError(RuntimeError):
     """A stage run that cannot start or did not finish cleanly; the message says what to do."""
 
     def __init__(self, message: str, summary: StageSummary | None = None) -> None:
         super().__init__(message)
         self.summary = summary
-
-
-@dataclass(frozen=True)
-class StageRunOptions:
-    """How to run a stage (not what it computes): executor, partitioning, resources, policy."""
-
-    part_size: int = 1000  # manifest rows per part file
-    batch_size: int = 16  # rows per model call
-    executor: str = "ray"  # "ray" or "local" (in-process loop, no Ray)
-    ray_address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": join a cluster
-    num_actors: int = 1  # the most model replicas (actors) at once
-    num_gpus: float | None = None  # GPUs per actor (fractional allowed); None: 1 if the cluster has GPUs
-    num_cpus: float = 1.0  # CPUs per actor
-    overwrite: bool = False  # recompute everything when the fingerprint changed
-    max_errors: int | None = None  # more error rows than this fails the run (after writing)
-    progress: bool = True
-
-    def check(self) -> None:
-        if self.part_size < 1 or self.batch_size < 1 or self.num_actors < 1:
-            raise StageError("--part-size, --batch-size and --actors must be >= 1")
-        if self.executor not in EXECUTORS:
-            raise StageError(f"--executor {self.executor}: choose from {', '.join(EXECUTORS)}")
 
 
 @dataclass
@@ -118,12 +89,11 @@ def manifest_fingerprint(table: pa.Table, root: str) -> str:
     return digest.hexdigest()
 
 
-def options_fingerprint(backend_options: Mapping[str, Any]) -> dict:
-    """Backend options as stored in stage.json: weights paths become their sha256, device is dropped."""
+def options_fingerprint(options) -> dict:
+    """A stage's options (deskpro.pipeline.options) as stored in stage.json: the fields that change
+    results (not device or channels_last), weights paths replaced by the files' sha256."""
     out = {}
-    for key, value in sorted(backend_options.items()):
-        if key in UNFINGERPRINTED:
-            continue
+    for key, value in sorted(options.fingerprinted().items()):
         if key.endswith("weights") and value is not None:
             value = {"sha256": sha256_file(value)} if Path(value).is_file() else {"missing": str(value)}
         out[key] = value
@@ -173,10 +143,16 @@ class StagePlan:
     sizes: list[int]  # rows of each part
     missing: list[int]
     upstream_dir: Path | None  # restore reads detect's parts
+    max_pixels: int | None = None  # images larger than this are error rows (stages that read images)
 
     @property
     def num_parts(self) -> int:
         return len(self.sizes)
+
+    @property
+    def decode_kwargs(self) -> dict:
+        """The keyword arguments of images.decode_batch for this plan's images."""
+        return {"root": self.root, "max_pixels": self.max_pixels}
 
 
 class PartCollector:
@@ -293,5 +269,5 @@ def run_local(plan: StagePlan, opts: StageRunOptions, collector: PartCollector) 
     for rows in source_tables(plan, opts.batch_size):
         batch = table_to_batch(rows)
         if plan.stage_class.needs_images:
-            batch = images.decode_batch(batch, root=plan.root)
+            batch = images.decode_batch(batch, **plan.decode_kwargs)
         collector.add(stage(batch))

@@ -96,7 +96,7 @@ def run_ray(plan: StagePlan, opts: StageRunOptions, collector: PartCollector) ->
             if plan.stage_class.needs_images:
                 ds = ds.map_batches(
                     images.decode_batch,
-                    fn_kwargs={"root": plan.root},
+                    fn_kwargs=plan.decode_kwargs,
                     batch_size=opts.batch_size,
                     num_cpus=DECODE_CPUS,
                 )

@@ -8,7 +8,7 @@ the parts were written is refused unless `overwrite`.
 from __future__ import annotations
 
 import contextlib
-import inspect
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -20,7 +20,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from deskpro.common.torch_utils import resolve_device
 from deskpro.manifests import manifest_info, read_manifest, write_manifest
+from deskpro.pipeline import backends
+from deskpro.pipeline.options import STAGE_NAMES, StageConfigError, make_options
 from deskpro.pipeline.plan import (
     FORMAT_VERSION,
     PartCollector,
@@ -39,11 +42,7 @@ from deskpro.pipeline.plan import (
     write_json,
 )
 from deskpro.pipeline.ray_executor import describe_error, ray_session, run_ray
-from deskpro.pipeline.stages import (
-    STAGE_CLASSES,
-    STAGE_NAMES,
-    check_options,
-)
+from deskpro.pipeline.stages import STAGE_CLASSES
 
 ERRORS_SHOWN = 3
 
@@ -85,16 +84,46 @@ def _upstream(
     return up_dir, info["fingerprint"]
 
 
-def _stage_kwargs(stage_class: type, backend_options: Mapping[str, Any], root: str) -> dict:
-    kwargs = dict(backend_options)
-    if "root" in inspect.signature(stage_class.__init__).parameters:
-        kwargs.setdefault("root", root)
-    return kwargs
+def _refuse_stale_upstream(stage: str, out_dir: Path, upstream_fp: dict | None, overwrite: bool) -> None:
+    """Restore parts made from a detect run that has since been redone: refused, naming what to rerun."""
+    old = read_stage_json(out_dir)
+    if upstream_fp is None or overwrite or not old or "fingerprint" not in old:
+        return
+    if old["fingerprint"].get("upstream") != upstream_fp and any(out_dir.glob("part-*.parquet")):
+        raise StageError(
+            f"{out_dir}: these {stage} parts were made from an earlier detect run, and the detect stage "
+            f"has been rerun since (other options or weights); rerun `deskpro {stage}` with --overwrite"
+        )
 
 
-def _plan(stage, manifest_path, work_dir, backend_options, opts, stage_class) -> tuple[StagePlan, dict]:
+def stage_options(stage: str, backend_options, flag_prefix: str = ""):
+    """The stage's options dataclass (from a mapping of its fields, checked), the backend's defaults
+    filled in; StageConfigError naming the flag for an unknown backend or a value out of range."""
     if stage not in STAGE_NAMES:
         raise StageError(f"unknown stage {stage!r}; choose from {', '.join(STAGE_NAMES)}")
+    if isinstance(backend_options, Mapping):
+        options = make_options(stage, dict(backend_options), flag_prefix)
+    else:
+        options = backend_options
+    return backends.get(stage, options.backend, flag_prefix).resolve(options)
+
+
+def check_stage(stage: str, options, flag_prefix: str = "", *, device_here: bool = True) -> None:
+    """On the driver, before any work: the device exists and every checkpoint file loads.
+
+    Deterministic failures are StageConfigErrors naming the flag, never a failed run to resume.
+    `device_here=False` (joining a cluster) checks the device's spelling only: the GPUs are there.
+    """
+    backend = backends.get(stage, options.backend, flag_prefix)
+    if backend.needs_gpu:
+        try:
+            resolve_device(options.device, check_available=device_here)
+        except ValueError as exc:
+            raise StageConfigError(str(exc)) from None
+    backends.load_checked(backend, options, flag_prefix)
+
+
+def _plan(stage, manifest_path, work_dir, options, opts, stage_class) -> tuple[StagePlan, dict]:
     opts.check()
     work_dir = Path(work_dir)
     table, root = _load_manifest(manifest_path)
@@ -103,12 +132,13 @@ def _plan(stage, manifest_path, work_dir, backend_options, opts, stage_class) ->
     fingerprint = {
         "format_version": FORMAT_VERSION,
         "stage": stage,
-        "options": options_fingerprint(backend_options),
+        "options": options_fingerprint(options),
         "manifest": manifest_fp,
         "part_size": opts.part_size,
         "upstream": upstream_fp,
     }
     out_dir = stage_dir(work_dir, stage)
+    _refuse_stale_upstream(stage, out_dir, upstream_fp, opts.overwrite)
     prepare_stage_dir(out_dir, fingerprint, opts.overwrite)
     num_parts = math.ceil(len(table) / opts.part_size)
     sizes = [min(opts.part_size, len(table) - i * opts.part_size) for i in range(num_parts)]
@@ -117,7 +147,7 @@ def _plan(stage, manifest_path, work_dir, backend_options, opts, stage_class) ->
     plan = StagePlan(
         stage,
         cls,
-        _stage_kwargs(cls, backend_options, root),
+        {**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)}, "root": root},
         table,
         root,
         out_dir,
@@ -125,6 +155,7 @@ def _plan(stage, manifest_path, work_dir, backend_options, opts, stage_class) ->
         sizes,
         [i for i in range(num_parts) if i not in done],
         upstream_dir,
+        getattr(options, "max_pixels", None),
     )
     return plan, fingerprint
 
@@ -151,29 +182,38 @@ def _summarise(plan: StagePlan, collector_written: int, rows_computed: int, seco
     )
 
 
+def _device_here(run_options: StageRunOptions) -> bool:
+    """Whether the networks run on this machine: locally, or on a Ray started here."""
+    return run_options.executor == "local" or not run_options.ray_address
+
+
 def run_stage(
     stage: str,
     manifest_path: Path | str,
     work_dir: Path | str,
-    backend_options: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Any] | Any = None,
     run_options: StageRunOptions = StageRunOptions(),
     *,
     stage_class: type | None = None,
     flag_prefix: str = "",
+    checked: bool = False,
 ) -> StageSummary:
     """Run `stage` ("parse", "detect", "restore") over the manifest into WORK/stages/<stage>/.
 
-    `backend_options` are the stage class's constructor arguments (backend, weights, ...; the image
-    root comes from the manifest). `stage_class` replaces the stage's class (same contract), for
-    stand-ins in tests and benchmarks. `flag_prefix` is how the command prefixes this stage's flags
-    in error messages ("parse-" for `preprocess --parse-weights`). Raises StageError for refused or
-    failed runs and when the stage holds more than `run_options.max_errors` error rows (after
-    writing everything); StageConfigError for an unknown backend or a missing weights file.
+    `backend_options`: the stage's options dataclass (deskpro.pipeline.options) or a mapping of its
+    fields (backend, weights, ...; the image root comes from the manifest). `stage_class` replaces
+    the stage's class (same contract), for stand-ins in tests and benchmarks. `flag_prefix` is how
+    the command prefixes this stage's flags in error messages ("parse-" for `preprocess
+    --parse-weights`); `checked`: check_stage already ran (preprocess checks every stage first).
+    Raises StageError for refused or failed runs and when the stage holds more than
+    `run_options.max_errors` error rows (after writing everything); StageConfigError, before any
+    work starts, for options that cannot work (unknown backend, value out of range, missing or
+    unloadable weights file, absent device).
     """
-    backend_options = dict(backend_options or {})
-    if stage_class is None and stage in STAGE_NAMES:
-        check_options(stage, backend_options, flag_prefix)
-    plan, fingerprint = _plan(stage, manifest_path, work_dir, backend_options, run_options, stage_class)
+    options = stage_options(stage, backend_options or {}, flag_prefix)
+    if stage_class is None and not checked:
+        check_stage(stage, options, flag_prefix, device_here=_device_here(run_options))
+    plan, fingerprint = _plan(stage, manifest_path, work_dir, options, run_options, stage_class)
     info = {
         "format_version": FORMAT_VERSION,
         "stage": stage,
@@ -183,7 +223,7 @@ def run_stage(
         "complete": False,
     }
     if stage == "parse":
-        info["label_set"] = backend_options.get("labels", "lip")
+        info["label_set"] = options.labels
     write_json(plan.out_dir / "stage.json", info)
     todo = sum(plan.sizes[i] for i in plan.missing)
     start = time.perf_counter()
@@ -192,12 +232,15 @@ def run_stage(
         if plan.missing:
             try:
                 (run_ray if run_options.executor == "ray" else run_local)(plan, run_options, collector)
-            except StageError:
+            except (StageError, StageConfigError):
                 raise
             except Exception as exc:
+                cause = describe_error(exc)
+                if cause.startswith(f"{StageConfigError.__name__}: "):  # raised in a Ray worker
+                    raise StageConfigError(cause.split(": ", 1)[1]) from None
                 raise StageError(
                     f"{stage}: failed after writing {collector.written} of {len(plan.missing)} missing parts "
-                    f"({describe_error(exc)}); rerun the same command to resume"
+                    f"({cause}); rerun the same command to resume"
                 ) from exc
         collector.finish()
     summary = _summarise(plan, collector.written, todo, time.perf_counter() - start)
@@ -222,8 +265,9 @@ def run_preprocess(
     Every stage's options (backends, weights files) are checked before anything runs, so that a
     wrong restore weights path fails at once rather than after hours of parsing.
     """
+    options = {s: stage_options(s, backend_options.get(s, {}), f"{s}-") for s in STAGE_NAMES}
     for stage in STAGE_NAMES:
-        check_options(stage, dict(backend_options.get(stage, {})), f"{stage}-")
+        check_stage(stage, options[stage], f"{stage}-", device_here=_device_here(run_options))
     summaries = []
     session = (
         ray_session(run_options.ray_address) if run_options.executor == "ray" else contextlib.nullcontext()
@@ -235,9 +279,10 @@ def run_preprocess(
                     stage,
                     manifest_path,
                     work_dir,
-                    backend_options.get(stage, {}),
+                    options[stage],
                     run_options,
                     flag_prefix=f"{stage}-",
+                    checked=True,
                 )
             )
     return summaries

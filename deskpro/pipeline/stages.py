@@ -1,15 +1,17 @@
 """The three preprocessing stages as batch-inference callables: parse, detect, restore.
 
 Each class follows Ray Data's batch-inference pattern and runs just as well without Ray:
-`__init__` loads the model once, `__call__(batch)` maps one batch (a dict of numpy arrays) to the
-stage's output columns. Rows that arrive with an `error` (an undecodable image, a failed upstream
-stage) pass through with that error and null outputs. `batch_to_table` turns an output batch into
-the stage's Arrow schema, the format of `WORK/stages/<stage>/part-*.parquet`.
+`__init__` builds the backend's model once (deskpro.pipeline.backends), `__call__(batch)` maps one
+batch (a dict of numpy arrays) to the stage's output columns. Rows that arrive with an `error` (an
+undecodable image, a failed upstream stage) pass through with that error and null outputs.
+`batch_to_table` turns an output batch into the stage's Arrow schema, the format of
+`WORK/stages/<stage>/part-*.parquet`. What a stage computes is its options dataclass
+(deskpro.pipeline.options): a constructor takes one, or its fields as keywords.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import cv2
@@ -17,9 +19,21 @@ import numpy as np
 import pyarrow as pa
 
 from deskpro.common import images
-from deskpro.pipeline import detection, parsing, restoration
+from deskpro.common.torch_utils import resolve_device
+from deskpro.pipeline import backends
+from deskpro.pipeline.detection import FacePolicy, choose_face
+from deskpro.pipeline.faces import align_face
+from deskpro.pipeline.options import (
+    STAGE_NAMES,
+    DetectOptions,
+    ParseOptions,
+    RestoreOptions,
+    StageConfigError,
+    make_options,
+)
 
-STAGE_NAMES = ("parse", "detect", "restore")
+__all__ = ["STAGE_NAMES", "StageConfigError", "NO_NET_BACKENDS", "ParseStage", "DetectStage", "RestoreStage"]
+NO_NET_BACKENDS = backends.NO_NET_BACKENDS  # what Ray gives no GPU
 
 PARSE_SCHEMA = pa.schema(
     [
@@ -42,38 +56,6 @@ DETECT_SCHEMA = pa.schema(
 )
 RESTORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("face_hr_jpg", pa.binary()), ("error", pa.string())])
 
-PARSE_BACKENDS = ("schp", "smp:ARCH:ENCODER", "oracle")
-DETECT_BACKENDS = ("retinaface-resnet50", "retinaface-mobilenet0.25", "face-alignment", "oracle")
-RESTORE_BACKENDS = ("gpen-512", "gpen-256", "none")
-# Backends without a network: no weights file, no GPU.
-NO_NET_BACKENDS = ("oracle", "none")
-
-
-class StageConfigError(ValueError):
-    """Stage options that cannot work (unknown backend, missing weights file); one line, names the flag."""
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu' (imports torch only when a net is built)."""
-    from deskpro.common.torch_utils import resolve_device as resolve
-
-    return resolve(device)
-
-
-def require_weights(path: str | Path | None, flag: str = "--weights", backend: str = "") -> Path:
-    """The weights path if it is a file; otherwise a one-line StageConfigError naming the flag."""
-    for_backend = f" (backend {backend})" if backend else ""
-    if path is None:
-        raise StageConfigError(
-            f"{flag} is required{for_backend}; `deskpro weights list` says where each checkpoint comes from"
-        )
-    if not Path(path).is_file():
-        raise StageConfigError(
-            f"{flag} {path}: file not found{for_backend}; `deskpro weights list` says where each "
-            "checkpoint comes from"
-        )
-    return Path(path)
-
 
 def _rows(batch: dict[str, Any]) -> tuple[list[str], list[str | None]]:
     """The batch's sample ids and incoming errors (None where the row is fine)."""
@@ -89,87 +71,43 @@ def _object_array(values: list) -> np.ndarray:
     return out
 
 
-class ParseStage:
+class _Stage:
+    """Options in, the backend's model built once. `root`: the manifest's image root (oracles read it)."""
+
+    name: str
+    options_class: type
+
+    def __init__(self, options=None, /, *, root: str | None = None, nets: Any = None, **values) -> None:
+        if options is None:
+            options = make_options(self.name, values)
+        elif values:
+            options = dataclasses.replace(options, **values)
+        if not isinstance(options, self.options_class):
+            raise TypeError(
+                f"{self.name}: expected {self.options_class.__name__}, got {type(options).__name__}"
+            )
+        self.backend = backends.get(self.name, options.backend)
+        self.options = self.backend.resolve(options)
+        device = "cpu" if not self.backend.needs_gpu else resolve_device(self.options.device)
+        self.model = backends.build_model(self.backend, self.options, device, root, nets)
+
+
+class ParseStage(_Stage):
     """Human parsing: each image -> a uint8 label map at the image's own size, stored as PNG bytes.
 
-    Backends: "schp" (official SCHP weights, `labels` lip/atr/pascal, optional flip test and input
-    size), "smp:ARCH:ENCODER" (a segmentation_models_pytorch parser with `num_classes`), "oracle"
-    (the synthetic dataset's ground truth under `root`). Input columns: sample_id, path, image (BGR),
-    error. Output: sample_id, parse_png, label_set, error.
+    Input columns: sample_id, path, image (BGR), error. Output: sample_id, parse_png, label_set, error.
     """
 
     name = "parse"
+    options_class = ParseOptions
     schema = PARSE_SCHEMA
     needs_images = True
-
-    def __init__(
-        self,
-        *,
-        backend: str = "schp",
-        weights: str | None = None,
-        labels: str = "lip",
-        flip: bool = False,
-        input_size: int | None = None,
-        num_classes: int | None = None,
-        root: str | None = None,
-        device: str = "auto",
-        amp: str | None = None,
-        channels_last: bool = False,
-    ) -> None:
-        self.backend = backend
-        self.label_set = labels
-        self._oracle = None
-        self._parser = None
-        if backend == "oracle":
-            from deskpro.synthetic.oracle import OracleParser
-
-            if labels != OracleParser.label_set:
-                raise StageConfigError(
-                    f"--labels {labels}: the oracle parser gives LIP labels; use --labels lip"
-                )
-            self._oracle = OracleParser(root)
-            return
-        from deskpro.pipeline.nets import schp
-
-        device = resolve_device(device)
-        if backend == "schp":
-            net = schp.load(require_weights(weights, backend=backend), labels=labels)
-        elif backend.startswith("smp:"):
-            from deskpro.pipeline.nets import smp_parser
-
-            classes = num_classes or len(schp.LABELS[labels])
-            net = smp_parser.load(backend, require_weights(weights, backend=backend), classes)
-        else:
-            raise StageConfigError(
-                f"--backend {backend}: unknown parser; choose from {', '.join(PARSE_BACKENDS)}"
-            )
-        self._parser = parsing.Parser(
-            net,
-            labels=labels,
-            input_size=input_size,
-            flip=flip,
-            device=device,
-            amp=amp,
-            channels_last=channels_last,
-        )
-
-    def _predict(self, paths: list[str], images: list[np.ndarray]) -> list[np.ndarray | str]:
-        """A label map per image, or an error string for an image the backend cannot serve."""
-        if self._parser is not None:
-            return list(self._parser(images)) if images else []
-        out: list[np.ndarray | str] = []
-        for path in paths:
-            try:
-                out.append(self._oracle.one(path))
-            except (OSError, KeyError, ValueError) as exc:
-                out.append(f"{path}: no ground-truth parse ({exc})")
-        return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, errors = _rows(batch)
         paths = [str(p) for p in batch["path"]]
         ok = [i for i, e in enumerate(errors) if e is None]
-        maps = self._predict([paths[i] for i in ok], [batch["image"][i] for i in ok])
+        maps = self.model([paths[i] for i in ok], [batch["image"][i] for i in ok])
         pngs: list[bytes | None] = [None] * len(ids)
         for i, label_map in zip(ok, maps):
             image_hw = tuple(batch["image"][i].shape[:2])
@@ -179,117 +117,70 @@ class ParseStage:
                 errors[i] = f"{paths[i]}: label map of shape {label_map.shape} for an image of {image_hw}"
             else:
                 pngs[i] = images.encode_png(np.ascontiguousarray(label_map, np.uint8))
+        label_set = self.options.labels
         return {
             "sample_id": _object_array(ids),
             "parse_png": _object_array(pngs),
-            "label_set": _object_array([None if p is None else self.label_set for p in pngs]),
+            "label_set": _object_array([None if p is None else label_set for p in pngs]),
             "error": _object_array(errors),
         }
 
 
-class DetectStage:
+def upscaled(model, factor: float):
+    """`model` (the detect contract) run on images enlarged by `factor` (bicubic), results in original
+    pixels. One implementation for every detector backend: `--upscale` means the same for all."""
+    if factor == 1.0:
+        return model
+
+    def detect(paths: list[str], images_bgr: list[np.ndarray]) -> list:
+        big = [cv2.resize(im, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC) for im in images_bgr]
+        out = []
+        for image, large, faces in zip(images_bgr, big, model(paths, big)):
+            if isinstance(faces, str):
+                out.append(faces)
+                continue
+            # The true per-axis ratio: cv2 rounds the enlarged size to whole pixels.
+            sx, sy = large.shape[1] / image.shape[1], large.shape[0] / image.shape[0]
+            out.append(
+                [
+                    dataclasses.replace(
+                        f,
+                        box=np.asarray(f.box, np.float32) / np.array([sx, sy, sx, sy], np.float32),
+                        landmarks=np.asarray(f.landmarks, np.float32) / np.array([sx, sy], np.float32),
+                    )
+                    for f in faces
+                ]
+            )
+        return out
+
+    return detect
+
+
+class DetectStage(_Stage):
     """Face detection: the person's face (FacePolicy), its 5 landmarks and an aligned low-res crop.
 
-    Backends: "retinaface-resnet50", "retinaface-mobilenet0.25" (official weights), "face-alignment"
-    (S3FD `weights` + FAN `landmarks_weights`), "oracle" (the synthetic ground truth under `root`).
     `upscale` enlarges images before detection (re-id faces are tiny); coordinates are always in the
     original image. The crop is `faces.align_face(image_rgb, landmarks, face_lr_size)`, stored as RGB
     PNG. Input: sample_id, path, image (BGR), error. Output: DETECT_SCHEMA's columns.
     """
 
     name = "detect"
+    options_class = DetectOptions
     schema = DETECT_SCHEMA
     needs_images = True
 
-    def __init__(
-        self,
-        *,
-        backend: str = "retinaface-resnet50",
-        weights: str | None = None,
-        landmarks_weights: str | None = None,
-        root: str | None = None,
-        conf_threshold: float = 0.5,
-        nms_threshold: float = 0.4,
-        min_score: float = 0.8,
-        min_size: float = 8.0,
-        max_center_y: float = 0.5,
-        upscale: float = 1.0,
-        face_lr_size: int = 128,
-        device: str = "auto",
-        amp: str | None = None,
-        channels_last: bool = False,
-    ) -> None:
-        FacePolicy = detection.FacePolicy
-
-        if upscale <= 0:
-            raise StageConfigError(f"--upscale {upscale}: must be > 0")
-        self.backend = backend
-        self.policy = FacePolicy(min_score=min_score, min_size=min_size, max_center_y=max_center_y)
-        self.upscale = float(upscale)
-        self.face_lr_size = int(face_lr_size)
-        self._oracle = None
-        self._detector = None
-        if backend == "oracle":
-            from deskpro.synthetic.oracle import OracleFaceDetector
-
-            self._oracle = OracleFaceDetector(root)
-            return
-        device = resolve_device(device)
-        if backend.startswith("retinaface-"):
-            from deskpro.pipeline.nets import retinaface
-
-            variant = backend.removeprefix("retinaface-")
-            if variant not in ("resnet50", "mobilenet0.25"):
-                raise StageConfigError(
-                    f"--backend {backend}: unknown; choose from {', '.join(DETECT_BACKENDS)}"
-                )
-            net = retinaface.load(require_weights(weights, backend=backend), variant=variant)
-            self._detector = detection.FaceDetector(
-                net,
-                conf_threshold=conf_threshold,
-                nms_threshold=nms_threshold,
-                device=device,
-                amp=amp,
-                channels_last=channels_last,
-                upscale=self.upscale,
-            )
-        elif backend == "face-alignment":
-            from deskpro.pipeline.fa_detection import FaceAlignmentDetector
-
-            self._detector = _Upscaled(
-                FaceAlignmentDetector(
-                    str(require_weights(weights, backend=backend)),
-                    str(require_weights(landmarks_weights, "--landmarks-weights", backend)),
-                    device=device,
-                ),
-                self.upscale,
-            )
-        else:
-            raise StageConfigError(
-                f"--backend {backend}: unknown detector; choose from {', '.join(DETECT_BACKENDS)}"
-            )
-
-    def _detect(self, paths: list[str], images: list[np.ndarray]) -> list[list | str]:
-        """Candidate faces per image (original pixels), or an error string for that image."""
-        if self._detector is not None:
-            return list(self._detector(images)) if images else []
-        out: list[list | str] = []
-        for path in paths:
-            try:
-                out.append(self._oracle.one(path))
-            except KeyError as exc:
-                out.append(f"{path}: no ground-truth face entry ({exc.args[0]})")
-        return out
+    def __init__(self, options=None, /, **kw) -> None:
+        super().__init__(options, **kw)
+        o = self.options
+        self.policy = FacePolicy(min_score=o.min_score, min_size=o.min_size, max_center_y=o.max_center_y)
+        self.detect = upscaled(self.model, float(o.upscale))
 
     def _crop(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> bytes:
-        from deskpro.pipeline.faces import align_face
-
-        crop, _ = align_face(np.ascontiguousarray(image_bgr[:, :, ::-1]), landmarks, self.face_lr_size)
+        rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
+        crop, _ = align_face(rgb, landmarks, self.options.face_lr_size)
         return images.encode_png(crop)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        choose_face = detection.choose_face
-
         ids, errors = _rows(batch)
         paths = [str(p) for p in batch["path"]]
         n = len(ids)
@@ -299,7 +190,7 @@ class DetectStage:
         landmarks = np.full((n, 10), np.nan, np.float32)
         crops: list[bytes | None] = [None] * n
         ok = [i for i, e in enumerate(errors) if e is None]
-        detections = self._detect([paths[i] for i in ok], [batch["image"][i] for i in ok])
+        detections = self.detect([paths[i] for i in ok], [batch["image"][i] for i in ok]) if ok else []
         for i, faces in zip(ok, detections):
             if isinstance(faces, str):
                 errors[i] = faces
@@ -327,83 +218,31 @@ class DetectStage:
         }
 
 
-class _Upscaled:
-    """Wraps a detector: images enlarged by `factor` (bicubic) before detection, results scaled back."""
-
-    def __init__(self, detector, factor: float) -> None:
-        self.detector, self.factor = detector, factor
-
-    def __call__(self, images: list[np.ndarray]) -> list[list]:
-        if self.factor == 1.0:
-            return self.detector(images)
-        import dataclasses
-
-        big = [
-            cv2.resize(im, None, fx=self.factor, fy=self.factor, interpolation=cv2.INTER_CUBIC)
-            for im in images
-        ]
-        return [
-            [
-                dataclasses.replace(f, box=f.box / self.factor, landmarks=f.landmarks / self.factor)
-                for f in faces
-            ]
-            for faces in self.detector(big)
-        ]
-
-
-class RestoreStage:
+class RestoreStage(_Stage):
     """Face restoration of the detect stage's aligned low-res crops -> RGB JPEG at face_hr_size.
 
-    Backends: "gpen-512", "gpen-256" (official GPEN-BFR weights), "none" (bicubic upsampling of the
-    low-res crop: for ablations and the demo). Reads detect outputs, never the images. Input:
-    sample_id, has_face, face_lr_png, error. Output: sample_id, face_hr_jpg (null without a face), error.
+    Backend "none" is bicubic upsampling of the low-res crop (ablations, the demo). Reads detect
+    outputs, never the images. Input: sample_id, has_face, face_lr_png, error. Output: sample_id,
+    face_hr_jpg (null without a face), error.
     """
 
     name = "restore"
+    options_class = RestoreOptions
     schema = RESTORE_SCHEMA
     needs_images = False
     input_columns = ("sample_id", "has_face", "face_lr_png", "error")
 
-    def __init__(
-        self,
-        *,
-        backend: str = "gpen-512",
-        weights: str | None = None,
-        face_hr_size: int = 256,
-        quality: int = 95,
-        device: str = "auto",
-        amp: str | None = None,
-        channels_last: bool = False,
-    ) -> None:
-        self.backend = backend
-        self.face_hr_size = int(face_hr_size)
-        self.quality = int(quality)
-        self._restorer = None
-        if backend == "none":
-            return
-        if backend not in ("gpen-512", "gpen-256"):
-            raise StageConfigError(
-                f"--backend {backend}: unknown restorer; choose from {', '.join(RESTORE_BACKENDS)}"
-            )
-        from deskpro.pipeline.nets import gpen
-
-        size = int(backend.removeprefix("gpen-"))
-        net = gpen.load(require_weights(weights, backend=backend), size=size)
-        self._restorer = restoration.Restorer(
-            net, device=resolve_device(device), amp=amp, channels_last=channels_last
-        )
-
     def _resize(self, face: np.ndarray) -> np.ndarray:
-        size = self.face_hr_size
+        size = self.options.face_hr_size
         if face.shape[0] == size:
             return face
         interp = cv2.INTER_AREA if face.shape[0] > size else cv2.INTER_CUBIC
         return cv2.resize(face, (size, size), interpolation=interp)
 
     def _restore(self, faces: np.ndarray) -> list[np.ndarray]:
-        if self._restorer is None or len(faces) == 0:
+        if self.model is None or len(faces) == 0:
             return [self._resize(f) for f in faces]
-        return [self._resize(f) for f in self._restorer(faces)]
+        return [self._resize(f) for f in self.model(faces)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, errors = _rows(batch)
@@ -422,31 +261,12 @@ class RestoreStage:
         jpgs: list[bytes | None] = [None] * len(ids)
         stacked = np.stack(faces) if faces else np.zeros((0, 1, 1, 3), np.uint8)
         for i, face in zip(todo, self._restore(stacked)):
-            jpgs[i] = images.encode_jpeg(face, self.quality)
+            jpgs[i] = images.encode_jpeg(face, self.options.face_quality)
         return {
             "sample_id": _object_array(ids),
             "face_hr_jpg": _object_array(jpgs),
             "error": _object_array(errors),
         }
-
-
-def check_options(stage: str, options: dict[str, Any], flag_prefix: str = "") -> None:
-    """Fail fast, on the driver, for an unknown backend or a missing weights file (one-line error).
-
-    `flag_prefix` names the flags as the command spells them (e.g. "parse-" for preprocess's
-    --parse-weights).
-    """
-    backend = str(options.get("backend", ""))
-    known = {"parse": PARSE_BACKENDS, "detect": DETECT_BACKENDS, "restore": RESTORE_BACKENDS}[stage]
-    if backend not in known and not (stage == "parse" and backend.startswith("smp:")):
-        raise StageConfigError(
-            f"--{flag_prefix}backend {backend}: unknown {stage} backend; choose from {', '.join(known)}"
-        )
-    if backend in NO_NET_BACKENDS:
-        return
-    require_weights(options.get("weights"), f"--{flag_prefix}weights", backend)
-    if backend == "face-alignment":
-        require_weights(options.get("landmarks_weights"), "--landmarks-weights", backend)
 
 
 STAGE_CLASSES: dict[str, type] = {"parse": ParseStage, "detect": DetectStage, "restore": RestoreStage}

@@ -1,7 +1,8 @@
-"""Oracle backends: the synthetic dataset's ground truth served through the parser and detector contracts.
+"""Oracle backends: the synthetic dataset's ground truth, served through the parser and detector contracts.
 
 They let every stage, the runner and the demo run on CPU in seconds with known-correct outputs, and
-they are the reference that the real networks are compared against on the synthetic set.
+they are the reference that the real networks are compared against on the synthetic set. They return
+plain arrays (this layer sits below the pipeline): deskpro.pipeline.backends turns them into Faces.
 """
 
 from __future__ import annotations
@@ -10,21 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
+from deskpro.synthetic.generator import read_face_truth, read_parse_truth
+
 
 class OracleParser:
     """Returns the ground-truth LIP label map of each image (`root/truth/parse/<path>.png`)."""
 
     label_set = "lip"
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str | None):
         if root is None:
             raise ValueError("oracle parser: the manifest has no root to read the ground truth from")
         self.root = Path(root)
 
     def one(self, path: str) -> np.ndarray:
         """The label map of one image (path relative to root); raises if its truth file is missing."""
-        from deskpro.synthetic.generator import read_parse_truth
-
         return np.asarray(read_parse_truth(self.root, path), dtype=np.uint8)
 
 
@@ -35,22 +36,19 @@ class OracleFaceDetector:
     still applies, so the oracle exercises the same selection path as the real detectors.
     """
 
-    def __init__(self, root: Path | str):
-        from deskpro.synthetic.generator import read_face_truth
-
+    def __init__(self, root: Path | str | None):
         if root is None:
             raise ValueError("oracle detector: the manifest has no root to read the ground truth from")
         self.root = Path(root)
         self.truth = read_face_truth(self.root)
 
-    def one(self, path: str) -> list:
-        """The detections (0 or 1 Face) of one image; raises KeyError if the truth has no entry."""
-        from deskpro.pipeline.detection import Face
-
+    def one(self, path: str) -> list[tuple[np.ndarray, float, np.ndarray]]:
+        """(box [4], score, landmarks [5, 2]) of the 0 or 1 true face; KeyError if the truth has no entry."""
         if path not in self.truth:
             raise KeyError(f"{path}: no entry in {self.root / 'truth' / 'faces.parquet'}")
         has_face, box, landmarks = self.truth[path]
         if not has_face:
             return []
-        box = np.asarray(box, np.float32).reshape(4)
-        return [Face(box=box, score=1.0, landmarks=np.asarray(landmarks, np.float32).reshape(5, 2))]
+        return [
+            (np.asarray(box, np.float32).reshape(4), 1.0, np.asarray(landmarks, np.float32).reshape(5, 2))
+        ]

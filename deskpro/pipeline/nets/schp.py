@@ -334,13 +334,38 @@ def load(path: str | Path, labels: str = "lip") -> SCHPNet:
     return load_state_dict(net, checkpoint, labels, source=str(path)).eval()
 
 
-def load_any(path: str | Path, labels: str = "lip", arch: str = "schp") -> nn.Module:
-    """A parsing network for `Parser`: the SCHP file (arch "schp") or an "smp:ARCH:ENCODER" checkpoint
-    with as many classes as `labels` has."""
-    if arch == "schp":
-        return load(path, labels)
-    if not arch.startswith("smp:"):
-        raise ValueError(f"unknown parser arch {arch!r}: expected 'schp' or 'smp:ARCH:ENCODER'")
-    from deskpro.pipeline.nets import smp_parser  # imports this module: keep the import local
+# ----------------------------------------------------------------------------- inference folding
 
-    return smp_parser.load(arch, path, len(LABELS[check_labels(labels)]))
+
+def _activation(abn: InPlaceABN) -> nn.Module:
+    return nn.LeakyReLU(abn.slope) if abn.activation == "leaky_relu" else nn.Identity()
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, abn: InPlaceABN) -> None:
+    """conv <- abn(conv) without the activation: per output channel, scale the weights, add a bias."""
+    factor = (abn.weight.abs() + abn.eps) / torch.sqrt(abn.running_var + abn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(abn.bias)
+    conv.weight.mul_(factor.view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(abn.bias + (bias - abn.running_mean) * factor)
+
+
+def fold_abn(net: nn.Module) -> nn.Module:
+    """Fold every InPlaceABN that directly follows a Conv2d into that conv, in place, for inference.
+
+    The pairs are a Sequential's consecutive (Conv2d, InPlaceABN) and a module's `convN` / `bnN`
+    attributes (the stem and the bottlenecks, which apply bnN(convN(x))). Each ABN becomes its
+    activation alone. The state dict no longer matches the checkpoint: fold after loading.
+    """
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], InPlaceABN):
+                    _fold_into(module[i], module[i + 1])
+                    module[i + 1] = _activation(module[i + 1])
+        for n in range(1, 4):
+            conv, abn = getattr(module, f"conv{n}", None), getattr(module, f"bn{n}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(abn, InPlaceABN):
+                _fold_into(conv, abn)
+                setattr(module, f"bn{n}", _activation(abn))
+    return net
