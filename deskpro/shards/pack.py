@@ -263,13 +263,11 @@ def _faces(
 # ---------------------------------------------------------------- pack
 
 
-def check_pack_output(work_dir: Path, out_dir: Path, root: Path | None, force: bool, overwrite: bool) -> None:
+def check_pack_output(work_dir: Path, out_dir: Path, root: Path, force: bool, overwrite: bool) -> None:
     """Refuse an output that is an input (the work dir, the dataset root, or inside them), or that
     is a file/folder pack did not create, unless force; complete shards need overwrite."""
     out = out_dir.resolve()
     for item, what in ((work_dir, "the work directory"), (root, "the dataset root")):
-        if item is None:
-            continue
         item = item.resolve()
         if out == item or item in out.parents or out in item.parents:
             raise OutputPathError(
@@ -310,7 +308,6 @@ def pack(
     """Join WORK's manifest and stage outputs into shards in out_dir; see the module docstring."""
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     manifest_path = work_dir / "manifest.parquet"
-    check_pack_output(work_dir, out_dir, None, force, overwrite)
     manifest = read_manifest(manifest_path)
     info = manifest_info(manifest)
     root = Path(info["root"])
