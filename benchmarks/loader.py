@@ -211,6 +211,27 @@ def time_shards(shards: Path, batches: list[list[int]], augment: bool) -> tuple[
     return time.perf_counter() - start, out
 
 
+def time_device_path(shards: Path, batches: list[list[int]], device: str) -> tuple[float, float]:
+    """The GPU path: (seconds of the worker's share, read_jpeg_many; seconds of decode + augment on
+    `device`). Without a GPU the second runs torchvision's CPU decoder, the same code."""
+    from deskpro.shards.device_decode import decode_batch
+
+    dataset = ShardDataset(shards)
+    reader = dataset.reader
+    generator = torch.Generator(device=device).manual_seed(0)
+    worker = device_time = 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        jpeg = reader.read_jpeg_many(dataset.rows[np.asarray(batch)])
+        middle = time.perf_counter()
+        augment_batch(decode_batch(jpeg, reader.options["face_size"], device), generator, device=device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        worker += middle - start
+        device_time += time.perf_counter() - middle
+    return worker, device_time
+
+
 def time_official(official: Path, names: list[str], batches: list[list[int]]) -> tuple[float, dict]:
     """The faithful copy in one process (one worker): per-sample __getitem__, default collate."""
     random.seed(0)
@@ -240,6 +261,7 @@ def _stats(values: list[float]) -> dict:
 def main(samples, ids, p, k, batches, repeats, threads, json_path) -> None:
     import cv2
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     n = batches * p * k
@@ -265,6 +287,9 @@ def main(samples, ids, p, k, batches, repeats, threads, json_path) -> None:
                 rates.setdefault(f"shards {codec}: read + CPU augment", []).append(n / seconds)
             seconds, _ = time_shards(shards["jpeg"], chosen, augment=False)
             rates.setdefault("shards jpeg: read only", []).append(n / seconds)
+            worker, device_seconds = time_device_path(shards["jpeg"], chosen, device)
+            rates.setdefault("shards jpeg bytes: worker share", []).append(n / worker)
+            rates.setdefault(f"  + decode/augment on {device}", []).append(n / device_seconds)
     for codec in CODECS:
         for key in ("body", "face_lr", "face_hr"):
             if outputs[codec][key].shape != outputs["official"][key].shape:
@@ -278,6 +303,7 @@ def main(samples, ids, p, k, batches, repeats, threads, json_path) -> None:
         "batches": batches,
         "repeats": repeats,
         "threads": threads,
+        "device": device,
     }
     click.echo(f"{'loader (one worker)':<34} {'samples/s min / med':>20} {'vs official min / med':>22}")
     for name, r in rates.items():
@@ -286,6 +312,7 @@ def main(samples, ids, p, k, batches, repeats, threads, json_path) -> None:
         click.echo(f"{name:<34} {rate} {ratio['min']:11.2f}x / {ratio['median']:.2f}x")
     click.echo(f"batch {p}x{k}, {batches} batches x {repeats} repeats, {threads} thread(s)")
     click.echo("read only = the worker's share when augment_batch runs on the GPU (trainer default)")
+    click.echo("bytes: worker share = read_jpeg_many (no decoding); the device row is decode_batch + augment")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
 
