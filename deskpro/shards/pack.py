@@ -51,7 +51,7 @@ STAGE_COLUMNS = {
 PAYLOAD_COLUMNS = {"parse": ("parse_png",), "detect": ("face_lr_png",), "restore": ("face_hr_jpg",)}
 REQUIRED_STAGES = ("parse", "detect")
 EXAMPLES_SHOWN = 3
-_PARTS_CACHED = 2
+_PARTS_CACHED = 1  # parts come in manifest order: one part per stage in memory
 
 
 class PackError(ValueError):
