@@ -1,22 +1,30 @@
-"""Benchmark: training-sample throughput per worker, shard loader vs a loader in the official layout.
+"""Benchmark: training-sample throughput per CPU worker, shard loader vs the official loader.
 
-Both loaders produce the same tensors for the same P x K batches: body [B,3,H,W] and both faces
-[B,3,F,F] float, ImageNet-normalised, flipped / shifted / erased, and the parse map [B,H,W].
-- shards: `ShardDataset` reads a batch with one `read_many` (HDF5, JPEG decoded by OpenCV), then
-  `augment_batch` transforms the whole batch as tensors (here on the CPU, in the same process).
-- official layout: one JPEG per kind and sample (body/, mask/, lr_face/, hr_face/), each opened with
-  PIL and transformed per image by torchvision transforms, as the official data loader does.
-Each loader runs in one process (num_workers=0), so samples/s is the rate of one worker. Two rows for
-the shards: the worker's own part (read_many; in training the augmentation runs on the GPU), and
-worker + CPU augmentation (what a CPU-only run pays per process).
+Both sides do the same work per sample, decode + augment: a body [3,384,128], two faces
+[3,224,224] (normalised, flipped, translated, erased) and the parse map (flipped, translated).
+- official (faithful copy): the official ImageDataset_MultiInput path, written from
+  /work/notes/official_recipe.md: four JPEG files per sample (body, lr_face, hr_face, mask), each
+  checked with Path.exists, opened with PIL .convert("RGB"), and transformed by the official
+  Compose (Resize bilinear, RandomHorizontalFlip, Random2DTranslation 1.05, ToTensor, Normalize,
+  RandomErasing with the official fill; the mask without the last two) inside an isolate_rng()
+  that saves and restores the torch, numpy and python RNG states; default collate.
+- shards: `ShardDataset` reads the batch with one `read_many` (HDF5; JPEG decoded by
+  deskpro.common.images, PIL), then `augment_batch` (the trainer's current API; the recipe helper
+  is rewriting the augmentation to the official transforms) on the CPU, in the same process.
+Each loader runs in one process with one thread, so samples/s is the rate of one CPU worker. The
+rows are interleaved and repeated; ratios are per repeat, then min / median. "read only" is the
+worker's share when the augmentation runs on the GPU (the trainer's default with a GPU).
 
-    python benchmarks/loader.py [--samples 256] [--batches 20] [--json out.json]
+    python benchmarks/loader.py [--samples 256] [--batches 10] [--repeats 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +38,7 @@ from deskpro.shards import ShardWriter
 from deskpro.train.data import PKBatchSampler, ShardDataset
 from deskpro.train.transforms import AugmentSettings, augment_batch
 
-KINDS = ("body", "mask", "lr_face", "hr_face")
+KINDS = ("body", "lr_face", "hr_face", "mask")  # the official path order
 CODECS = ("jpeg", "raw")
 
 
@@ -75,55 +83,116 @@ def make_data(
                     subset="train",
                     **sample,
                 )
-            for kind, array in zip(KINDS, (image, parse, lr, hr)):
+            for kind, array in zip(KINDS, (image, lr, hr, parse)):
                 Image.fromarray(array).save(official / kind / f"{i:05d}.jpg", quality=95)
     return shards, official
 
 
-class OfficialLayoutDataset(torch.utils.data.Dataset):
-    """Per-image PIL opening and torchvision transforms, the official data path's way of working."""
+class Random2DTranslation:
+    """The official Random2DTranslation (torchreid's, enlarged 1.05x instead of 1.125x), written from
+    the recipe notes: python `random`; p=0.5 skip = a bilinear re-resize; else enlarge and crop."""
+
+    def __init__(self, height: int, width: int, p: float = 0.5) -> None:
+        self.height, self.width, self.p = height, width, p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.uniform(0, 1) > self.p:
+            return img.resize((self.width, self.height), Image.BILINEAR)
+        new_w, new_h = int(round(self.width * 1.05)), int(round(self.height * 1.05))
+        resized = img.resize((new_w, new_h), Image.BILINEAR)
+        x1 = int(round(random.uniform(0, new_w - self.width)))
+        y1 = int(round(random.uniform(0, new_h - self.height)))
+        return resized.crop((x1, y1, x1 + self.width, y1 + self.height))
+
+
+class RandomErasing:
+    """The official RandomErasing, from the recipe notes: after Normalize, p=0.5 by python `random`,
+    up to 100 attempts, area 0.02-0.4, linear aspect 0.3-1/0.3, fill (0.4914, 0.4822, 0.4465)."""
+
+    mean = (0.4914, 0.4822, 0.4465)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if random.uniform(0, 1) > 0.5:
+            return img
+        _, height, width = img.shape
+        for _ in range(100):
+            area = random.uniform(0.02, 0.4) * height * width
+            aspect = random.uniform(0.3, 1 / 0.3)
+            h = int(round(math.sqrt(area * aspect)))
+            w = int(round(math.sqrt(area / aspect)))
+            if w < width and h < height:
+                top, left = random.randint(0, height - h), random.randint(0, width - w)
+                for c in range(img.shape[0]):
+                    img[c, top : top + h, left : left + w] = self.mean[c]
+                return img
+        return img
+
+
+@contextlib.contextmanager
+def isolate_rng():
+    """PyTorch Lightning 1.6's isolate_rng: save torch CPU, numpy and python RNG states, restore."""
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+class OfficialDataset(torch.utils.data.Dataset):
+    """A faithful copy of the official training loader (ImageDataset_MultiInput.__getitem__): per
+    sample, four image files [body, lr_face, hr_face, mask] each checked to exist, opened with PIL
+    and converted to RGB, and transformed by its official Compose inside isolate_rng()."""
 
     def __init__(self, root: Path, names: list[str], body=(384, 128), face=224):
         from torchvision import transforms as T
 
         self.root, self.names = root, names
         normalize = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        pad = (round(body[1] * 0.025), round(body[0] * 0.025))
         self.body = T.Compose(
             [
                 T.Resize(body),
                 T.RandomHorizontalFlip(),
-                T.Pad(pad),
-                T.RandomCrop(body),
+                Random2DTranslation(*body),
                 T.ToTensor(),
                 normalize,
-                T.RandomErasing(p=0.5, value=0),
+                RandomErasing(),
             ]
         )
-        self.mask = T.Compose(
+        self.face = T.Compose(
             [
-                T.Resize(body, interpolation=T.InterpolationMode.NEAREST),
+                T.Resize((face, face)),
                 T.RandomHorizontalFlip(),
-                T.Pad(pad),
-                T.RandomCrop(body),
-                T.PILToTensor(),
+                Random2DTranslation(face, face),
+                T.ToTensor(),
+                normalize,
+                RandomErasing(),
             ]
         )
-        self.face = T.Compose([T.Resize((face, face)), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+        self.mask = T.Compose(self.body.transforms[:-2])  # Resize, flip, translate, ToTensor
+        self.transforms = [self.body, self.face, self.face, self.mask]
+        self.face_size = face
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def _open(self, kind: str, i: int, mode: str) -> Image.Image:
-        return Image.open(self.root / kind / f"{self.names[i]}.jpg").convert(mode)
-
     def __getitem__(self, i: int) -> dict:
-        return {
-            "body": self.body(self._open("body", i, "RGB")),
-            "parse": self.mask(self._open("mask", i, "L"))[0].long(),
-            "face_lr": self.face(self._open("lr_face", i, "RGB")),
-            "face_hr": self.face(self._open("hr_face", i, "RGB")),
-        }
+        out = []
+        for kind, transform in zip(KINDS, self.transforms):
+            path = self.root / kind / f"{self.names[i]}.jpg"
+            exist = path.exists()
+            if exist:
+                img = Image.open(path).convert("RGB")
+            else:
+                img = Image.fromarray(np.zeros((self.face_size, self.face_size, 3), np.uint8), "RGB")
+            with isolate_rng():
+                img = transform(img)
+            if not exist:
+                img.fill_(0)
+            out.append(img)
+        body, lr, hr, mask = out
+        return {"body": body, "face_lr": lr, "face_hr": hr, "parse": mask}
 
 
 def _collate(items: list[dict]) -> dict:
@@ -142,13 +211,40 @@ def time_shards(shards: Path, batches: list[list[int]], augment: bool) -> tuple[
     return time.perf_counter() - start, out
 
 
+def time_device_path(shards: Path, batches: list[list[int]], device: str) -> tuple[float, float]:
+    """The GPU path: (seconds of the worker's share, read_jpeg_many; seconds of decode + augment on
+    `device`). Without a GPU the second runs torchvision's CPU decoder, the same code."""
+    from deskpro.shards.device_decode import decode_batch
+
+    dataset = ShardDataset(shards)
+    reader = dataset.reader
+    generator = torch.Generator(device=device).manual_seed(0)
+    worker = device_time = 0.0
+    for batch in batches:
+        start = time.perf_counter()
+        jpeg = reader.read_jpeg_many(dataset.rows[np.asarray(batch)])
+        middle = time.perf_counter()
+        augment_batch(decode_batch(jpeg, reader.options["face_size"], device), generator, device=device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        worker += middle - start
+        device_time += time.perf_counter() - middle
+    return worker, device_time
+
+
 def time_official(official: Path, names: list[str], batches: list[list[int]]) -> tuple[float, dict]:
-    torch.manual_seed(0)  # the torchvision transforms draw from the global RNG, as in the official code
-    dataset = OfficialLayoutDataset(official, names)
+    """The faithful copy in one process (one worker): per-sample __getitem__, default collate."""
+    random.seed(0)
+    torch.manual_seed(0)  # a worker's seeding; isolate_rng keeps every sample on the same draws
+    dataset = OfficialDataset(official, names)
     start = time.perf_counter()
     for batch in batches:
-        out = _collate([dataset[i] for i in batch])
+        out = torch.utils.data.default_collate([dataset[i] for i in batch])
     return time.perf_counter() - start, out
+
+
+def _stats(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values)}
 
 
 @click.command()
@@ -156,16 +252,20 @@ def time_official(official: Path, names: list[str], batches: list[list[int]]) ->
 @click.option("--ids", default=32, show_default=True, help="Identities among them.")
 @click.option("--p", "p", default=5, show_default=True)
 @click.option("--k", "k", default=6, show_default=True)
-@click.option("--batches", default=20, show_default=True, help="Batches timed per loader.")
+@click.option("--batches", default=10, show_default=True, help="Batches timed per loader and repeat.")
+@click.option("--repeats", default=3, show_default=True, help="Interleaved repeats of every row.")
 @click.option(
     "--threads", default=1, show_default=True, help="torch / OpenCV threads (1 = one worker's share)."
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
-def main(samples, ids, p, k, batches, threads, json_path) -> None:
+def main(samples, ids, p, k, batches, repeats, threads, json_path) -> None:
     import cv2
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
+    n = batches * p * k
+    rates: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         shards, official = make_data(Path(tmp), samples, ids)
         sampler = PKBatchSampler(ShardDataset(shards["jpeg"]).labels, p, k, seed=0)
@@ -176,34 +276,43 @@ def main(samples, ids, p, k, batches, threads, json_path) -> None:
         chosen = chosen[:batches]
         names = [f"{i:05d}" for i in range(samples)]
         time_official(official, names, chosen[:2])  # warm the page cache and imports
-        seconds, outputs = {}, {}
-        seconds["official_layout"], outputs["official"] = time_official(official, names, chosen)
-        for codec, path in shards.items():
+        for path in shards.values():
             time_shards(path, chosen[:2], True)
-            seconds[f"shards_{codec}_worker"], _ = time_shards(path, chosen, augment=False)
-            seconds[f"shards_{codec}_cpu_augment"], outputs[codec] = time_shards(path, chosen, augment=True)
+        outputs = {}
+        for _ in range(repeats):  # interleaved, so that other load on the machine hits every row
+            seconds, outputs["official"] = time_official(official, names, chosen)
+            rates.setdefault("official (faithful copy)", []).append(n / seconds)
+            for codec, path in shards.items():
+                seconds, outputs[codec] = time_shards(path, chosen, augment=True)
+                rates.setdefault(f"shards {codec}: read + CPU augment", []).append(n / seconds)
+            seconds, _ = time_shards(shards["jpeg"], chosen, augment=False)
+            rates.setdefault("shards jpeg: read only", []).append(n / seconds)
+            worker, device_seconds = time_device_path(shards["jpeg"], chosen, device)
+            rates.setdefault("shards jpeg bytes: worker share", []).append(n / worker)
+            rates.setdefault(f"  + decode/augment on {device}", []).append(n / device_seconds)
     for codec in CODECS:
-        for key, value in outputs["official"].items():
-            if outputs[codec][key].shape != value.shape:
-                raise AssertionError(
-                    f"{key}: shapes differ {tuple(outputs[codec][key].shape)} vs {tuple(value.shape)}"
-                )
-    n = batches * p * k
-    rows = {name: n / t for name, t in seconds.items()}
-    base = rows["official_layout"]
+        for key in ("body", "face_lr", "face_hr"):
+            if outputs[codec][key].shape != outputs["official"][key].shape:
+                raise AssertionError(f"{key}: shapes differ {outputs[codec][key].shape} vs official")
+    base = rates["official (faithful copy)"]
     result = {
-        "samples_per_s_per_worker": rows,
-        "speedup_vs_official": {name: rate / base for name, rate in rows.items()},
+        "samples_per_s_per_worker": {name: _stats(r) for name, r in rates.items()},
+        # ratio per repeat (same repeat's official run), then min / median over repeats
+        "ratio_vs_official": {name: _stats([a / b for a, b in zip(r, base)]) for name, r in rates.items()},
         "batch": p * k,
         "batches": batches,
+        "repeats": repeats,
         "threads": threads,
-        "shapes": {key: list(value.shape) for key, value in outputs["official"].items()},
+        "device": device,
     }
-    click.echo(f"{'loader':<26} {'samples/s/worker':>17} {'vs official':>12}")
-    for name, rate in rows.items():
-        click.echo(f"{name:<26} {rate:17.1f} {rate / base:11.2f}x")
-    click.echo(f"batch {p}x{k}, {batches} batches, {threads} thread(s); shapes {result['shapes']}")
-    click.echo("worker = read_many only (training augments on the GPU); cpu_augment = worker + augment_batch")
+    click.echo(f"{'loader (one worker)':<34} {'samples/s min / med':>20} {'vs official min / med':>22}")
+    for name, r in rates.items():
+        ratio = result["ratio_vs_official"][name]
+        rate = f"{min(r):9.1f} / {statistics.median(r):7.1f}"
+        click.echo(f"{name:<34} {rate} {ratio['min']:11.2f}x / {ratio['median']:.2f}x")
+    click.echo(f"batch {p}x{k}, {batches} batches x {repeats} repeats, {threads} thread(s)")
+    click.echo("read only = the worker's share when augment_batch runs on the GPU (trainer default)")
+    click.echo("bytes: worker share = read_jpeg_many (no decoding); the device row is decode_batch + augment")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
 

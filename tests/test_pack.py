@@ -452,7 +452,7 @@ def test_cli_validates_pack_and_verify_options(work, tmp_path):
     runner = CliRunner()
     base = ["pack", str(work), "-o", str(tmp_path / "s"), "--no-progress"]
     for extra, message in (
-        (["--quality", "90"], "No such option: --quality"),
+        (["--quality", "90"], "No such option '--quality'"),
         (["--jpeg-quality", "101"], "--jpeg-quality"),
         (["--jpeg-quality", "0"], "--jpeg-quality"),
         (["--shard-size", "0"], "--shard-size"),

@@ -325,3 +325,28 @@ def test_reader_reopens_files_in_a_new_process(raw_dir, monkeypatch):
     np.testing.assert_array_equal(reader.read(1)["body"], samples[1]["body"])
     assert reader._handles[0] is not parent_handle
     assert parent_handle.id.valid  # not closed by the "child"
+
+
+def test_device_decode_matches_read_many_on_the_cpu(tmp_path):
+    """The GPU path's code (torchvision decode_jpeg on a list), run on the CPU: same images."""
+    from deskpro.shards.device_decode import decode_batch
+
+    samples = make_samples(8, no_face=(1, 5))
+    write_shards(tmp_path / "jpeg", samples, codec="jpeg")
+    reader = ShardReader(tmp_path / "jpeg")
+    order = [7, 0, 5, 3, 1]
+    decoded = reader.read_many(order)
+    on_device = decode_batch(reader.read_jpeg_many(order), FACE, device="cpu")
+    assert on_device["has_face"].tolist() == decoded["has_face"].tolist()
+    np.testing.assert_array_equal(on_device["parse"].numpy(), decoded["parse"])
+    for key in ("body", "face_lr", "face_hr"):
+        got = on_device[key].numpy()
+        assert got.shape == decoded[key].shape and got.dtype == np.uint8
+        # Two libjpeg builds (PIL's, torchvision's) may round the IDCT differently: within 2 levels.
+        assert np.abs(got.astype(int) - decoded[key]).max() <= 2, key
+    assert not on_device["face_lr"][2].any()  # sample 5: no face -> zeros
+    only_faceless = decode_batch(reader.read_jpeg_many([1, 5]), FACE, device="cpu")
+    assert only_faceless["face_hr"].shape == (2, FACE, FACE, 3) and not only_faceless["face_hr"].any()
+    write_shards(tmp_path / "raw", samples, codec="raw")
+    with pytest.raises(ShardError, match="codec 'raw' holds no JPEG bytes"):
+        ShardReader(tmp_path / "raw").read_jpeg_many([0])

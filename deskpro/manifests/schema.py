@@ -19,14 +19,20 @@ import pyarrow.parquet as pq
 from deskpro.common.files import atomic_path
 
 SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("path", pa.string()),
-        ("pid", pa.int64()),
-        ("camid", pa.int64()),
-        ("clothes_id", pa.int64()),
-        ("split", pa.string()),
-        ("subset", pa.string()),
+    [  # field metadata: what each column means (docs/formats.md)
+        pa.field("sample_id", pa.string(), metadata={"description": "path relative to root without suffix"}),
+        pa.field(
+            "path", pa.string(), metadata={"description": "image path relative to root, POSIX separators"}
+        ),
+        pa.field("pid", pa.int64(), metadata={"description": "person id from the dataset layout"}),
+        pa.field("camid", pa.int64(), metadata={"description": "camera id from the dataset layout"}),
+        pa.field(
+            "clothes_id", pa.int64(), metadata={"description": "clothes id; -1 where the layout has none"}
+        ),
+        pa.field("split", pa.string(), metadata={"description": "train, val, query or gallery"}),
+        pa.field(
+            "subset", pa.string(), metadata={"description": "protocol subset, e.g. query_same, query_diff"}
+        ),
     ]
 )
 SPLITS = ("train", "val", "query", "gallery")

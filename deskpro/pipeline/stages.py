@@ -35,26 +35,52 @@ from deskpro.pipeline.options import (
 __all__ = ["STAGE_NAMES", "StageConfigError", "NO_NET_BACKENDS", "ParseStage", "DetectStage", "RestoreStage"]
 NO_NET_BACKENDS = backends.NO_NET_BACKENDS  # what Ray gives no GPU
 
+
+def _field(name: str, type_: pa.DataType, description: str) -> pa.Field:
+    """A stage-part column with its meaning as Parquet field metadata (docs/formats.md)."""
+    return pa.field(name, type_, metadata={"description": description})
+
+
+_ERROR = "null, or why this image failed (the other outputs are then null)"
 PARSE_SCHEMA = pa.schema(
     [
-        ("sample_id", pa.string()),
-        ("parse_png", pa.binary()),
-        ("label_set", pa.string()),
-        ("error", pa.string()),
-    ]
+        _field("sample_id", pa.string(), "sample id, as in the manifest"),
+        _field(
+            "parse_png", pa.binary(), "label map PNG, uint8 HxW at the original image size, one label a pixel"
+        ),
+        _field("label_set", pa.string(), "label names: lip, atr or pascal (docs/formats.md)"),
+        _field("error", pa.string(), _ERROR),
+    ],
+    metadata={"description": "deskpro parse stage part: one row per manifest sample; see docs/formats.md"},
 )
 DETECT_SCHEMA = pa.schema(
     [
-        ("sample_id", pa.string()),
-        ("has_face", pa.bool_()),
-        ("face_score", pa.float32()),
-        ("face_box", pa.list_(pa.float32(), 4)),
-        ("landmarks", pa.list_(pa.float32(), 10)),
-        ("face_lr_png", pa.binary()),
-        ("error", pa.string()),
-    ]
+        _field("sample_id", pa.string(), "sample id, as in the manifest"),
+        _field("has_face", pa.bool_(), "a face passed the face policy"),
+        _field("face_score", pa.float32(), "detector confidence in [0, 1]; null without a face"),
+        _field(
+            "face_box", pa.list_(pa.float32(), 4), "x1, y1, x2, y2 in original-image pixels, x right, y down"
+        ),
+        _field(
+            "landmarks",
+            pa.list_(pa.float32(), 10),
+            "x, y of left eye, right eye, nose, left and right mouth corner, original-image pixels",
+        ),
+        _field("face_lr_png", pa.binary(), "aligned low-res face crop, RGB PNG, face_lr_size square"),
+        _field("error", pa.string(), _ERROR),
+    ],
+    metadata={"description": "deskpro detect stage part: one row per manifest sample; see docs/formats.md"},
 )
-RESTORE_SCHEMA = pa.schema([("sample_id", pa.string()), ("face_hr_jpg", pa.binary()), ("error", pa.string())])
+RESTORE_SCHEMA = pa.schema(
+    [
+        _field("sample_id", pa.string(), "sample id, as in the manifest"),
+        _field(
+            "face_hr_jpg", pa.binary(), "restored face, RGB JPEG, face_hr_size square; null without a face"
+        ),
+        _field("error", pa.string(), _ERROR),
+    ],
+    metadata={"description": "deskpro restore stage part: one row per manifest sample; see docs/formats.md"},
+)
 
 
 def _rows(batch: dict[str, Any]) -> tuple[list[str], list[str | None]]:

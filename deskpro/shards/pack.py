@@ -51,7 +51,7 @@ STAGE_COLUMNS = {
 PAYLOAD_COLUMNS = {"parse": ("parse_png",), "detect": ("face_lr_png",), "restore": ("face_hr_jpg",)}
 REQUIRED_STAGES = ("parse", "detect")
 EXAMPLES_SHOWN = 3
-_PARTS_CACHED = 2
+_PARTS_CACHED = 1  # parts come in manifest order: one part per stage in memory
 
 
 class PackError(ValueError):
@@ -89,29 +89,35 @@ class PackSummary:
 
 
 class _Stage:
-    """One stage's outputs: light columns for every sample, payload bytes read a part at a time."""
+    """One stage's outputs, by manifest position: part/row and the light columns (errors, flags,
+    label sets: a few bytes a sample) for every sample; payload bytes read a part at a time."""
 
-    def __init__(self, work_dir: Path, name: str) -> None:
+    def __init__(self, work_dir: Path, name: str, positions: dict[str, int]) -> None:
         self.name = name
         folder = stage_dir(work_dir, name)
         self.parts = sorted(folder.glob("part-*.parquet"))
         if not self.parts:
             raise PackError(f"{folder}: no part-*.parquet files; the {name} stage has not written any output")
-        light = [c for c in STAGE_COLUMNS[name] if c not in PAYLOAD_COLUMNS[name]]
-        self.where: dict[str, tuple[int, int]] = {}
-        self.light: dict[str, dict] = {}
-        n_rows = 0
+        n = len(positions)
+        self.part = np.full(n, -1, np.int32)  # -1: no output for this sample
+        self.row = np.zeros(n, np.int32)
+        light = [c for c in STAGE_COLUMNS[name] if c not in PAYLOAD_COLUMNS[name] and c != "sample_id"]
+        self.light = {c: np.empty(n, dtype=object) for c in light}
+        duplicates = 0
         for p, part in enumerate(self.parts):
-            table = self._read(part, light)
+            table = self._read(part, ["sample_id", *light])
             columns = {c: table.column(c).to_pylist() for c in light}
-            for r, sid in enumerate(columns["sample_id"]):
-                self.where[sid] = (p, r)
-                self.light[sid] = {c: columns[c][r] for c in light if c != "sample_id"}
-            n_rows += table.num_rows
-        if len(self.where) != n_rows:
+            for r, sid in enumerate(table.column("sample_id").to_pylist()):
+                i = positions.get(sid)
+                if i is None:
+                    continue  # not in the manifest: not packed
+                duplicates += int(self.part[i] >= 0)
+                self.part[i], self.row[i] = p, r
+                for c in light:
+                    self.light[c][i] = columns[c][r]
+        if duplicates:
             raise PackError(
-                f"{folder}: {n_rows - len(self.where)} sample ids appear in more than one row"
-                f" of the {name} stage"
+                f"{folder}: {duplicates} sample ids appear in more than one row of the {name} stage"
             )
         self.info = _read_stage_json(folder / "stage.json")
         self.fingerprint = self.info.get("fingerprint")
@@ -127,10 +133,11 @@ class _Stage:
         except (OSError, pa.ArrowException) as e:
             raise PackError(f"{part}: unreadable Parquet ({e})") from None
 
-    def value(self, column: str, sample_id: str):
-        if column not in PAYLOAD_COLUMNS[self.name]:
-            return self.light[sample_id][column]
-        p, r = self.where[sample_id]
+    def value(self, column: str, i: int):
+        """The value of `column` for manifest position i."""
+        if column in self.light:
+            return self.light[column][i]
+        p, r = int(self.part[i]), int(self.row[i])
         part = self._cache.get(p)
         if part is None:
             table = self._read(self.parts[p], PAYLOAD_COLUMNS[self.name])
@@ -180,7 +187,7 @@ def _check_current(stages: dict[str, _Stage | None], manifest_fp: str) -> None:
 
 
 def _check_complete(stage: _Stage, sample_ids: list[str]) -> None:
-    missing = [sid for sid in sample_ids if sid not in stage.where]
+    missing = [sample_ids[i] for i in np.flatnonzero(stage.part < 0)]
     if missing:
         examples = ", ".join(missing[:EXAMPLES_SHOWN])
         raise PackError(
@@ -190,7 +197,8 @@ def _check_complete(stage: _Stage, sample_ids: list[str]) -> None:
 
 
 def _label_set(parse: _Stage) -> str | None:
-    values = {row["label_set"] for row in parse.light.values() if row["error"] is None} - {None}
+    ok = np.array([e is None for e in parse.light["error"]], dtype=bool)
+    values = set(parse.light["label_set"][ok].tolist()) - {None}
     if len(values) > 1:
         raise PackError(
             f"stage 'parse' mixes label sets {sorted(values)}; parse the whole manifest with one parser"
@@ -240,21 +248,21 @@ def _parse_map(
 
 
 def _faces(
-    stages: dict[str, _Stage | None], sid: str, size: int
+    stages: dict[str, _Stage | None], i: int, sid: str, size: int
 ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
     """(face_lr, face_hr, 1 if restore failed on a detected face else 0); (None, None, _) without a face."""
     detect, restore = stages["detect"], stages["restore"]
-    if not detect.value("has_face", sid):
+    if not detect.value("has_face", i):
         return None, None, 0
-    lr_png = detect.value("face_lr_png", sid)
+    lr_png = detect.value("face_lr_png", i)
     if lr_png is None:
         return None, None, 0
     face_lr = _face(lr_png, size, f"face_lr_png of {sid}")
     if restore is None:
         return face_lr, face_lr, 0
-    if restore.value("error", sid) is not None:
+    if restore.value("error", i) is not None:
         return None, None, 1
-    hr_jpg = restore.value("face_hr_jpg", sid)
+    hr_jpg = restore.value("face_hr_jpg", i)
     if hr_jpg is None:
         return None, None, 1
     return face_lr, _face(hr_jpg, size, f"face_hr_jpg of {sid}"), 0
@@ -263,13 +271,11 @@ def _faces(
 # ---------------------------------------------------------------- pack
 
 
-def check_pack_output(work_dir: Path, out_dir: Path, root: Path | None, force: bool, overwrite: bool) -> None:
+def check_pack_output(work_dir: Path, out_dir: Path, root: Path, force: bool, overwrite: bool) -> None:
     """Refuse an output that is an input (the work dir, the dataset root, or inside them), or that
     is a file/folder pack did not create, unless force; complete shards need overwrite."""
     out = out_dir.resolve()
     for item, what in ((work_dir, "the work directory"), (root, "the dataset root")):
-        if item is None:
-            continue
         item = item.resolve()
         if out == item or item in out.parents or out in item.parents:
             raise OutputPathError(
@@ -310,18 +316,18 @@ def pack(
     """Join WORK's manifest and stage outputs into shards in out_dir; see the module docstring."""
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     manifest_path = work_dir / "manifest.parquet"
-    check_pack_output(work_dir, out_dir, None, force, overwrite)
     manifest = read_manifest(manifest_path)
     info = manifest_info(manifest)
     root = Path(info["root"])
     check_pack_output(work_dir, out_dir, root, force, overwrite)
     sample_ids = manifest.column("sample_id").to_pylist()
+    positions = {sid: i for i, sid in enumerate(sample_ids)}
     stages: dict[str, _Stage | None] = {}
     for name in STAGE_COLUMNS:
         folder = stage_dir(work_dir, name)
         if not folder.is_dir() and name in REQUIRED_STAGES:
             raise PackError(f"{folder}: missing; run the {name} stage before packing")
-        stages[name] = _Stage(work_dir, name) if folder.is_dir() else None
+        stages[name] = _Stage(work_dir, name, positions) if folder.is_dir() else None
     for stage in stages.values():
         if stage is not None:
             _check_complete(stage, sample_ids)
@@ -351,10 +357,11 @@ def pack(
         parse_compression=parse_compression,
         overwrite=True,  # checked above; the writer clears only its own files
     ) as writer:
+        i = -1  # manifest position of the current row
         for batch in tqdm(columns.to_batches(1024), desc="pack", unit="batch", disable=not progress):
             for row in batch.to_pylist():
-                sid = row["sample_id"]
-                failed = next((n for n in REQUIRED_STAGES if stages[n].value("error", sid) is not None), None)
+                i, sid = i + 1, row["sample_id"]
+                failed = next((n for n in REQUIRED_STAGES if stages[n].value("error", i) is not None), None)
                 if failed is not None:
                     skipped[failed] += 1
                     continue
@@ -364,8 +371,8 @@ def pack(
                     skipped["image"] += 1
                     missing_images.append(str(e).replace(str(root / row["path"]), row["path"], 1))
                     continue
-                parse = _parse_map(stages["parse"].value("parse_png", sid), image.shape[:2], body_size, sid)
-                face_lr, face_hr, dropped = _faces(stages, sid, face_size)
+                parse = _parse_map(stages["parse"].value("parse_png", i), image.shape[:2], body_size, sid)
+                face_lr, face_hr, dropped = _faces(stages, i, sid, face_size)
                 faces_dropped += dropped
                 writer.add(
                     sample_id=sid,
