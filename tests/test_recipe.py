@@ -94,3 +94,24 @@ def test_a_teacher_fixes_the_class_table_or_is_refused():
         ValueError, match=r"^--teacher teacher\.pt: the teacher has 5 classes, the training set 4"
     ):
         recipe.train_dataset(reader, config, _teacher(5, source="official"))
+
+
+def test_the_cli_offers_the_recipe_options():
+    train = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "--recipe [deskpro|official]" in train and "--teacher-mode [train|eval]" in train
+    assert "--from-scratch" in train
+    teacher = CliRunner().invoke(main, ["train-teacher", "--help"]).output
+    assert "--recipe" in teacher and "--teacher-mode" not in teacher
+
+
+def test_evaluation_flips_unless_the_checkpoint_used_the_official_recipe():
+    from types import SimpleNamespace
+
+    from deskpro.train.evaluate import recipe_flip
+
+    def model(config):
+        return SimpleNamespace(checkpoint_meta={"config": config})
+
+    assert recipe_flip(model(_config().to_dict())) is True
+    assert recipe_flip(model(_config(recipe="official").to_dict())) is False
+    assert recipe_flip(model(None)) is True  # an official file: deskpro's default

@@ -143,9 +143,11 @@ def retrieval_features(
 ) -> dict:
     """Features for retrieval, as the official evaluation computes them.
 
-    Each stream's eval embeddings are summed over the image and its horizontal flip, then every 512-d
-    chunk is L2-normalised. The student runs only on rows with a face; face chunks of face-less rows are
-    zero and ``has_face`` marks them, so such pairs can be compared on the body chunks alone.
+    Each stream's eval embeddings are summed over the image and its horizontal flip (``flip=False``:
+    the image alone, which is what the official code computes on CUDA, where its flip fails
+    silently: docs/differences.md), then every 512-d chunk is L2-normalised. The student runs only
+    on rows with a face; face chunks of face-less rows are zero and ``has_face`` marks them, so
+    such pairs can be compared on the body chunks alone.
     Returns ``{"body": [B,7,D], "face": [B,7,D], "has_face": bool [B]}`` (call with the model in eval mode).
     """
     batch = body.shape[0]

@@ -322,7 +322,7 @@ def default_streams(model) -> tuple[str, ...]:
     return ("body",) if phase == "baseline" else STREAMS
 
 
-def test_flip(model) -> bool:
+def recipe_flip(model) -> bool:
     """Recipe hook (h-recipe): flip-averaged features unless the checkpoint was trained with
     --recipe official, whose test-time flip never runs on CUDA (see docs/differences.md)."""
     meta = getattr(model, "checkpoint_meta", None) or {}
@@ -374,7 +374,7 @@ def evaluate(
         streams=streams,
         device=device,
         batch_size=batch_size,
-        flip=test_flip(model),  # recipe hook (h-recipe)
+        flip=recipe_flip(model),  # recipe hook (h-recipe)
         trials=trials,
         seed=seed,
         progress=progress,

@@ -133,6 +133,8 @@ def _build_model(config: TrainConfig, num_classes: int, options: TrainRunOptions
     if config.phase == "deskpro":
         from deskpro.model.checkpoint import load_teacher
 
+        if teacher is None:
+            teacher = recipe.teacher_file(config, options.teacher, options.trust_checkpoint)
         load_teacher(model, teacher)  # recipe hook: the file read once by recipe.teacher_file
         freeze_teacher(model, config.teacher_mode)  # recipe hook: --teacher-mode
     return model
