@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deskpro.common.threads import apply_threads, worker_init
+
 BATCH_KEYS = ("body", "parse", "face_lr", "face_hr", "has_face")
 
 
@@ -155,7 +157,12 @@ class PKBatchSampler(torch.utils.data.Sampler):
 def make_loader(
     dataset: ShardDataset, sampler: PKBatchSampler, *, workers: int = 2, pin_memory: bool = False
 ) -> torch.utils.data.DataLoader:
-    """A loader whose items are whole batches: each worker reads one batch with `read_many`."""
+    """A loader whose items are whole batches: each worker reads one batch with `read_many`.
+
+    Threads: each worker computes on one thread, and this process keeps the CPUs the workers leave
+    (`deskpro.common.threads`; `--threads` overrides).
+    """
+    apply_threads(workers)
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
@@ -164,4 +171,5 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=worker_init if workers > 0 else None,
     )

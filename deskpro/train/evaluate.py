@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deskpro.common.files import atomic_path, check_output_path
+from deskpro.common.threads import apply_threads
 from deskpro.train.data import _where, open_reader
 from deskpro.train.metrics import Gallery, RankAccumulator, rank, rank_block
 
@@ -351,6 +352,7 @@ def evaluate(
         inputs = [checkpoint_path, *(p for p in Path(shards_dir).iterdir() if p.is_file())]
         json_path = check_output_path(json_path, inputs=inputs, is_ours=is_report, force=force, flag="--json")
     device = resolve_device(str(device))
+    apply_threads(0)  # ranking and CPU inference: the CPUs this process may use (or --threads)
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")
     if not dataset:
