@@ -1,7 +1,7 @@
 """Benchmark: peak memory of ranking all three streams, beyond the features, at 1x and 4x gallery.
 
 Each measurement runs in a fresh process (peak RSS is per process): it builds Celeb-reID-sized
-features (2,972 queries x 11,006 gallery rows times the factor; 7 chunks of 512-d, float32, for
+features (2,972 queries x 11,006 gallery rows times the factor; 7 chunks of `--dim` (512), float32, for
 body and face), records the RSS, runs `evaluate_features` on the three streams of the standard
 protocol, and reports the peak RSS above that baseline. `--impl v0.1` runs the same with the
 evaluate module of commit f251b1d (full [query, gallery] matrices, a float64 copy, argsort), read
@@ -36,17 +36,17 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _features(nq: int, ng: int, ids: int, seed: int = 0):
+def _features(nq: int, ng: int, ids: int, dim: int, seed: int = 0):
     import pyarrow as pa
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     n = nq + ng
     pids = torch.randint(0, ids, (n,), generator=gen)
-    centres = torch.randn(ids, 7, 512, generator=gen)
+    centres = torch.randn(ids, 7, dim, generator=gen)
     feats = {}
     for stream in ("body", "face"):
-        x = centres[pids] + 1.5 * torch.randn(n, 7, 512, generator=gen)
+        x = centres[pids] + 1.5 * torch.randn(n, 7, dim, generator=gen)
         feats[stream] = torch.nn.functional.normalize(x, dim=2)
     feats["has_face"] = torch.rand(n, generator=gen) < 0.8
     rng = np.random.default_rng(seed)
@@ -79,12 +79,12 @@ def _module(impl: str):
     return module
 
 
-def child(impl: str, factor: int) -> dict:
+def child(impl: str, factor: int, dim: int) -> dict:
     import torch
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     module = _module(impl)
-    feats, index = _features(2972, 11006 * factor, 420 * factor)
+    feats, index = _features(2972, 11006 * factor, 420 * factor, dim)
     feature_mb = sum(v.numel() * v.element_size() for v in feats.values()) / 2**20
     base = _rss_mb()
     protocols = module.build_protocols(index, ("standard",))
@@ -96,6 +96,7 @@ def child(impl: str, factor: int) -> dict:
         "impl": impl,
         "factor": factor,
         "gallery": 11006 * factor,
+        "chunk_dim": dim,
         "features_mb": feature_mb,
         "rss_before_mb": base,
         "peak_above_features_mb": peak - base,
@@ -110,17 +111,22 @@ def child(impl: str, factor: int) -> dict:
     "--impl", "impls", multiple=True, type=click.Choice(["deskpro", "v0.1"]), default=("deskpro", "v0.1")
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--child", "child_args", nargs=2, hidden=True)
-def main(factors, impls, json_path, child_args):
+@click.option(
+    "--dim", type=click.IntRange(min=1), default=512, show_default=True, help="Per-chunk feature size."
+)
+@click.option("--child", "child_args", nargs=3, hidden=True)
+def main(factors, impls, dim, json_path, child_args):
     """Peak RSS of evaluate's ranking above the features, per gallery factor and implementation."""
     if child_args:
-        print(json.dumps(child(child_args[0], int(child_args[1]))))
+        print(json.dumps(child(child_args[0], int(child_args[1]), int(child_args[2]))))
         return
     results = []
     for factor in factors:
         for impl in impls:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", impl, str(factor)], capture_output=True, text=True
+                [sys.executable, __file__, "--child", impl, str(factor), str(dim)],
+                capture_output=True,
+                text=True,
             )
             if out.returncode:
                 sys.exit(f"{impl} x{factor} failed: {out.stderr.strip().splitlines()[-1:]}")

@@ -94,38 +94,55 @@ def extract_features(
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
+def _rows(tensor: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """tensor[positions]: a view when the positions are a contiguous run, else a copy."""
+    if positions.size and positions[-1] - positions[0] + 1 == positions.size:
+        if (np.diff(positions) == 1).all():
+            return tensor[int(positions[0]) : int(positions[-1]) + 1]
+    return tensor[torch.from_numpy(positions)]
+
+
+def _mean_cos_distance(stream: str):
+    def distance(q: dict, g: dict) -> torch.Tensor:
+        return 1.0 - (q[stream].flatten(1) @ g[stream].flatten(1).T) / q[stream].shape[1]
+
+    return distance
+
+
 def stream_distance_blocks(
-    query: dict, gallery: dict, stream: str, block: int = QUERY_BLOCK
+    features: dict, q_pos: np.ndarray, g_pos: np.ndarray, stream: str, block: int = QUERY_BLOCK
 ) -> tuple[np.ndarray, np.ndarray, Iterator[tuple[slice, torch.Tensor]]]:
-    """(query rows used, gallery rows used, blocks of (slice of those query rows, distances)).
+    """(query positions used, gallery positions used, blocks of (slice of those, distances)).
 
     body: 1 - mean cosine over the 7 body chunks, all rows. face: the same over the face chunks, on
     the rows that have a face on both sides. both: `retrieval_distance` (face and body where both
-    images have a face, body only otherwise), all rows.
+    images have a face, body only otherwise), all rows. `features` are indexed by position; neither
+    side is copied whole: each block gathers its queries, and the gallery in chunks of `block` * 8.
     """
     from deskpro.model.deskpro import retrieval_distance
 
     if stream == "face":
-        q_rows = np.flatnonzero(query["has_face"].numpy())
-        g_rows = np.flatnonzero(gallery["has_face"].numpy())
-    elif stream in ("body", "both"):
-        q_rows, g_rows = np.arange(len(query["body"])), np.arange(len(gallery["body"]))
-    else:
+        has_face = features["has_face"].numpy()
+        q_pos, g_pos = q_pos[has_face[q_pos]], g_pos[has_face[g_pos]]
+    elif stream not in ("body", "both"):
         raise ValueError(f"unknown stream {stream!r}; expected one of {', '.join(STREAMS)}")
+    distance = retrieval_distance if stream == "both" else _mean_cos_distance(stream)
+    keys = ("body", "face", "has_face") if stream == "both" else (stream,)
+    g_chunk = block * 8
 
     def blocks():
-        if stream == "both":
-            for start in range(0, len(q_rows), block):
-                part = {k: v[start : start + block] for k, v in query.items()}
-                yield slice(start, start + block), retrieval_distance(part, gallery)
-            return
-        g = gallery[stream][g_rows].flatten(1)
-        q = query[stream][q_rows].flatten(1)
-        chunks = query[stream].shape[1]
-        for start in range(0, len(q_rows), block):
-            yield slice(start, start + block), 1.0 - (q[start : start + block] @ g.T) / chunks
+        for start in range(0, len(q_pos), block):
+            q = {k: _rows(features[k], q_pos[start : start + block]) for k in keys}
+            out = None
+            for g_start in range(0, len(g_pos), g_chunk):
+                g = {k: _rows(features[k], g_pos[g_start : g_start + g_chunk]) for k in keys}
+                part = distance(q, g)
+                if out is None:
+                    out = part.new_empty((part.shape[0], len(g_pos)))
+                out[:, g_start : g_start + part.shape[1]] = part
+            yield slice(start, start + block), out
 
-    return q_rows, g_rows, blocks()
+    return q_pos, g_pos, blocks()
 
 
 @dataclass(frozen=True)
@@ -236,14 +253,14 @@ def evaluate_features(
     labels = (_column(index, "pid"), _column(index, "camid"), _column(index, "clothes_id"))
     rows = []
     for protocol in protocols:
-        query = {k: v[protocol.query] for k, v in features.items()}
-        gallery = {k: v[protocol.gallery] for k, v in features.items()}
         for stream in streams:
-            q_sel, g_sel, blocks = stream_distance_blocks(query, gallery, stream, block)
-            if q_sel.size == 0 or g_sel.size == 0:
+            q_pos, g_pos, blocks = stream_distance_blocks(
+                features, protocol.query, protocol.gallery, stream, block
+            )
+            if q_pos.size == 0 or g_pos.size == 0:
                 continue
             cmc, m_ap, nq, ng, excluded, n_trials = _rank_protocol(
-                blocks, protocol.query[q_sel], protocol.gallery[g_sel], labels, protocol, trials, seed
+                blocks, q_pos, g_pos, labels, protocol, trials, seed
             )
             rows.append(
                 ProtocolRow(
