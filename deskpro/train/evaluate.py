@@ -19,8 +19,17 @@ from deskpro.common.files import atomic_path, check_output_path
 from deskpro.common.threads import apply_threads
 from deskpro.train.data import _where, open_reader
 from deskpro.train.metrics import Gallery, RankAccumulator, rank, rank_block
+from deskpro.train.protocols import Protocol, build_protocols, index_column, single_shot_columns
 
-__all__ = ["rank", "evaluate", "evaluate_model", "evaluate_features", "extract_features"]
+__all__ = [
+    "rank",
+    "evaluate",
+    "evaluate_model",
+    "evaluate_features",
+    "extract_features",
+    "build_protocols",
+    "single_shot_columns",
+]
 
 QUERY_BLOCK = 256  # queries per distance block: 256 x 11,006 float32 is 11 MB
 
@@ -145,58 +154,6 @@ def stream_distance_blocks(
     return q_pos, g_pos, blocks()
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """Which rows are queries and gallery, and the ranking mode, for one named protocol."""
-
-    name: str
-    query: np.ndarray  # reader positions
-    gallery: np.ndarray
-    mode: str
-    single_shot: bool = False
-
-
-def _column(index, name: str) -> np.ndarray:
-    values = index.column(name)
-    return np.asarray(values.to_pylist(), dtype=object) if values.type == "string" else values.to_numpy()
-
-
-def build_protocols(index, protocols: Sequence[str], *, split: str = "test") -> list[Protocol]:
-    """Protocols over an index table. split "test": query/gallery rows; "val": PRCC's val rows.
-
-    "standard": split query vs split gallery. "cc" / "sc" (PRCC layout): subset query_diff /
-    query_same vs subset gallery on the full gallery, plus the single-shot variant; they rank in
-    "cc" / "sc" mode when every row has a clothes id, else in standard mode (camera C differs in
-    clothes by construction).
-    """
-    splits, subsets = _column(index, "split"), _column(index, "subset")
-    rows = splits == "val" if split == "val" else np.isin(splits, ["query", "gallery", "test"])
-    clothes_known = bool((_column(index, "clothes_id")[rows] >= 0).all()) if rows.any() else False
-    out = []
-    for name in protocols:
-        if name == "standard":
-            query = np.flatnonzero(rows & (splits == "query"))
-            gallery = np.flatnonzero(rows & (splits == "gallery"))
-            out.append(Protocol(name, query, gallery, "standard"))
-            continue
-        if name not in ("cc", "sc"):
-            raise ValueError(f"unknown protocol {name!r}; expected standard, cc or sc")
-        query_subset = "query_diff" if name == "cc" else "query_same"
-        query = np.flatnonzero(rows & (subsets == query_subset))
-        gallery = np.flatnonzero(rows & (subsets == "gallery"))
-        mode = name if clothes_known else "standard"
-        out.append(Protocol(name, query, gallery, mode))
-        out.append(Protocol(f"{name}-single", query, gallery, mode, single_shot=True))
-    return [p for p in out if p.query.size and p.gallery.size]
-
-
-def single_shot_columns(g_pids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random gallery column per identity (sorted column numbers)."""
-    order = rng.permutation(g_pids.size)
-    _, first = np.unique(g_pids[order], return_index=True)
-    return np.sort(order[first])
-
-
 def _rank_protocol(blocks, q_rows, g_rows, labels, protocol, trials, seed, max_rank=50):
     """Metrics of one protocol and stream: one ranking, or the mean over single-shot trials.
 
@@ -250,7 +207,7 @@ def evaluate_features(
     block: int = QUERY_BLOCK,
 ) -> list[ProtocolRow]:
     """Metrics per protocol and stream; `features` are indexed by reader position (all rows)."""
-    labels = (_column(index, "pid"), _column(index, "camid"), _column(index, "clothes_id"))
+    labels = (index_column(index, "pid"), index_column(index, "camid"), index_column(index, "clothes_id"))
     rows = []
     for protocol in protocols:
         for stream in streams:
