@@ -124,3 +124,38 @@ def test_cli_numeric_options_are_range_checked(tmp_path, flag):
     assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1
+
+
+def test_blocked_distances_match_whole_matrices_and_rows_do_not_depend_on_block():
+    import torch
+
+    from deskpro.model.deskpro import retrieval_distance
+    from deskpro.train.evaluate import build_protocols, evaluate_features, stream_distance_blocks
+
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    feats = {
+        "body": torch.nn.functional.normalize(torch.randn(n, 7, 6, generator=gen), dim=2),
+        "face": torch.nn.functional.normalize(torch.randn(n, 7, 6, generator=gen), dim=2),
+        "has_face": torch.rand(n, generator=gen) < 0.7,
+    }
+    q_pos, g_pos = np.array([3, 1, 7, 8, 9, 20, 21]), np.arange(10, 40)[::-1].copy()
+    for stream in ("body", "face", "both"):
+        q_used, g_used, blocks = stream_distance_blocks(feats, q_pos, g_pos, stream, block=2)
+        parts = list(blocks)
+        assert all(d.shape[0] <= 2 for _, d in parts)
+        got = torch.cat([d for _, d in parts])
+        q = {k: v[torch.from_numpy(q_used)] for k, v in feats.items()}
+        g = {k: v[torch.from_numpy(g_used)] for k, v in feats.items()}
+        if stream == "both":
+            want = retrieval_distance(q, g)
+        else:
+            want = 1 - q[stream].flatten(1) @ g[stream].flatten(1).T / 7
+        torch.testing.assert_close(got, want)
+    pids = np.arange(n) % 5
+    splits = ["query" if i < 12 else "gallery" for i in range(n)]
+    index = _index(pids.tolist(), (np.arange(n) % 3).tolist(), [0] * n, splits, splits)
+    protocols = build_protocols(index, ("standard",))
+    small = evaluate_features(feats, index, protocols, block=1)
+    large = evaluate_features(feats, index, protocols, block=256)
+    assert [r.to_dict() for r in small] == [r.to_dict() for r in large]

@@ -160,3 +160,19 @@ def test_torch_tensor_matches_numpy():
     ref = rank_result(dist, *labels[:4], labels[4], labels[5], mode="cc", max_rank=10)
     np.testing.assert_allclose(ours.cmc, ref.cmc)
     assert ours.mAP == pytest.approx(ref.mAP, abs=1e-12)
+
+
+def test_torch_search_path_matches_numpy():
+    # The GPU path (torch sort and search) run on CPU tensors: same places, ties included.
+    torch = pytest.importorskip("torch")
+    from deskpro.train.metrics import _places
+
+    rng = np.random.default_rng(5)
+    block = (np.round(rng.random((6, 25)) * 4) / 4).astype(np.float32)
+    rows = np.repeat(np.arange(6), 5)
+    cols = rng.integers(0, 25, rows.size)
+    ours = _places(torch.from_numpy(block), rows, cols, torch.from_numpy(block[rows, cols]))
+    ref = _places(block, rows, cols, block[rows, cols])
+    brute = [sorted(range(25), key=lambda j, r=r: (block[r, j], j)).index(c) for r, c in zip(rows, cols)]
+    np.testing.assert_array_equal(ref, brute)
+    np.testing.assert_array_equal(ours, ref)

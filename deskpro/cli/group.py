@@ -11,6 +11,8 @@ import os
 
 import click
 
+from deskpro.common.threads import ENV_OVERRIDE, set_thread_env
+
 VERBOSITY_KEY = "deskpro.verbosity"
 
 
@@ -81,8 +83,21 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="deskpro")
-def main() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    envvar="DESKPRO_THREADS",
+    help="Compute threads per process (default: the CPUs this process may use, less its workers).",
+)
+def main(threads: int | None) -> None:
     """deskpro: reproducible DeSKPro for cloth-changing person re-identification."""
+    # Before torch loads (commands import it lazily): OpenMP waits passively, and the override
+    # reaches this process's thread choice and its children. Thread counts are applied where the
+    # workers are known (evaluate, the training loader, the stages).
+    if threads is not None:
+        os.environ[ENV_OVERRIDE] = str(threads)
+        set_thread_env(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _parse_hw(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deskpro.common.threads import apply_threads, worker_init
 from deskpro.shards import ShardReader
 
 BATCH_KEYS = ("body", "parse", "face_lr", "face_hr", "has_face")
@@ -280,7 +281,12 @@ class OfficialIdentitySampler(PKBatchSampler):
 def make_loader(
     dataset: ShardDataset, sampler: PKBatchSampler, *, workers: int = 2, pin_memory: bool = False
 ) -> torch.utils.data.DataLoader:
-    """A loader whose items are whole batches: each worker reads one batch with `read_many`."""
+    """A loader whose items are whole batches: each worker reads one batch with `read_many`.
+
+    Threads: each worker computes on one thread, and this process keeps the CPUs the workers leave
+    (`deskpro.common.threads`; `--threads` overrides).
+    """
+    apply_threads(workers)
     return torch.utils.data.DataLoader(
         dataset,
         sampler=sampler,
@@ -289,4 +295,5 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=worker_init if workers > 0 else None,
     )

@@ -16,10 +16,20 @@ import torch
 from tqdm.auto import tqdm
 
 from deskpro.common.files import atomic_path, check_output_path
+from deskpro.common.threads import apply_threads
 from deskpro.train.data import _where, open_reader
 from deskpro.train.metrics import Gallery, RankAccumulator, rank, rank_block
+from deskpro.train.protocols import Protocol, build_protocols, index_column, single_shot_columns
 
-__all__ = ["rank", "evaluate", "evaluate_model", "evaluate_features", "extract_features"]
+__all__ = [
+    "rank",
+    "evaluate",
+    "evaluate_model",
+    "evaluate_features",
+    "extract_features",
+    "build_protocols",
+    "single_shot_columns",
+]
 
 QUERY_BLOCK = 256  # queries per distance block: 256 x 11,006 float32 is 11 MB
 
@@ -93,90 +103,55 @@ def extract_features(
     return {key: torch.cat(value) for key, value in parts.items()}
 
 
+def _rows(tensor: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    """tensor[positions]: a view when the positions are a contiguous run, else a copy."""
+    if positions.size and positions[-1] - positions[0] + 1 == positions.size:
+        if (np.diff(positions) == 1).all():
+            return tensor[int(positions[0]) : int(positions[-1]) + 1]
+    return tensor[torch.from_numpy(positions)]
+
+
+def _mean_cos_distance(stream: str):
+    def distance(q: dict, g: dict) -> torch.Tensor:
+        return 1.0 - (q[stream].flatten(1) @ g[stream].flatten(1).T) / q[stream].shape[1]
+
+    return distance
+
+
 def stream_distance_blocks(
-    query: dict, gallery: dict, stream: str, block: int = QUERY_BLOCK
+    features: dict, q_pos: np.ndarray, g_pos: np.ndarray, stream: str, block: int = QUERY_BLOCK
 ) -> tuple[np.ndarray, np.ndarray, Iterator[tuple[slice, torch.Tensor]]]:
-    """(query rows used, gallery rows used, blocks of (slice of those query rows, distances)).
+    """(query positions used, gallery positions used, blocks of (slice of those, distances)).
 
     body: 1 - mean cosine over the 7 body chunks, all rows. face: the same over the face chunks, on
     the rows that have a face on both sides. both: `retrieval_distance` (face and body where both
-    images have a face, body only otherwise), all rows.
+    images have a face, body only otherwise), all rows. `features` are indexed by position; neither
+    side is copied whole: each block gathers its queries, and the gallery in chunks of `block` * 8.
     """
     from deskpro.model.deskpro import retrieval_distance
 
     if stream == "face":
-        q_rows = np.flatnonzero(query["has_face"].numpy())
-        g_rows = np.flatnonzero(gallery["has_face"].numpy())
-    elif stream in ("body", "both"):
-        q_rows, g_rows = np.arange(len(query["body"])), np.arange(len(gallery["body"]))
-    else:
+        has_face = features["has_face"].numpy()
+        q_pos, g_pos = q_pos[has_face[q_pos]], g_pos[has_face[g_pos]]
+    elif stream not in ("body", "both"):
         raise ValueError(f"unknown stream {stream!r}; expected one of {', '.join(STREAMS)}")
+    distance = retrieval_distance if stream == "both" else _mean_cos_distance(stream)
+    keys = ("body", "face", "has_face") if stream == "both" else (stream,)
+    g_chunk = block * 8
 
     def blocks():
-        if stream == "both":
-            for start in range(0, len(q_rows), block):
-                part = {k: v[start : start + block] for k, v in query.items()}
-                yield slice(start, start + block), retrieval_distance(part, gallery)
-            return
-        g = gallery[stream][g_rows].flatten(1)
-        q = query[stream][q_rows].flatten(1)
-        chunks = query[stream].shape[1]
-        for start in range(0, len(q_rows), block):
-            yield slice(start, start + block), 1.0 - (q[start : start + block] @ g.T) / chunks
+        for start in range(0, len(q_pos), block):
+            q = {k: _rows(features[k], q_pos[start : start + block]) for k in keys}
+            out = None
+            for g_start in range(0, len(g_pos), g_chunk):
+                g = {k: _rows(features[k], g_pos[g_start : g_start + g_chunk]) for k in keys}
+                part = distance(q, g)
+                if out is None:
+                    out = part.new_empty((part.shape[0], len(g_pos)))
+                out[:, g_start : g_start + part.shape[1]] = part
+            yield slice(start, start + block), out
 
-    return q_rows, g_rows, blocks()
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Which rows are queries and gallery, and the ranking mode, for one named protocol."""
-
-    name: str
-    query: np.ndarray  # reader positions
-    gallery: np.ndarray
-    mode: str
-    single_shot: bool = False
-
-
-def _column(index, name: str) -> np.ndarray:
-    values = index.column(name)
-    return np.asarray(values.to_pylist(), dtype=object) if values.type == "string" else values.to_numpy()
-
-
-def build_protocols(index, protocols: Sequence[str], *, split: str = "test") -> list[Protocol]:
-    """Protocols over an index table. split "test": query/gallery rows; "val": PRCC's val rows.
-
-    "standard": split query vs split gallery. "cc" / "sc" (PRCC layout): subset query_diff /
-    query_same vs subset gallery on the full gallery, plus the single-shot variant; they rank in
-    "cc" / "sc" mode when every row has a clothes id, else in standard mode (camera C differs in
-    clothes by construction).
-    """
-    splits, subsets = _column(index, "split"), _column(index, "subset")
-    rows = splits == "val" if split == "val" else np.isin(splits, ["query", "gallery", "test"])
-    clothes_known = bool((_column(index, "clothes_id")[rows] >= 0).all()) if rows.any() else False
-    out = []
-    for name in protocols:
-        if name == "standard":
-            query = np.flatnonzero(rows & (splits == "query"))
-            gallery = np.flatnonzero(rows & (splits == "gallery"))
-            out.append(Protocol(name, query, gallery, "standard"))
-            continue
-        if name not in ("cc", "sc"):
-            raise ValueError(f"unknown protocol {name!r}; expected standard, cc or sc")
-        query_subset = "query_diff" if name == "cc" else "query_same"
-        query = np.flatnonzero(rows & (subsets == query_subset))
-        gallery = np.flatnonzero(rows & (subsets == "gallery"))
-        mode = name if clothes_known else "standard"
-        out.append(Protocol(name, query, gallery, mode))
-        out.append(Protocol(f"{name}-single", query, gallery, mode, single_shot=True))
-    return [p for p in out if p.query.size and p.gallery.size]
-
-
-def single_shot_columns(g_pids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random gallery column per identity (sorted column numbers)."""
-    order = rng.permutation(g_pids.size)
-    _, first = np.unique(g_pids[order], return_index=True)
-    return np.sort(order[first])
+    return q_pos, g_pos, blocks()
 
 
 def _rank_protocol(blocks, q_rows, g_rows, labels, protocol, trials, seed, max_rank=50):
@@ -232,17 +207,17 @@ def evaluate_features(
     block: int = QUERY_BLOCK,
 ) -> list[ProtocolRow]:
     """Metrics per protocol and stream; `features` are indexed by reader position (all rows)."""
-    labels = (_column(index, "pid"), _column(index, "camid"), _column(index, "clothes_id"))
+    labels = (index_column(index, "pid"), index_column(index, "camid"), index_column(index, "clothes_id"))
     rows = []
     for protocol in protocols:
-        query = {k: v[protocol.query] for k, v in features.items()}
-        gallery = {k: v[protocol.gallery] for k, v in features.items()}
         for stream in streams:
-            q_sel, g_sel, blocks = stream_distance_blocks(query, gallery, stream, block)
-            if q_sel.size == 0 or g_sel.size == 0:
+            q_pos, g_pos, blocks = stream_distance_blocks(
+                features, protocol.query, protocol.gallery, stream, block
+            )
+            if q_pos.size == 0 or g_pos.size == 0:
                 continue
             cmc, m_ap, nq, ng, excluded, n_trials = _rank_protocol(
-                blocks, protocol.query[q_sel], protocol.gallery[g_sel], labels, protocol, trials, seed
+                blocks, q_pos, g_pos, labels, protocol, trials, seed
             )
             rows.append(
                 ProtocolRow(
@@ -358,6 +333,7 @@ def evaluate(
         inputs = [checkpoint_path, *(p for p in Path(shards_dir).iterdir() if p.is_file())]
         json_path = check_output_path(json_path, inputs=inputs, is_ours=is_report, force=force, flag="--json")
     device = resolve_device(str(device))
+    apply_threads(0)  # ranking and CPU inference: the CPUs this process may use (or --threads)
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")
     if not dataset:
