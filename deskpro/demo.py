@@ -4,8 +4,13 @@ Synthetic data -> manifest -> preprocess (oracle parser and detector, no restore
 the in-process executor when Ray does not start) -> pack -> verify -> a reduced Table 3 (`deskpro
 ablate` rows 1, 3, 4, 5, 6, 7, DeSKPro, DeSKPro*: four training runs) -> the paper's orderings on
 cross-clothes -> attention and rank pictures of the DeSKPro model. Every figure printed is computed
-by the run; nothing is fixed in advance. The same seed gives the same table: every random draw is
-seeded, and the training runs start over on each demo.
+by the run; nothing is fixed in advance.
+
+The same seed gives the same table: every random draw is seeded, the training runs start over on
+each demo, and training and evaluation run on a fixed number of CPU threads (`threads`). The thread
+count changes the order of floating-point reductions: three training steps on 1 and on 2 threads
+already give different weights (measured; two runs on 2 threads give identical ones), so a count
+left to the environment (OMP_NUM_THREADS, the machine's cores) lets two demos of one seed disagree.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +45,7 @@ class DemoSettings:
     base_lr: float
     max_iters: int | None = None
     trials: int = 10
+    threads: int = 2  # torch CPU threads while training and evaluating: fixed, so results repeat
 
 
 FULL = DemoSettings(
@@ -182,8 +189,6 @@ def run_demo(
 ) -> dict:
     """Run the whole demo into out_dir; returns (and writes to out_dir/results.json) the results."""
     from deskpro import synthetic
-    from deskpro.experiments.ablate import run_ablation
-    from deskpro.experiments.visualize import attention_picture, ranks_picture
     from deskpro.manifests import build_manifest
     from deskpro.pipeline.pack import pack
     from deskpro.pipeline.shards import verify
@@ -223,6 +228,26 @@ def run_demo(
     step(f"packed and verified shards -> {shards} ({'ok' if report.ok else 'FAILED'})")
     if not report.ok:
         raise RuntimeError(f"{shards}: verify failed:\n{report.format()}")
+
+    with _torch_threads(settings.threads):
+        return _train_and_report(out, shards, settings, seed, used, progress, echo, step)
+
+
+@contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_and_report(out: Path, shards: Path, settings, seed, used, progress, echo, step) -> dict:
+    from deskpro.experiments.ablate import run_ablation
+    from deskpro.experiments.visualize import attention_picture, ranks_picture
 
     runs = out / "runs"
     if runs.exists():  # a previous demo's runs: start over, so that the table is this run's
