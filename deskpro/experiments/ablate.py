@@ -156,7 +156,10 @@ def run_ablation(
     title: str | None = None,
 ) -> dict:
     """Train (or reuse) the runs the rows need, evaluate the rows, print and write the table."""
+    from deskpro.common.torch_utils import resolve_device
+
     chosen = select_rows(rows)
+    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     root = Path(run_root)
     root.mkdir(parents=True, exist_ok=True)
     checkpoints: dict[str, Path] = {}
