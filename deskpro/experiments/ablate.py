@@ -46,8 +46,12 @@ def _config(shards, run: Run, settings: AblationSettings):
     return config
 
 
+HOW_NOT_WHAT = ("num_workers",)  # config fields that do not change what a run learns
+
+
 def _plain(config) -> dict:
-    return json.loads(json.dumps(config.to_dict()))
+    plain = json.loads(json.dumps(config.to_dict()))
+    return {k: v for k, v in plain.items() if k not in HOW_NOT_WHAT}
 
 
 def train_run(shards, root: Path, run: Run, settings: AblationSettings, teacher: Path | None, echo) -> Path:
