@@ -162,3 +162,11 @@ def test_interrupted_run_resumes(tmp_path) -> None:
     again = _ablate(shards, root, "1")
     assert again.exit_code == 0, again.output
     assert "global: resuming" in again.output
+
+
+def test_csa_form_none_is_the_global_stream_without_csa() -> None:
+    from deskpro.model.csa import CSA
+
+    csa = CSA(8, "none")
+    x = torch.randn(2, 8, 4, 3)
+    assert list(csa.parameters()) == [] and torch.equal(csa(x), torch.ones(2, 1, 4, 3))
