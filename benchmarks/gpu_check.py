@@ -178,7 +178,7 @@ def _shard_writer():
     try:  # the shards package (after its move), else its old home
         from deskpro.shards import ShardWriter
     except ImportError:
-        from deskpro.pipeline.shards import ShardWriter
+        from deskpro.shards import ShardWriter
     return ShardWriter
 
 

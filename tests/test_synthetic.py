@@ -170,6 +170,22 @@ def test_identity_cues_consistent_clothes_misleading(dataset: Path, rows: list[d
         assert a_c > 50 and a_c > 2 * a_b, pid
 
 
+def test_cloth_irrelevant_regions_follow_the_person(rows: list[dict], loaded: dict) -> None:
+    """Shoes sit outside LIP's cloth labels, so the CSA mask keeps them: they belong to the person and
+    look alike in both outfits (camera A vs C), while the upper garment changes."""
+    shoes, upper = defaultdict(list), defaultdict(list)
+    for r in rows:
+        image, labels = loaded[r["path"]]
+        shoes[(r["pid"], r["camid"] == 2)].append(_region_mean(image, labels, [18, 19]))
+        upper[(r["pid"], r["camid"] == 2)].append(_region_mean(image, labels, UPPER_LABELS))
+    pids = sorted({r["pid"] for r in rows})
+    shoe_change = [np.linalg.norm(np.mean(shoes[(p, False)], 0) - np.mean(shoes[(p, True)], 0)) for p in pids]
+    upper_change = [
+        np.linalg.norm(np.mean(upper[(p, False)], 0) - np.mean(upper[(p, True)], 0)) for p in pids
+    ]
+    assert np.median(shoe_change) < 0.3 * np.median(upper_change)
+
+
 def test_outfits_shared_across_people() -> None:
     """Garments come from one wardrobe smaller than the crowd: many people wear the same garment."""
     people = 60

@@ -3,7 +3,8 @@
 Two forms: ``"official"`` is the release's module (1x1 conv C->C, ReLU, 1x1 conv C->1, sigmoid, both convs
 bias-free; keys ``conv1``/``conv2``); ``"paper"`` is the paper's single point-wise conv C->1 + sigmoid
 (key ``conv``, with a bias so that the sigmoid's operating point can move). The module returns the map;
-the global stream multiplies its features by it.
+the global stream multiplies its features by it. ``"none"`` (no parameters, a map of ones) is the
+global stream without CSA: row 1 of the paper's ablation (Table 3).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 
 from deskpro.model.lmbn import init_kaiming
 
-CSA_FORMS = ("official", "paper")
+CSA_FORMS = ("official", "paper", "none")
 
 
 class CSA(nn.Module):
@@ -27,11 +28,13 @@ class CSA(nn.Module):
         if form == "official":
             self.conv1 = nn.Conv2d(channels, channels, 1, bias=False)
             self.conv2 = nn.Conv2d(channels, 1, 1, bias=False)
-        else:
+        elif form == "paper":
             self.conv = nn.Conv2d(channels, 1, 1, bias=True)
         self.apply(init_kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "official":
             return torch.sigmoid(self.conv2(torch.relu(self.conv1(x))))
+        if self.form == "none":
+            return x.new_ones((x.shape[0], 1, *x.shape[2:]))
         return torch.sigmoid(self.conv(x))

@@ -1,0 +1,57 @@
+"""`deskpro ablate`: the rows of the paper's Table 3 that a shard set allows, trained and evaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from deskpro.cli.group import main
+
+
+@main.command("ablate")
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "run_root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the runs (one per training run) and of ablation.json / ablation.md.",
+)
+@click.option(
+    "--rows",
+    help="Comma-separated rows to produce: 1-7, DeSKPro, DeSKPro* (default: all). "
+    "Runs they share are trained once.",
+)
+@click.option("--epochs", type=int, help="Epochs of every run but the teacher (default: the preset's).")
+@click.option("--teacher-epochs", type=int, help="Epochs of the face teacher (default: as --epochs).")
+@click.option("--warmup-epochs", type=int)
+@click.option("--p", "--ids-per-batch", "p", type=int, help="Identities per batch.")
+@click.option("--k", "--images-per-id", "k", type=int, help="Images per identity.")
+@click.option("--lr", "base_lr", type=float, help="Base lr, scaled by sqrt(P*K/20).")
+@click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Training and evaluation seed.")
+@click.option("--trials", type=int, default=10, show_default=True, help="Single-shot gallery draws.")
+@click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
+@click.option("--max-iters", type=int, help="Stop each run after this many iterations (tests).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
+    """Train (or reuse) and evaluate Table 3's rows on SHARDS; prints the table, writes JSON and Markdown."""
+    from deskpro.experiments.ablate import AblationSettings, run_ablation
+
+    names = ("epochs", "warmup_epochs", "p", "k", "base_lr", "num_workers")
+    overrides = {key: kw[key] for key in names if kw[key] is not None}
+    overrides["seed"] = kw["seed"]
+    settings = AblationSettings(
+        overrides=overrides,
+        teacher_epochs=kw["teacher_epochs"],
+        device=kw["device"],
+        max_iters=kw["max_iters"],
+        trials=kw["trials"],
+        seed=kw["seed"],
+        progress=not kw["no_progress"],
+    )
+    chosen = [r for r in rows.split(",") if r.strip()] if rows else None
+    run_ablation(shards, run_root, rows=chosen, settings=settings, echo=click.echo)
+    click.echo(f"table: {run_root / 'ablation.md'}  results: {run_root / 'ablation.json'}")

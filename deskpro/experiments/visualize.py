@@ -1,0 +1,68 @@
+"""Pictures from a checkpoint and a shard set: choose samples, load the model, write the PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deskpro.experiments import pictures
+
+
+def _load(checkpoint_path, device):
+    from deskpro.model import checkpoint
+
+    model = checkpoint.load(checkpoint_path).to(device)
+    if not hasattr(model, "nocloth_net"):
+        raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (no attention, no body)")
+    return model
+
+
+def _method(model, reader) -> tuple[tuple[int, ...], float]:
+    """Cloth labels and eps of the checkpoint's config (else the shards' preset)."""
+    from deskpro.config import CLOTH_LABELS, TrainConfig
+
+    config = (getattr(model, "checkpoint_meta", None) or {}).get("config")
+    if config:
+        config = TrainConfig.from_dict(config)
+    else:
+        config = TrainConfig.for_dataset(reader.meta["dataset"])
+    return CLOTH_LABELS[config.label_set], config.method.eps
+
+
+def sample_positions(reader, count: int) -> np.ndarray:
+    """`count` test rows of different identities (queries first), in index order: a fixed choice."""
+    splits = reader.index.column("split").to_numpy(zero_copy_only=False)
+    pids = reader.index.column("pid").to_numpy()
+    rows = np.flatnonzero(np.isin(splits, ["query", "test"]))
+    if rows.size == 0:
+        rows = np.flatnonzero(splits != "train")
+    if rows.size == 0:
+        raise ValueError(f"{reader.shards_dir}: no test rows to draw")
+    _, first = np.unique(pids[rows], return_index=True)
+    return rows[np.sort(first)[:count]]
+
+
+def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, device="cpu") -> Path:
+    from deskpro.train.data import open_reader
+
+    reader = open_reader(shards)
+    model = _load(checkpoint_path, device)
+    cloth_labels, eps = _method(model, reader)
+    panels = pictures.attention_panels(
+        model, reader, sample_positions(reader, samples), cloth_labels=cloth_labels, eps=eps, device=device
+    )
+    return pictures.save_attention(panels, Path(out_dir) / "attention.png")
+
+
+def ranks_picture(checkpoint_path, shards, out_dir, *, queries: int = 3, topk: int = 5, device="cpu") -> Path:
+    from deskpro.train.data import open_reader
+
+    reader = open_reader(shards)
+    model = _load(checkpoint_path, device)
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    stream = "body" if (meta.get("config") or {}).get("phase") == "baseline" else "both"
+    lists = pictures.rank_lists(model, reader, queries=queries, topk=topk, stream=stream, device=device)
+    if not lists:
+        raise ValueError(f"{shards}: no query/gallery rows to rank")
+    return pictures.save_ranks(reader, lists, Path(out_dir) / "ranks.png")
