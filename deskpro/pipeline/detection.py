@@ -27,6 +27,7 @@ from deskpro.pipeline.nets.retinaface import (
     feature_sizes,
     prior_boxes,
 )
+from deskpro.pipeline.onnx_engine import OnnxNetwork, onnxruntime_available
 
 # ---------------------------------------------------------------------------------------------------------
 # Detection
@@ -73,6 +74,11 @@ class FaceDetector:
     similarity alignment needs their true geometry). Thresholds follow the official detect.py:
     score > conf_threshold, best `pre_nms_top_k`, NMS (official inclusive-pixel IoU), best
     `post_nms_top_k`.
+
+    `engine` runs the network: "torch" (eager PyTorch, any device, amp, channels_last), "onnxruntime"
+    (the loaded module exported once to ONNX and run by onnxruntime on CPU: several times faster there,
+    see benchmarks/detect.py; batches only images of one size, as `group_by_size`), or "auto" (the
+    default): onnxruntime on CPU without amp when it is installed, else torch.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class FaceDetector:
         pre_nms_top_k: int = 5000,
         post_nms_top_k: int = 750,
         group_by_size: bool = False,
+        engine: str = "auto",
     ) -> None:
         if upscale <= 0:
             raise ValueError(f"upscale must be > 0, got {upscale}")
@@ -97,8 +104,13 @@ class FaceDetector:
         self.device = torch.device(device)
         self.amp = check_amp(amp)
         autocast_context(self.device, amp)  # fail now, not at the first batch, on e.g. fp16 on CPU
+        self.engine = _choose_engine(engine, self.device, self.amp)
+        if self.engine == "onnxruntime":
+            self.net = OnnxNetwork(prepare_module(net, self.device, False))
+            channels_last, group_by_size = False, True  # a memory-format hint for torch; no padded batches
+        else:
+            self.net = prepare_module(net, self.device, channels_last)
         self.channels_last = channels_last
-        self.net = prepare_module(net, self.device, channels_last)
         self.conf_threshold = float(conf_threshold)
         self.nms_threshold = float(nms_threshold)
         self.upscale = float(upscale)
@@ -201,6 +213,19 @@ class FaceDetector:
         boxes = boxes / np.array([sx, sy, sx, sy], dtype=np.float32)
         points = points.reshape(-1, 5, 2) / np.array([sx, sy], dtype=np.float32)
         return faces_in_image(boxes, scores, points, *original_hw)
+
+
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+
+
+def _choose_engine(engine: str, device: torch.device, amp: str | None) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown detection engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "onnxruntime" if device.type == "cpu" and amp is None and onnxruntime_available() else "torch"
+    if engine == "onnxruntime" and (device.type != "cpu" or amp is not None):
+        raise ValueError(f"the onnxruntime engine runs on CPU without amp, not on {device} with amp={amp}")
+    return engine
 
 
 def faces_in_image(boxes, scores, landmarks, height: int, width: int) -> list[Face]:
