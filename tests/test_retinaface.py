@@ -229,13 +229,13 @@ def test_detector_decodes_to_pixels_thresholds_and_clips():
     # 32x32: prior 0 is the 16 px anchor at (4, 4) -> box (-4, -4, 12, 12), clipped to (0, 0, 12, 12);
     # prior 6 is the 16 px anchor at cell (0, 3): centre (28, 4) -> (20, -4, 36, 12) -> (20, 0, 32, 12)
     net = FixedOutputs(32, 32, {0: 0.9, 6: 0.7, 2: 0.5})
-    (faces,) = FaceDetector(net, conf_threshold=0.5)([np.zeros((32, 32, 3), np.uint8)])
+    (faces,) = FaceDetector(net, conf_threshold=0.5, engine="torch")([np.zeros((32, 32, 3), np.uint8)])
     assert [f.score for f in faces] == pytest.approx([0.9, 0.7])  # 0.5 is not > 0.5
     np.testing.assert_allclose(faces[0].box, [0, 0, 12, 12])
     np.testing.assert_allclose(faces[1].box, [20, 0, 32, 12])
     np.testing.assert_allclose(faces[0].landmarks, np.full((5, 2), 4.0))  # zero offsets: prior centre
     assert faces[0].box.dtype == np.float32 and faces[0].landmarks.shape == (5, 2)
-    assert FaceDetector(net)([]) == []
+    assert FaceDetector(net, engine="torch")([]) == []
 
 
 def test_detector_nms_drops_overlapping_keeps_separate():
@@ -243,20 +243,24 @@ def test_detector_nms_drops_overlapping_keeps_separate():
     # box to 16 px as well (log(0.5)/0.2 halves it) -> identical boxes, the lower score is suppressed.
     half = math.log(0.5) / 0.2
     net = FixedOutputs(64, 64, {0: 0.95, 1: 0.9, 14: 0.8}, loc={1: [0, 0, half, half]})
-    (faces,) = FaceDetector(net, conf_threshold=0.5, nms_threshold=0.4)([np.zeros((64, 64, 3), np.uint8)])
+    (faces,) = FaceDetector(net, conf_threshold=0.5, nms_threshold=0.4, engine="torch")(
+        [np.zeros((64, 64, 3), np.uint8)]
+    )
     assert [f.score for f in faces] == pytest.approx([0.95, 0.8])
-    (faces,) = FaceDetector(net, conf_threshold=0.5, post_nms_top_k=1)([np.zeros((64, 64, 3), np.uint8)])
+    (faces,) = FaceDetector(net, conf_threshold=0.5, post_nms_top_k=1, engine="torch")(
+        [np.zeros((64, 64, 3), np.uint8)]
+    )
     assert len(faces) == 1
 
 
 def test_detector_rejects_bad_images():
-    det = FaceDetector(FixedOutputs(8, 8, {}))
+    det = FaceDetector(FixedOutputs(8, 8, {}), engine="torch")
     with pytest.raises(ValueError, match="image 1: expected a uint8 HxWx3 BGR array"):
         det([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)])
     with pytest.raises(ValueError, match="image 0"):
         det([np.zeros((8, 8), np.uint8)])
     with pytest.raises(ValueError, match="fp16"):
-        FaceDetector(FixedOutputs(8, 8, {}), amp="fp16")
+        FaceDetector(FixedOutputs(8, 8, {}), amp="fp16", engine="torch")
 
 
 # ---- detection on random-weight official networks
@@ -266,7 +270,28 @@ SIZES = [(40, 30), (64, 48), (50, 70), (33, 41)]
 
 
 def _detector(net, **kwargs) -> FaceDetector:
+    kwargs.setdefault("engine", "torch")
     return FaceDetector(net, conf_threshold=kwargs.pop("conf_threshold", 0.6), **kwargs)
+
+
+def test_onnxruntime_engine_finds_what_torch_finds(mobilenet):
+    pytest.importorskip("onnxruntime")
+    images = _images(0, SIZES + SIZES[:2])
+    torch_faces = _detector(mobilenet, batch_size=8)(images)  # padded batches, masked
+    ort = _detector(mobilenet, batch_size=8, engine="onnxruntime")  # batches of one size
+    assert ort.engine == "onnxruntime" and ort.group_by_size
+    assert sum(len(f) for f in torch_faces) >= 4  # the comparison is not vacuous
+    for got, want in zip(ort(images), torch_faces):
+        _assert_same_faces(got, want)
+
+
+def test_engine_choice():
+    net = FixedOutputs(8, 8, {})
+    assert FaceDetector(net, engine="torch").engine == "torch"
+    with pytest.raises(ValueError, match="unknown detection engine 'tvm'"):
+        FaceDetector(net, engine="tvm")
+    with pytest.raises(ValueError, match="onnxruntime engine runs on CPU without amp"):
+        FaceDetector(net, engine="onnxruntime", amp="bf16")
 
 
 def test_batched_equals_single_image(mobilenet):
