@@ -153,15 +153,25 @@ class FaceDetector:
         size = (max(1, round(w * self.upscale)), max(1, round(h * self.upscale)))
         return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
-    def _pad(self, images: list[np.ndarray]) -> torch.Tensor:
-        """uint8 [B,3,H,W] padded with the mean colour; mean subtraction happens on the device."""
+    def _input(self, images: list[np.ndarray]) -> torch.Tensor:
+        """float32 [B,3,H,W] minus the mean colour, padded bottom/right with 0 (the mean colour).
+
+        On CPU one numpy pass per image writes the planar float input; on an accelerator the uint8
+        batch is uploaded (a quarter of the bytes) and converted there.
+        """
         height = max(im.shape[0] for im in images)
         width = max(im.shape[1] for im in images)
+        if self.device.type == "cpu":
+            x = np.zeros((len(images), 3, height, width), dtype=np.float32)
+            mean = np.asarray(MEAN_BGR, dtype=np.float32).reshape(3, 1, 1)
+            for b, im in enumerate(images):
+                np.subtract(np.moveaxis(im, 2, 0), mean, out=x[b, :, : im.shape[0], : im.shape[1]])
+            return torch.from_numpy(x)
         canvas = np.empty((len(images), height, width, 3), dtype=np.uint8)
         canvas[:] = np.asarray(MEAN_BGR, dtype=np.uint8)
         for b, im in enumerate(images):
             canvas[b, : im.shape[0], : im.shape[1]] = im
-        return torch.from_numpy(canvas).permute(0, 3, 1, 2)
+        return to_input(torch.from_numpy(canvas).permute(0, 3, 1, 2), self.device).float() - self._mean
 
     # -- network and decoding
 
@@ -180,7 +190,7 @@ class FaceDetector:
 
     @torch.inference_mode()
     def _detect_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        x = to_input(self._pad(images), self.device).float() - self._mean
+        x = self._input(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         own_sizes = [im.shape[:2] for im in images]
@@ -188,24 +198,27 @@ class FaceDetector:
             loc, conf, landms = self.net(x)
         height, width = x.shape[-2:]
         priors = self._priors_px(height, width)
-        boxes = decode_boxes(loc.float(), priors)
-        points = decode_landmarks(landms.float(), priors)
-        scores = conf.float()[..., 1]
+        scores = conf[..., 1].float()
         out = []
         for b, im in enumerate(images):
-            keep = self._select(boxes[b], scores[b], self._own_mask(height, width, *im.shape[:2]))
-            out.append(tuple(t[keep].cpu().numpy() for t in (boxes[b], scores[b], points[b])))
+            # only the candidates are decoded: a few dozen of the thousands of priors
+            own = self._own_mask(height, width, *im.shape[:2])
+            candidates = torch.nonzero(own & (scores[b] > self.conf_threshold)).squeeze(1)
+            boxes = decode_boxes(loc[b, candidates].float(), priors[candidates])
+            keep = self._select(boxes, scores[b, candidates])
+            points = decode_landmarks(landms[b, candidates[keep]].float(), priors[candidates[keep]])
+            out.append(
+                (boxes[keep].cpu().numpy(), scores[b, candidates[keep]].cpu().numpy(), points.cpu().numpy())
+            )
         return out
 
-    def _select(self, boxes: torch.Tensor, scores: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-        """Indices kept by threshold, pre-NMS top-k, NMS and post-NMS top-k, best score first."""
-        candidates = torch.nonzero(own & (scores > self.conf_threshold)).squeeze(1)
-        order = torch.argsort(scores[candidates], descending=True)[: self.pre_nms_top_k]
-        candidates = candidates[order]
+    def _select(self, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Indices of the candidates kept by pre-NMS top-k, NMS and post-NMS top-k, best score first."""
+        order = torch.argsort(scores, descending=True)[: self.pre_nms_top_k]
         # The official NMS counts pixels inclusively (w = x2 - x1 + 1): widen boxes by 1 to match it.
-        inclusive = boxes[candidates] + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
-        kept = torchvision.ops.nms(inclusive, scores[candidates], self.nms_threshold)
-        return candidates[kept[: self.post_nms_top_k]]
+        inclusive = boxes[order] + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+        kept = torchvision.ops.nms(inclusive, scores[order], self.nms_threshold)
+        return order[kept[: self.post_nms_top_k]]
 
     def _to_original(self, found, original_hw, scaled_hw) -> list[Face]:
         boxes, scores, points = found
