@@ -58,8 +58,15 @@ def _detector(variant: str) -> tuple[str, Callable[..., Callable], np.ndarray]:
     net = retinaface.build(variant)
 
     def make(device, amp, channels_last):
+        # the torch engine, as the other networks; benchmarks/detect.py compares it with onnxruntime
         return detection.FaceDetector(
-            net, conf_threshold=0.5, device=device, amp=amp, channels_last=channels_last, batch_size=1024
+            net,
+            conf_threshold=0.5,
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            batch_size=1024,
+            engine="torch",
         )
 
     return "re-id crop 384x128", make, np.zeros((384, 128, 3), np.uint8)

