@@ -66,7 +66,8 @@ def test_attention_panel_is_the_models_map(model, shards, tmp_path) -> None:
         np.testing.assert_array_equal(panel["mask"], np.where(cloth, np.float32(0.1), np.float32(1.0)))
     path = pictures.save_attention(panels, tmp_path / "a.png")
     h, w = arrays["body"].shape[1:3]
-    size = (round(4 * w * 1.15 / 40 * pictures.DPI), round((3 * h * 1.15 / 40 + 0.4) * pictures.DPI))
+    inch = pictures.INCH
+    size = (round(4 * w * 1.15 * inch * pictures.DPI), round((3 * h * 1.15 * inch + 0.4) * pictures.DPI))
     assert _png_size(path) == size
 
 
@@ -88,8 +89,8 @@ def test_rank_lists_mark_true_matches(model, shards, tmp_path) -> None:
         assert item["correct"] == [bool(pids[g] == pids[item["query"]]) for g in item["gallery"]]
     path = pictures.save_ranks(reader, lists, tmp_path / "r.png")
     assert _png_size(path) == (
-        round(4 * 32 * 1.2 / 40 * 100),
-        round((len(lists) * 64 * 1.25 / 40 + 0.3) * 100),
+        round(4 * 32 * 1.2 * pictures.INCH * 100),
+        round((len(lists) * 64 * 1.25 * pictures.INCH + 0.3) * 100),
     )
 
 

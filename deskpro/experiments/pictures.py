@@ -17,6 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 DPI = 100
+INCH = 1 / 60  # figure inches per image pixel: tiles at 100 dpi are drawn about 1.7x the image size
 
 
 def _inputs(images: np.ndarray, device) -> torch.Tensor:
@@ -54,7 +55,7 @@ def save_attention(panels: list[dict], path) -> Path:
     """One row per sample: image | parse map | cloth-irrelevant mask | CSA attention."""
     titles = ("image", "parse map", "cloth-irrelevant mask", "CSA attention")
     h, w = panels[0]["image"].shape[:2]
-    fig = Figure(figsize=(4 * w * 1.15 / 40, len(panels) * h * 1.15 / 40 + 0.4), dpi=DPI)
+    fig = Figure(figsize=(4 * w * 1.15 * INCH, len(panels) * h * 1.15 * INCH + 0.4), dpi=DPI)
     axes = fig.subplots(len(panels), 4, squeeze=False)
     for r, panel in enumerate(panels):
         shown = (
@@ -115,7 +116,7 @@ def save_ranks(reader, lists: list[dict], path) -> Path:
     """One row per query: the query, then its ranked gallery framed green (match) or red."""
     topk = max(len(item["gallery"]) for item in lists)
     h, w = reader.read(lists[0]["query"])["body"].shape[:2]
-    fig = Figure(figsize=((topk + 1) * w * 1.2 / 40, len(lists) * h * 1.25 / 40 + 0.3), dpi=DPI)
+    fig = Figure(figsize=((topk + 1) * w * 1.2 * INCH, len(lists) * h * 1.25 * INCH + 0.3), dpi=DPI)
     axes = fig.subplots(len(lists), topk + 1, squeeze=False)
     for r, item in enumerate(lists):
         images = reader.read_many([item["query"], *item["gallery"]])["body"]
