@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deskpro.train.trainer import TrainRunOptions
+from deskpro.train.loop import TrainRunOptions
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _preprocess(manifest: Path, work: Path, settings: DemoSettings, executor: st
 
 
 def _train(shards: Path, run: Path, phase: str, settings: DemoSettings, seed: int, teacher=None) -> Path:
-    from deskpro.train.trainer import run_training
+    from deskpro.train.loop import run_training
 
     if run.exists():  # a previous demo's run: start over rather than append to its log
         shutil.rmtree(run)

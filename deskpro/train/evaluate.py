@@ -451,11 +451,11 @@ def evaluate(
     The report holds the rows of the results table (`format_report` prints it) and is written to
     `json_path` when given.
     """
+    from deskpro.common.torch_utils import resolve_device
     from deskpro.config import preset
     from deskpro.model import checkpoint
-    from deskpro.train.trainer import resolve_device
 
-    device = resolve_device(str(device))
+    device = torch.device(resolve_device(str(device)))
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")
     if not dataset:
