@@ -21,18 +21,18 @@ _NON_NEGATIVE = click.FloatRange(0.0)
 # Options that set a TrainConfig field (the parameter name is the field's name). Unset ones (None)
 # keep the dataset preset's value, or on --resume the run's saved value.
 _SETTINGS = [
-    click.option("--epochs", type=click.IntRange(1), help="Epochs to train (preset: 140)."),
+    click.option("--epochs", type=click.IntRange(1), help="Epochs to train."),
     click.option(
         "--warmup-epochs",
         type=click.IntRange(0),
-        help="Epochs of linear lr warm-up before the cosine decay; must be below --epochs (preset: 10).",
+        help="Epochs of linear lr warm-up before the cosine decay; must be below --epochs.",
     ),
     click.option(
         "--p",
         "--ids-per-batch",
         "p",
         type=click.IntRange(2),
-        help="Identities per batch, P (preset: 5). Spell it --ids-per-batch under torchrun, whose "
+        help="Identities per batch, P. Spell it --ids-per-batch under torchrun, whose "
         "parser takes --p for its own --print-completion.",
     ),
     click.option(
@@ -40,37 +40,29 @@ _SETTINGS = [
         "--images-per-id",
         "k",
         type=click.IntRange(2),
-        help="Images per identity, K (preset: 6); the triplet loss needs 2 or more.",
+        help="Images per identity, K; the triplet loss needs 2 or more.",
     ),
-    click.option(
-        "--lr", "--base-lr", "base_lr", type=_POSITIVE, help="Base lr, scaled by sqrt(P*K/20) (preset: 6e-4)."
-    ),
-    click.option("--weight-decay", type=_NON_NEGATIVE, help="Adam weight decay (preset: 5e-4)."),
-    click.option(
-        "--min-lr-factor", type=_PROB, help="The last epoch's lr as a fraction of the base lr (preset: 1e-3)."
-    ),
-    click.option("--flip-p", type=_PROB, help="Probability of a horizontal flip (preset: 0.5)."),
-    click.option("--translate-p", type=_PROB, help="Probability of the pad-and-crop shift (preset: 0.5)."),
+    click.option("--lr", "--base-lr", "base_lr", type=_POSITIVE, help="Base lr, scaled by sqrt(P*K/20)."),
+    click.option("--weight-decay", type=_NON_NEGATIVE, help="Adam weight decay."),
+    click.option("--min-lr-factor", type=_PROB, help="The last epoch's lr as a fraction of the base lr."),
+    click.option("--flip-p", type=_PROB, help="Probability of a horizontal flip."),
+    click.option("--translate-p", type=_PROB, help="Probability of the pad-and-crop shift."),
     click.option(
         "--translate-pad",
         type=click.FloatRange(0.0, 1.0),
-        help="Pad-and-crop enlargement, 0.05 = x1.05 (preset).",
+        help="Pad-and-crop enlargement, 0.05 = x1.05.",
     ),
-    click.option("--erase-p", type=_PROB, help="Probability of random erasing (preset: 0.5)."),
+    click.option("--erase-p", type=_PROB, help="Probability of random erasing."),
     click.option(
         "--label-smoothing",
         type=click.FloatRange(0.0, 1.0, max_open=True),
-        help="Label smoothing of the CE losses (preset: 0.1).",
+        help="Label smoothing of the CE losses.",
     ),
-    click.option(
-        "--triplet-margin", type=_NON_NEGATIVE, help="Margin of the batch-hard triplet loss (preset: 0.7)."
-    ),
-    click.option("--lam", type=_NON_NEGATIVE, help="Weight lambda of the attention loss L_att (preset: 7)."),
-    click.option("--tau", type=_POSITIVE, help="Distillation temperature (preset: 5; PRCC 1)."),
-    click.option(
-        "--alpha", type=_PROB, help="Weight of distillation against the student's CE (preset: 0.7; PRCC 0.8)."
-    ),
-    click.option("--eps", type=_PROB, help="CSA mask value on cloth pixels (preset: 0.1)."),
+    click.option("--triplet-margin", type=_NON_NEGATIVE, help="Margin of the batch-hard triplet loss."),
+    click.option("--lam", type=_NON_NEGATIVE, help="Weight lambda of the attention loss L_att."),
+    click.option("--tau", type=_POSITIVE, help="Distillation temperature."),
+    click.option("--alpha", type=_PROB, help="Weight of distillation against the student's CE."),
+    click.option("--eps", type=_PROB, help="CSA mask value on cloth pixels."),
     click.option(
         "--csa-form",
         type=click.Choice(["official", "paper"]),
@@ -92,11 +84,9 @@ _SETTINGS = [
         "--num-workers",
         "num_workers",
         type=click.IntRange(0),
-        help="DataLoader worker processes (preset: 2).",
+        help="DataLoader worker processes.",
     ),
-    click.option(
-        "--seed", type=click.IntRange(0), help="Seed of the init, sampler and augmentation (preset: 0)."
-    ),
+    click.option("--seed", type=click.IntRange(0), help="Seed of the init, sampler and augmentation."),
 ]
 SETTING_NAMES = ("epochs", "warmup_epochs", "p", "k", "base_lr", "weight_decay", "min_lr_factor", "flip_p")
 SETTING_NAMES += ("translate_p", "translate_pad", "erase_p", "label_smoothing", "triplet_margin", "csa_form")
@@ -262,7 +252,8 @@ Example:
     "train-teacher",
     help=(
         "Train the face teacher (LightMBN on restored faces, CE + triplet) from SHARDS into RUN."
-        " Settings: the dataset preset's, then --config FILE, then the flags." + _TEACHER_EXAMPLE
+        " Settings: the dataset preset's (--print-config shows them), then --config FILE, then the flags."
+        + _TEACHER_EXAMPLE
     ),
 )
 @config_file_option(flatten=_flatten_config, exclude=("config_file", "print_config"))
@@ -275,8 +266,8 @@ def train_teacher_cmd(shards: Path | None, run_dir: Path | None, **kw) -> None:
     "train",
     help=(
         "Train DeSKPro (global stream + student, frozen teacher) or, with --baseline, the global stream"
-        " alone, from SHARDS into RUN. Settings: the dataset preset's, then --config FILE, then the flags."
-        + _TRAIN_EXAMPLE
+        " alone, from SHARDS into RUN. Settings: the dataset preset's (--print-config shows them),"
+        " then --config FILE, then the flags." + _TRAIN_EXAMPLE
     ),
 )
 @config_file_option(flatten=_flatten_config, exclude=("config_file", "print_config"))
