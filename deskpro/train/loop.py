@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deskpro.common.torch_utils import autocast_context
-from deskpro.common.torch_utils import resolve_device as _resolve_device_name  # returns a str
+from deskpro.common.torch_utils import autocast_context, resolve_device
 from deskpro.config import TrainConfig
 from deskpro.train.augment import AugmentSettings, augment_batch
 from deskpro.train.data import PKBatchSampler, ShardDataset, make_loader, open_reader
@@ -89,7 +88,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
     """
     # -- checks: everything that can be refused is refused before anything is written
     check_settings(config, options)
-    _amp_context(config.amp, resolve_device(options.device))  # an amp the device cannot run
+    _amp_context(config.amp, _torch_device(options.device))  # an amp the device cannot run
     if options.tensorboard:
         check_tensorboard()
     run = RunDir(run_dir)
@@ -271,9 +270,9 @@ class _SkipBatches(torch.utils.data.Sampler):
 # ---------------------------------------------------------------- setup helpers
 
 
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu; anything else as torch.device."""
-    return torch.device(_resolve_device_name(device))
+def _torch_device(device: str) -> torch.device:
+    """`resolve_device` (auto -> cuda when available, else cpu) as a torch.device."""
+    return torch.device(resolve_device(device))
 
 
 @dataclass
@@ -290,10 +289,10 @@ class _Dist:
 
 def _setup_dist(options: TrainRunOptions) -> _Dist:
     if not options.distributed:
-        return _Dist(device=resolve_device(options.device))
+        return _Dist(device=_torch_device(options.device))
     import torch.distributed as dist
 
-    cuda = resolve_device(options.device).type == "cuda"
+    cuda = _torch_device(options.device).type == "cuda"
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
