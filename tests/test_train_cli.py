@@ -208,3 +208,18 @@ def test_config_file_option_on_any_command(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"size": 0}))
     result = runner.invoke(cmd, ["--config", tmp_path / "bad.json"])
     assert result.exit_code == 2 and "bad.json: key 'size'" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "train-teacher"])
+def test_every_trainconfig_field_is_an_option_or_fixed(command):
+    """So that any run's config.json comes back as --config (a new field needs an option)."""
+    import dataclasses
+
+    from deskpro.cli.train import FIXED_KEYS
+    from deskpro.config import MethodSettings, TrainConfig
+
+    cmd = main.get_command(click.Context(main), command)
+    names = {p.name for p in cmd.params}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
+    fields |= {f.name for f in dataclasses.fields(MethodSettings)}
+    assert fields - names - set(FIXED_KEYS) == set()
