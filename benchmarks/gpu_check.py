@@ -251,8 +251,8 @@ def bench_training(
     device: torch.device, sizes: Sizes, root: Path, amp: str | None, workers: int, log
 ) -> dict:
     """Teacher for one step, then DeSKPro steps with AMP: images/s and the data-wait share."""
-    from deskpro.train import trainer
-    from deskpro.train.trainer import TrainRunOptions, run_training
+    from deskpro.train import loop as trainer
+    from deskpro.train.loop import TrainRunOptions, run_training
 
     shards = write_shards(root, sizes, "jpeg")
     options = TrainRunOptions(device=str(device), max_iters=1, progress=False)

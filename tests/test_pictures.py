@@ -10,7 +10,6 @@ import pytest
 import torch
 from _train_utils import write_tiny_shards
 from click.testing import CliRunner
-from deskpro.train.augment import normalize_uint8
 from PIL import Image
 
 from deskpro.cli import main
@@ -19,6 +18,7 @@ from deskpro.experiments import pictures, visualize
 from deskpro.model import checkpoint
 from deskpro.model.deskpro import DeSKPro
 from deskpro.train.data import open_reader
+from deskpro.train.transforms import normalize_uint8
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -13,8 +14,11 @@ from click.testing import CliRunner
 from deskpro.cli import main
 from deskpro.model import checkpoint
 from deskpro.train.evaluate import evaluate
+from deskpro.train.loop import TrainRunOptions, run_training, train
+from deskpro.train.phases import build_model
+from deskpro.train.rundir import RunDir
 from deskpro.train.schedule import lr_factor, warmup_cosine
-from deskpro.train.trainer import TrainRunOptions, load_train_state, resolve_config, train
+from deskpro.train.settings import planned_config, resolve_config
 
 QUIET = TrainRunOptions(progress=False)
 
@@ -31,9 +35,15 @@ def small_shards(tmp_path_factory):
     )
 
 
+def _state(run):
+    return RunDir(run).load_state()
+
+
+_BASE = {"p": 2, "k": 2, "epochs": 2, "warmup_epochs": 1, "num_workers": 0}
+
+
 def _config(shards, phase, **kw):
-    base = {"p": 2, "k": 2, "epochs": 2, "warmup_epochs": 1, "num_workers": 0}
-    return resolve_config(shards, phase, **(base | kw))
+    return resolve_config(shards, phase, **(_BASE | kw))
 
 
 def test_schedule_matches_the_official_form():
@@ -67,7 +77,7 @@ def test_resume_is_exact(small_shards, tmp_path):
     config = _config(small_shards, "baseline")  # 2 iterations per epoch
     straight = train(small_shards, tmp_path / "a", config, QUIET)
     train(small_shards, tmp_path / "b", config, TrainRunOptions(progress=False, max_iters=2))
-    assert load_train_state(tmp_path / "b")["epoch"] == 1
+    assert _state(tmp_path / "b")["epoch"] == 1
     after_one = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["state_dict"]
     resumed = train(small_shards, tmp_path / "b", config, TrainRunOptions(progress=False, resume=True))
     a = torch.load(straight, weights_only=True)["state_dict"]
@@ -81,10 +91,43 @@ def test_resume_is_exact(small_shards, tmp_path):
     assert all(r["total"] > 0 and r["images_per_s"] > 0 for r in log)
 
 
+def _log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _untimed(records):
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+
+def test_max_iters_mid_epoch_then_resume_equals_an_uninterrupted_run(small_shards, tmp_path):
+    config = _config(small_shards, "baseline")  # 2 epochs of 2 iterations
+    straight = train(small_shards, tmp_path / "a", config, QUIET)
+    run = tmp_path / "b"
+    train(small_shards, run, config, TrainRunOptions(progress=False, max_iters=1))
+    state = _state(run)
+    # Stopped inside epoch 1: its place is kept and the per-epoch schedule has not moved.
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 1, 1)
+    assert state["scheduler"]["last_epoch"] == 0 and state["partial"]["sums"]
+    assert _log(run)[-1]["partial"] is True and _log(run)[-1]["batches"] == 1
+    train(small_shards, run, config, TrainRunOptions(progress=False, resume=True, max_iters=3))
+    assert (_state(run)["epoch"], _state(run)["batch"]) == (1, 1)  # inside epoch 2 now
+    resumed = train(small_shards, run, config, TrainRunOptions(progress=False, resume=True))
+    a = torch.load(straight, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The log reads as the uninterrupted run's: partial lines replaced by the whole epochs' lines.
+    assert _untimed(_log(run)) == _untimed(_log(tmp_path / "a"))
+    assert [r["step"] for r in _log(run)] == [2, 4]
+    # Resuming a finished run trains nothing and changes nothing.
+    before = _state(run)["step"]
+    train(small_shards, run, config, TrainRunOptions(progress=False, resume=True))
+    assert _state(run)["step"] == before and len(_log(run)) == 2
+
+
 def test_resume_refuses_changed_settings(small_shards, tmp_path):
     config = _config(small_shards, "baseline", epochs=1)
     train(small_shards, tmp_path / "r", config, TrainRunOptions(progress=False, max_iters=1))
-    with pytest.raises(ValueError, match="changed settings: k"):
+    with pytest.raises(ValueError, match="changed settings: k 2 -> 1"):
         train(
             small_shards, tmp_path / "r", _config(small_shards, "baseline", k=1), TrainRunOptions(resume=True)
         )
@@ -92,6 +135,76 @@ def test_resume_refuses_changed_settings(small_shards, tmp_path):
         train(small_shards, tmp_path / "r", config, QUIET)
     with pytest.raises(FileNotFoundError, match="train_state.pt"):
         train(small_shards, tmp_path / "none", config, TrainRunOptions(progress=False, resume=True))
+
+
+@pytest.mark.parametrize(
+    ("override", "change"),
+    [
+        ({"epochs": 3}, "epochs 2 -> 3"),
+        ({"warmup_epochs": 0}, "warmup_epochs 1 -> 0"),
+        ({"base_lr": 1e-3}, "base_lr"),
+    ],
+)
+def test_resume_refuses_a_changed_schedule(small_shards, tmp_path, override, change):
+    run = tmp_path / "r"
+    run_training(small_shards, run, "baseline", _BASE, TrainRunOptions(progress=False, max_iters=1))
+    with pytest.raises(ValueError, match=f"cannot resume with changed settings: {change}"):
+        run_training(small_shards, run, "baseline", override, TrainRunOptions(progress=False, resume=True))
+    assert _state(run)["step"] == 1  # nothing trained or written
+
+
+def test_resume_takes_the_saved_settings(small_shards, tmp_path):
+    """A resume needs no settings repeated; runtime ones (workers) may change."""
+    run = tmp_path / "r"
+    run_training(small_shards, run, "baseline", _BASE, TrainRunOptions(progress=False, max_iters=1))
+    final = run_training(
+        small_shards,
+        run,
+        "baseline",
+        {"num_workers": 0, "epochs": 2},
+        TrainRunOptions(progress=False, resume=True),
+    )
+    assert final.is_file() and _state(run)["step"] == 4
+    assert json.loads((run / "config.json").read_text())["p"] == 2
+    assert planned_config(small_shards, run, "baseline").epochs == 2
+
+
+def test_run_dir_must_be_new_empty_or_a_run(small_shards, tmp_path):
+    config = _config(small_shards, "baseline", epochs=1)
+    options = TrainRunOptions(progress=False, max_iters=1)
+    afile = tmp_path / "file"
+    afile.write_text("keep")
+    with pytest.raises(FileExistsError, match="is a file"):
+        train(small_shards, afile, config, options)
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.jpg").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a deskpro run.*a.jpg"):
+        train(small_shards, other, config, options)
+    assert afile.read_text() == "keep" and sorted(p.name for p in other.iterdir()) == ["a.jpg"]
+    started = tmp_path / "started"  # a run that stopped before its first checkpoint starts over
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    train(small_shards, started, config, options)
+    (tmp_path / "empty").mkdir()
+    train(small_shards, tmp_path / "empty", config, options)
+    assert (started / "train_state.pt").is_file() and (tmp_path / "empty" / "train_state.pt").is_file()
+
+
+@pytest.mark.parametrize(("settings", "message"), [({"epochs": 0}, "epochs must be >= 1"), ({}, "max_iters")])
+def test_refuses_empty_runs(small_shards, tmp_path, settings, message):
+    options = TrainRunOptions(progress=False, max_iters=None if settings else 0)
+    with pytest.raises(ValueError, match=message):
+        train(small_shards, tmp_path / "x", _config(small_shards, "baseline", **settings), options)
+    assert not (tmp_path / "x").exists()
+
+
+def test_tensorboard_missing_names_the_extra(small_shards, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if absent
+    options = TrainRunOptions(progress=False, tensorboard=True)
+    with pytest.raises(ImportError, match=r"deskpro\[tensorboard\]"):
+        train(small_shards, tmp_path / "x", _config(small_shards, "baseline"), options)
+    assert not (tmp_path / "x").exists()
 
 
 def test_teacher_then_deskpro(shards, tmp_path):
@@ -111,8 +224,8 @@ def test_teacher_then_deskpro(shards, tmp_path):
     # The teacher stayed frozen; the trained streams moved away from their seeded init.
     for key, value in teacher.state_dict().items():
         assert torch.equal(model.face_net.state_dict()[key], value), key
-    state = load_train_state(tmp_path / "d")  # weights_only-loadable
-    assert state["step"] == 2 and state["epoch"] == 1
+    state = _state(tmp_path / "d")  # weights_only-loadable
+    assert (state["step"], state["epoch"], state["batch"]) == (2, 0, 2)  # stopped inside the epoch
     record = json.loads((tmp_path / "d" / "log.jsonl").read_text().splitlines()[-1])
     assert {"att", "fkp", "ce_face", "ce_body", "triplet", "total", "lr"} <= set(record)
     report = evaluate(shards, final, progress=False, trials=2)
@@ -148,6 +261,8 @@ def test_cli_baseline_and_evaluate(small_shards, tmp_path):
         "2",
         "--epochs",
         "1",
+        "--warmup-epochs",
+        "0",
         "--workers",
         "0",
         "--max-iters",
@@ -212,6 +327,8 @@ def test_ddp_two_ranks_on_cpu(small_shards, tmp_path):
         "2",
         "--epochs",
         "1",
+        "--warmup-epochs",
+        "0",
         "--workers",
         "0",
         "--device",
@@ -229,19 +346,18 @@ def test_ddp_two_ranks_on_cpu(small_shards, tmp_path):
 
 def test_imagenet_init_fills_the_trained_streams(small_shards, tmp_path):
     from deskpro.model.osnet import osnet_x1_0
-    from deskpro.train.trainer import _build_model
 
     source = osnet_x1_0()
     torch.save(source.state_dict(), tmp_path / "osnet.pth")
     config = _config(small_shards, "baseline")
-    plain = _build_model(config, 4, QUIET)
-    model = _build_model(config, 4, TrainRunOptions(imagenet=str(tmp_path / "osnet.pth")))
+    plain = build_model(config, 4)
+    model = build_model(config, 4, imagenet=str(tmp_path / "osnet.pth"))
     conv1 = source.conv1.state_dict()
     trunk = model.nocloth_net.backbone[0].state_dict()
     assert all(torch.equal(trunk[k], v) for k, v in conv1.items())
     assert not all(torch.equal(plain.nocloth_net.backbone[0].state_dict()[k], v) for k, v in conv1.items())
     # Seeded init: the same seed builds the same weights.
-    again = _build_model(config, 4, QUIET)
+    again = build_model(config, 4)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), again.state_dict().values()))
 
 

@@ -18,7 +18,9 @@ import torch
 
 from deskpro.experiments.rows import RUNS, Row, Run, runs_for, select_rows
 from deskpro.experiments.table import format_markdown, format_text
-from deskpro.train.trainer import STATE_NAME, TrainRunOptions, resolve_config, train
+from deskpro.train.loop import TrainRunOptions, train
+from deskpro.train.rundir import STATE_NAME
+from deskpro.train.settings import resolve_config
 
 DONE_NAME = "ablate-done.json"
 

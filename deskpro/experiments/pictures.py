@@ -21,7 +21,7 @@ INCH = 1 / 60  # figure inches per image pixel: tiles at 100 dpi are drawn about
 
 
 def _inputs(images: np.ndarray, device) -> torch.Tensor:
-    from deskpro.train.augment import normalize_uint8
+    from deskpro.train.transforms import normalize_uint8
 
     return normalize_uint8(torch.from_numpy(images).to(device))
 

@@ -325,14 +325,14 @@ def evaluate(
     `json_path` when given: never over the checkpoint or a shard file, and over an existing file
     only when it is an earlier report or `force` is set (checked before any work is done).
     """
+    from deskpro.common.torch_utils import resolve_device
     from deskpro.config import preset
     from deskpro.model import checkpoint
-    from deskpro.train.trainer import resolve_device
 
     if json_path is not None:
         inputs = [checkpoint_path, *(p for p in Path(shards_dir).iterdir() if p.is_file())]
         json_path = check_output_path(json_path, inputs=inputs, is_ours=is_report, force=force, flag="--json")
-    device = resolve_device(str(device))
+    device = torch.device(resolve_device(str(device)))
     apply_threads(0)  # ranking and CPU inference: the CPUs this process may use (or --threads)
     reader = open_reader(shards_dir)
     dataset = reader.meta.get("dataset")

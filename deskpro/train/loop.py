@@ -1,0 +1,331 @@
+"""The training loop: face teacher, DeSKPro, or the global-stream baseline, from training shards.
+
+`train` reads top to bottom: checks, setup, then per epoch a pass over the P x K batches followed
+by the bookkeeping (checkpoint, val score, train state, log line). What each phase builds and
+optimises is in `deskpro.train.phases`, the run directory's files in `deskpro.train.rundir`, and
+how the settings are resolved (preset, saved run, overrides) in `deskpro.train.settings`.
+Under DDP only rank 0 writes. No model selection on the test split: the last epoch is the result,
+or the best epoch on the val split with `select_on_val`.
+
+Resume is exact, also after `max_iters`: a run stopped mid-epoch saves its place in the epoch (the
+batches done, the epoch's augmentation generator and loss sums) without stepping the lr scheduler,
+and a resume trains the rest of that epoch, so `max_iters=n` then `resume=True` gives the same
+weights and log as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deskpro.common.torch_utils import autocast_context, resolve_device
+from deskpro.config import TrainConfig
+from deskpro.train import recipe
+from deskpro.train.data import PKBatchSampler, make_loader, open_reader
+from deskpro.train.phases import (
+    PHASES,
+    build_model,
+    loss_terms,
+    trainable_parameters,
+    trained_module,
+    val_score,
+)
+from deskpro.train.rundir import (
+    RunDir,
+    ScalarLogger,
+    check_tensorboard,
+    restore_training_state,
+    resume_config,
+    save_checkpoint,
+    training_state,
+)
+from deskpro.train.schedule import warmup_cosine
+from deskpro.train.settings import planned_config
+from deskpro.train.transforms import augment_batch
+
+SHOWN_TERMS = ("total", "ce", "triplet", "att", "fkp", "ce_body", "ce_face")
+
+
+@dataclass(frozen=True)
+class TrainRunOptions:
+    """How to run (not what to learn): device, limits, resume, logging, DDP."""
+
+    device: str = "cpu"
+    teacher: str | None = None  # teacher checkpoint for phase "deskpro" (ours or the official file)
+    imagenet: str | None = None  # OSNet x1.0 ImageNet weights to initialise the trained streams
+    max_iters: int | None = None  # stop after this many iterations in all (tests, demo); resumable
+    resume: bool = False
+    select_on_val: bool = False
+    progress: bool = True
+    tensorboard: bool = False
+    distributed: bool = False  # init torch.distributed from torchrun's environment (env://)
+    local_rank: int = 0
+    trust_checkpoint: bool = False
+    from_scratch: bool = False  # a real-dataset run without --imagenet (recipe.check_init)
+
+
+def run_training(
+    shards_dir,
+    run_dir,
+    phase: str,
+    overrides: dict | None = None,
+    options: TrainRunOptions = TrainRunOptions(),
+) -> Path:
+    """Resolve the config (`planned_config`) and train; returns the final checkpoint."""
+    config = planned_config(shards_dir, run_dir if options.resume else None, phase, overrides)
+    amp_given = (overrides or {}).get("amp") is not None
+    config = recipe.recipe_amp(config, _torch_device(options.device), amp_given)  # official: fp16 on GPU
+    return train(shards_dir, run_dir, config, options)
+
+
+def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = TrainRunOptions()) -> Path:
+    """Train one phase from the shards into run_dir; returns the path of the final checkpoint.
+
+    The final checkpoint is RUN/checkpoint.pt (the latest model), or RUN/best.pt with select_on_val.
+    """
+    # -- checks: everything that can be refused is refused before anything is written
+    check_settings(config, options)
+    recipe.check_init(config, options.imagenet, options.from_scratch)
+    _amp_context(config.amp, _torch_device(options.device))  # an amp the device cannot run
+    if options.tensorboard:
+        check_tensorboard()
+    run = RunDir(run_dir)
+    run.check(options.resume)
+    saved = run.load_state() if options.resume else None
+    if saved is not None:
+        config = resume_config(saved["config"], config, run.state)
+
+    # -- setup: data, model, optimiser, schedule, sampler; then the saved state over them
+    dist = _setup_dist(options)
+    reader = open_reader(shards_dir)
+    teacher = recipe.teacher_file(config, options.teacher, options.trust_checkpoint)  # read once
+    dataset = recipe.train_dataset(reader, config, teacher)  # faceless rows and the class table
+    model = build_model(config, dataset.num_classes, imagenet=options.imagenet, teacher=teacher).to(
+        dist.device
+    )
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(
+        trainable_parameters(model, config.phase), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = warmup_cosine(
+        optimizer, epochs=config.epochs, warmup_epochs=config.warmup_epochs, min_factor=config.min_lr_factor
+    )
+    sampler = recipe.make_sampler(config, dataset.labels, dist.rank, dist.world_size)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=config.amp == "fp16")
+    epoch, batch, step, best, partial = 0, 0, 0, -1.0, {}  # batch: batches done in `epoch`
+    if saved is not None:
+        restore_training_state(
+            saved, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler, scaler=scaler
+        )
+        epoch, batch, step = int(saved["epoch"]), int(saved.get("batch", 0)), int(saved["step"])
+        best, partial = float(saved.get("best", -1.0)), saved.get("partial") or {}
+    if dist.main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config(config)
+        run.trim_log(step)
+    module = trained_module(model, config.phase)  # what the checkpoints hold
+    forward_model = _wrap(module, config, dist)
+    augment = recipe.augment_settings(config)
+    logger = ScalarLogger(run, options.tensorboard) if dist.main else None
+
+    def reached() -> bool:
+        return options.max_iters is not None and step >= options.max_iters
+
+    try:
+        while epoch < config.epochs and not reached():
+            # -- one epoch (or the rest of one): P x K batches, augmented on the device
+            model.train()
+            sampler.set_epoch(epoch)
+            epoch_length = len(sampler)
+            generator = _epoch_generator(config, epoch, dist.rank, dist.device)
+            draws = recipe.draws_of_epoch(config, generator, dist.device)  # per sample / per worker
+            if partial:
+                generator.set_state(partial["generator"])
+            sums, images = dict(partial.get("sums", {})), int(partial.get("images", 0))
+            loader = make_loader(
+                dataset,
+                _SkipBatches(sampler, batch),
+                workers=config.num_workers,
+                pin_memory=dist.device.type == "cuda",
+            )
+            # Starting a loader draws its workers' seed from the global RNG; keeping that draw
+            # off the global stream gives dropout the same draws on a fresh and a resumed epoch.
+            with torch.random.fork_rng(devices=[]):
+                batches = iter(loader)
+            lr = optimizer.param_groups[0]["lr"]
+            bar = tqdm(
+                total=epoch_length,
+                initial=batch,
+                desc=f"{config.phase} {epoch + 1}/{config.epochs}",
+                disable=not (options.progress and dist.main),
+                leave=False,
+            )
+            start, timed_images, rate = time.perf_counter(), 0, 0.0
+            for raw in batches:
+                inputs = augment_batch(
+                    raw,
+                    settings=augment,
+                    device=dist.device,
+                    channels_last=config.channels_last,
+                    draws=draws.for_batch(batch, len(raw["label"])),
+                )
+                with _amp_context(config.amp, dist.device):
+                    terms = loss_terms(forward_model, inputs, config)
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                if not math.isfinite(values["total"]):
+                    raise FloatingPointError(f"{config.phase} epoch {epoch + 1}: loss is {values['total']}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(terms["total"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                batch, step = batch + 1, step + 1
+                images, timed_images = images + len(raw["label"]), timed_images + len(raw["label"])
+                rate = timed_images / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(
+                    {k: f"{v:.3f}" for k, v in values.items() if k in SHOWN_TERMS} | {"img/s": f"{rate:.1f}"}
+                )
+                bar.update()
+                if reached():
+                    break
+            bar.close()
+            complete = batch == epoch_length
+            if complete:
+                scheduler.step()  # the schedule is per epoch: only a whole epoch moves it
+
+            # -- bookkeeping (rank 0): checkpoint, val score, train state, then the log line
+            if dist.main:
+                record = {"epoch": epoch + 1, "step": step, "lr": lr, "images_per_s": rate}
+                record |= {k: v / max(batch, 1) for k, v in sums.items()}
+                if not complete:
+                    record |= {"partial": True, "batches": batch}
+                extra = {"epoch": epoch + 1, "step": step, "phase": config.phase, "complete": complete}
+                save_checkpoint(run.checkpoint, module, config, dataset, reader, extra)
+                if options.select_on_val:
+                    score = val_score(model, reader, config, dist.device, options.progress)
+                    record["val_mAP"] = score
+                    if score > best:
+                        best = score
+                        save_checkpoint(run.best, module, config, dataset, reader, extra)
+                in_epoch = (
+                    {} if complete else {"generator": generator.get_state(), "sums": sums, "images": images}
+                )
+                state = training_state(
+                    epoch=epoch + int(complete),
+                    batch=0 if complete else batch,
+                    step=step,
+                    config=config,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    sampler=sampler,
+                    scaler=scaler,
+                    best=best,
+                    partial=in_epoch,
+                )
+                run.save_state(state)
+                run.append_log(record)
+                logger.write(record)
+            if complete:
+                epoch, batch, partial = epoch + 1, 0, {}
+    finally:
+        if logger is not None:
+            logger.close()
+        if dist.owns_group:
+            from torch import distributed
+
+            distributed.destroy_process_group()
+    return run.best if options.select_on_val else run.checkpoint
+
+
+def check_settings(config: TrainConfig, options: TrainRunOptions) -> None:
+    """Refuse settings the loop cannot run, in one line each (the CLI checks every range first)."""
+    if config.phase not in PHASES:
+        raise ValueError(f"unknown phase {config.phase!r}; expected one of {', '.join(PHASES)}")
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    if options.max_iters is not None and options.max_iters < 1:
+        raise ValueError(f"max_iters must be >= 1 (or None: no limit), got {options.max_iters}")
+    if options.select_on_val and config.phase == "teacher":
+        raise ValueError("--select-on-val is for the body / DeSKPro phases (evaluation uses the student)")
+
+
+class _SkipBatches(torch.utils.data.Sampler):
+    """The batches of `sampler`'s current epoch after the first `skip` (where a resume continues)."""
+
+    def __init__(self, sampler: PKBatchSampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def _torch_device(device: str) -> torch.device:
+    """`resolve_device` (auto -> cuda when available, else cpu) as a torch.device."""
+    return torch.device(resolve_device(device))
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this call initialised torch.distributed, so it tears it down
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_dist(options: TrainRunOptions) -> _Dist:
+    if not options.distributed:
+        return _Dist(device=_torch_device(options.device))
+    import torch.distributed as dist
+
+    cuda = _torch_device(options.device).type == "cuda"
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    device = torch.device("cuda", options.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return _Dist(dist.get_rank(), dist.get_world_size(), device, owns)
+
+
+def _wrap(module: torch.nn.Module, config: TrainConfig, dist: _Dist):
+    """The callable that runs the phase's forward: DDP-wrapped and/or compiled as configured."""
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        # Batches without faces leave the student unused: DDP must tolerate unused parameters.
+        module = DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+    if config.compile:
+        module = torch.compile(module)
+    return module
+
+
+def _amp_context(amp: str | None, device: torch.device):
+    """`autocast_context` for the config's amp ("none" or None: full precision)."""
+    return autocast_context(device, None if amp in ("none", None) else amp)
+
+
+def _epoch_generator(config: TrainConfig, epoch: int, rank: int, device: torch.device) -> torch.Generator:
+    """The augmentation generator of one epoch: seeded from (seed, epoch, rank), so resume is exact."""
+    seed = int(np.random.default_rng([config.seed, epoch, rank, 17]).integers(0, 2**62))
+    return torch.Generator(device=device).manual_seed(seed)

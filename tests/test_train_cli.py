@@ -1,0 +1,225 @@
+"""`deskpro train` / `train-teacher` options: --print-config, --config files, ranges, run-dir errors, help."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import pytest
+import yaml
+from _train_utils import write_tiny_shards
+from click.testing import CliRunner
+
+from deskpro.cli import main
+from deskpro.cli.config_file import config_file_option
+from deskpro.train.rundir import RunDir
+from deskpro.train.settings import resolve_config
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_tiny_shards(tmp_path_factory.mktemp("shards") / "s", train_ids=4, per_id=2, test_ids=2)
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _error_line(result) -> str:
+    """The one line that says what is wrong (click may print the usage above it)."""
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def _printed(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(result.output)
+
+
+def test_print_config_resolves_for_the_shards_and_the_flags(shards):
+    printed = _printed(
+        _invoke("train", shards, "--baseline", "--print-config", "--epochs", "7", "--lam", "3")
+    )
+    assert printed == resolve_config(shards, "baseline", epochs=7).to_dict() | {
+        "body_size": [64, 32],
+        "method": printed["method"],
+    }
+    assert printed["dataset"] == "synthetic" and printed["epochs"] == 7 and printed["warmup_epochs"] == 10
+    assert printed["method"] == {
+        "eps": 0.1,
+        "lam": 3.0,
+        "tau": 1.0,
+        "alpha": 0.8,
+    }  # the PRCC-like preset, lam set
+    teacher = _printed(_invoke("train-teacher", "--print-config"))  # no shards: the TrainConfig defaults
+    assert teacher["phase"] == "teacher" and teacher["epochs"] == 140 and teacher["p"] == 5
+
+
+def test_printed_config_and_run_config_json_come_back_as_config(shards, tmp_path):
+    printed = _invoke(
+        "train", shards, "--baseline", "--print-config", "--epochs", "9", "--p", "3", "--seed", "4"
+    )
+    (tmp_path / "c.yaml").write_text(printed.output)
+    again = _printed(
+        _invoke("train", shards, "--baseline", "--print-config", "--config", tmp_path / "c.yaml")
+    )
+    assert again == yaml.safe_load(printed.output)
+    flags_win = _printed(
+        _invoke(
+            "train", shards, "--baseline", "--print-config", "--config", tmp_path / "c.yaml", "--epochs", "5"
+        )
+    )
+    assert flags_win["epochs"] == 5 and flags_win["p"] == 3 and flags_win["seed"] == 4
+    # A run's config.json (written by the trainer) is accepted as it is.
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_config(resolve_config(shards, "baseline", epochs=11, k=3, base_lr=1e-3))
+    from_run = _printed(_invoke("train", shards, "--baseline", "--print-config", "--config", run.config))
+    assert (from_run["epochs"], from_run["k"], from_run["base_lr"]) == (11, 3, 1e-3)
+    # Option spellings work as keys: long names with - or _, and aliases.
+    (tmp_path / "o.yaml").write_text("warmup-epochs: 2\nimages_per_id: 4\nlr: 0.002\nworkers: 0\n")
+    spelled = _printed(
+        _invoke("train", shards, "--baseline", "--print-config", "--config", tmp_path / "o.yaml")
+    )
+    assert (spelled["warmup_epochs"], spelled["k"], spelled["base_lr"], spelled["num_workers"]) == (
+        2,
+        4,
+        0.002,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epochs: 3\nepohcs: 4\n", "unknown key 'epohcs'"),
+        ("epochs: 0\n", "key 'epochs': 0 is not in the range x>=1"),
+        ("amp: fp8\n", "key 'amp'"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("epochs: [1\n", "not valid YAML"),
+        ("dataset: prcc\n", "dataset is 'prcc' but this run's is 'synthetic'"),
+        ("phase: teacher\n", "phase is 'teacher'"),
+        ("print_config: true\n", "unknown key 'print_config'"),
+    ],
+)
+def test_bad_config_files_are_one_line_naming_the_file(shards, tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = _invoke("train", shards, "--baseline", "--print-config", "--config", path)
+    assert result.exit_code != 0
+    line = _error_line(result)
+    assert str(path) in line and message in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--epochs", "0"),
+        ("--max-iters", "0"),
+        ("--warmup-epochs", "-1"),
+        ("--p", "1"),
+        ("--k", "1"),
+        ("--lr", "0"),
+        ("--workers", "-1"),
+        ("--seed", "-3"),
+        ("--erase-p", "1.5"),
+        ("--alpha", "2"),
+        ("--label-smoothing", "1"),
+        ("--tau", "0"),
+    ],
+)
+def test_numeric_options_are_range_checked(shards, tmp_path, args):
+    result = _invoke("train", shards, "-o", tmp_path / "r", "--baseline", *args)
+    assert result.exit_code == 2
+    assert args[0] in _error_line(result)
+    assert not (tmp_path / "r").exists()
+
+
+def test_warmup_must_be_below_epochs(shards, tmp_path):
+    result = _invoke("train", shards, "-o", tmp_path / "r", "--baseline", "--epochs", "5")
+    assert result.exit_code == 1
+    assert "--warmup-epochs 10 must be below --epochs 5" in _error_line(result)
+    assert not (tmp_path / "r").exists()
+
+
+def test_tensorboard_without_the_package_names_the_extra(shards, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    result = _invoke(
+        "train-teacher",
+        shards,
+        "-o",
+        tmp_path / "r",
+        "--tensorboard",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "1",
+    )
+    assert result.exit_code == 1
+    assert "pip install 'deskpro[tensorboard]'" in _error_line(result)
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_onto_a_file_or_a_foreign_folder_is_refused(shards, tmp_path):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep")
+    result = _invoke("train", shards, "-o", afile, "--baseline")
+    assert result.exit_code == 2 and "is a file" in _error_line(result)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_text("keep")
+    args = ("--epochs", "2", "--warmup-epochs", "1", "--device", "cpu")
+    result = _invoke("train", shards, "-o", folder, "--baseline", *args)
+    assert result.exit_code == 1 and "not a deskpro run" in _error_line(result)
+    result = _invoke("train", shards, "-o", tmp_path / "none", "--baseline", "--resume", *args)
+    assert result.exit_code == 1 and "no training state to resume from" in _error_line(result)
+    assert afile.read_text() == "keep" and [p.name for p in folder.iterdir()] == ["a.jpg"]
+    result = _invoke("train", shards, "--baseline")
+    assert result.exit_code == 2 and "'-o'" in _error_line(result)
+
+
+@pytest.mark.parametrize("command", ["train", "train-teacher"])
+def test_every_option_has_help_and_the_command_an_example(command):
+    cmd = main.get_command(click.Context(main), command)
+    missing = [p.name for p in cmd.params if isinstance(p, click.Option) and not p.help]
+    assert not missing
+    result = _invoke(command, "--help")
+    assert result.exit_code == 0 and "Example:" in result.output and f"deskpro {command} " in result.output
+
+
+def test_config_file_option_on_any_command(tmp_path):
+    """The generic helper: file values become defaults, typed by the option; flags win."""
+
+    @click.command()
+    @config_file_option()
+    @click.option("--size", type=click.IntRange(1), default=3)
+    @click.option("--name-tag", default="a")
+    def cmd(size, name_tag):
+        click.echo(json.dumps([size, name_tag]))
+
+    (tmp_path / "c.json").write_text(json.dumps({"size": "8", "name-tag": "b"}))
+    runner = CliRunner()
+    assert json.loads(runner.invoke(cmd, ["--config", tmp_path / "c.json"]).output) == [8, "b"]
+    assert json.loads(runner.invoke(cmd, ["--config", tmp_path / "c.json", "--size", "2"]).output) == [2, "b"]
+    assert json.loads(runner.invoke(cmd, []).output) == [3, "a"]
+    (tmp_path / "bad.json").write_text(json.dumps({"size": 0}))
+    result = runner.invoke(cmd, ["--config", tmp_path / "bad.json"])
+    assert result.exit_code == 2 and "bad.json: key 'size'" in result.output
+
+
+@pytest.mark.parametrize("command", ["train", "train-teacher"])
+def test_every_trainconfig_field_is_an_option_or_fixed(command):
+    """So that any run's config.json comes back as --config (a new field needs an option)."""
+    import dataclasses
+
+    from deskpro.cli.train import FIXED_KEYS
+    from deskpro.config import MethodSettings, TrainConfig
+
+    cmd = main.get_command(click.Context(main), command)
+    names = {p.name for p in cmd.params}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
+    fields |= {f.name for f in dataclasses.fields(MethodSettings)}
+    assert fields - names - set(FIXED_KEYS) == set()
