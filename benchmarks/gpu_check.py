@@ -160,7 +160,7 @@ def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log) -> l
 def _format(r: Row) -> str:
     return (
         f"| {r.net} | {r.input} | {r.batch} | {r.precision} | {'on' if r.channels_last else 'off'} | "
-        f"{r.images_per_s:.1f} | {r.speedup_vs_batch1:.2f} | {r.gflops_per_image:.1f} | "
+        f"{r.images_per_s:.3g} | {r.speedup_vs_batch1:.2f} | {r.gflops_per_image:.1f} | "
         f"{100 * r.fraction_of_peak:.2f}% |"
     )
 
