@@ -127,11 +127,15 @@ def _time(net, inputs, device, precision, sizes: Sizes) -> float:
         return calls * inputs[0].shape[0] / (time.perf_counter() - start)
 
 
-def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log) -> list[Row]:
+def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log, only=()) -> list[Row]:
     rows = []
     gen = torch.Generator().manual_seed(0)
     for name, label, factory, shapes in _nets(sizes):
-        net = factory().eval().to(device)
+        if only and name not in only:
+            continue
+        # Inference only: no parameter needs a gradient (the FLOP counter's module tracker would
+        # otherwise hook autograd inside inference mode).
+        net = factory().eval().requires_grad_(False).to(device)
         gflops = None
         baseline = None
         for batch in (1, sizes.batch):
@@ -343,8 +347,9 @@ def bench_gpu_decode(device: torch.device, sizes: Sizes, root: Path, log) -> dic
 @click.option(
     "--workers", type=click.IntRange(min=0), default=None, help="Loader workers (default: CPUs - 1)."
 )
+@click.option("--net", "only", multiple=True, help="Only these networks (default: all).")
 @click.option("--skip-training", is_flag=True)
-def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, skip_training: bool):
+def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, only, skip_training: bool):
     """Write gpu_check.json and gpu_check.md under --out."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     sizes = TINY if tiny else FULL
@@ -366,7 +371,7 @@ def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, sk
     log("")
     log(HEAD)
     start = time.perf_counter()
-    rows = bench_nets(device, sizes, peak_tflops, log)
+    rows = bench_nets(device, sizes, peak_tflops, log, only)
     log("")
     report = {
         "device": name,
