@@ -179,10 +179,10 @@ HEAD = (
 
 
 def _shard_writer():
-    try:  # the shards package (after its move), else its old home
-        from deskpro.shards import ShardWriter
-    except ImportError:
+    try:  # where the training reader of this tree reads from; the shards package after its move
         from deskpro.pipeline.shards import ShardWriter
+    except ImportError:
+        from deskpro.shards import ShardWriter
     return ShardWriter
 
 
