@@ -131,6 +131,7 @@ def main(factors, impls, dim, json_path, child_args):
             if out.returncode:
                 sys.exit(f"{impl} x{factor} failed: {out.stderr.strip().splitlines()[-1:]}")
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
     print(f"{'impl':<8} {'gallery':>8} {'features MB':>12} {'peak above MB':>14} {'seconds':>8}")
     for r in results:
         print(

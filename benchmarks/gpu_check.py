@@ -127,11 +127,15 @@ def _time(net, inputs, device, precision, sizes: Sizes) -> float:
         return calls * inputs[0].shape[0] / (time.perf_counter() - start)
 
 
-def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log) -> list[Row]:
+def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log, only=()) -> list[Row]:
     rows = []
     gen = torch.Generator().manual_seed(0)
     for name, label, factory, shapes in _nets(sizes):
-        net = factory().eval().to(device)
+        if only and name not in only:
+            continue
+        # Inference only: no parameter needs a gradient (the FLOP counter's module tracker would
+        # otherwise hook autograd inside inference mode).
+        net = factory().eval().requires_grad_(False).to(device)
         gflops = None
         baseline = None
         for batch in (1, sizes.batch):
@@ -160,7 +164,7 @@ def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log) -> l
 def _format(r: Row) -> str:
     return (
         f"| {r.net} | {r.input} | {r.batch} | {r.precision} | {'on' if r.channels_last else 'off'} | "
-        f"{r.images_per_s:.1f} | {r.speedup_vs_batch1:.2f} | {r.gflops_per_image:.1f} | "
+        f"{r.images_per_s:.3g} | {r.speedup_vs_batch1:.2f} | {r.gflops_per_image:.1f} | "
         f"{100 * r.fraction_of_peak:.2f}% |"
     )
 
@@ -175,10 +179,8 @@ HEAD = (
 
 
 def _shard_writer():
-    try:  # the shards package (after its move), else its old home
-        from deskpro.shards import ShardWriter
-    except ImportError:
-        from deskpro.shards import ShardWriter
+    from deskpro.shards import ShardWriter
+
     return ShardWriter
 
 
@@ -343,15 +345,19 @@ def bench_gpu_decode(device: torch.device, sizes: Sizes, root: Path, log) -> dic
 @click.option(
     "--workers", type=click.IntRange(min=0), default=None, help="Loader workers (default: CPUs - 1)."
 )
+@click.option("--net", "only", multiple=True, help="Only these networks (default: all).")
 @click.option("--skip-training", is_flag=True)
-def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, skip_training: bool):
+def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, only, skip_training: bool):
     """Write gpu_check.json and gpu_check.md under --out."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     sizes = TINY if tiny else FULL
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
-        sizes = Sizes(**{**asdict(sizes), "precisions": tuple(p for p in sizes.precisions if p != "fp16")})
+        # fp16 autocast is CUDA-only; bf16 convolutions on a CPU without bf16 units crawl (minutes for
+        # GPEN), so the tiny CPU run keeps fp32 and the GPU run covers bf16 / fp16.
+        keep = ("fp32",) if tiny else ("fp32", "bf16")
+        sizes = Sizes(**{**asdict(sizes), "precisions": tuple(p for p in sizes.precisions if p in keep)})
     out_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
 
@@ -366,7 +372,7 @@ def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, sk
     log("")
     log(HEAD)
     start = time.perf_counter()
-    rows = bench_nets(device, sizes, peak_tflops, log)
+    rows = bench_nets(device, sizes, peak_tflops, log, only)
     log("")
     report = {
         "device": name,

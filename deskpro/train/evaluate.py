@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from deskpro.common.files import atomic_path, check_output_path
 from deskpro.common.threads import apply_threads
 from deskpro.train.data import _where, open_reader
-from deskpro.train.metrics import Gallery, RankAccumulator, rank, rank_block
+from deskpro.train.metrics import Gallery, RankAccumulator, query_block, rank, rank_block
 from deskpro.train.protocols import Protocol, build_protocols, index_column, single_shot_columns
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
     "build_protocols",
     "single_shot_columns",
 ]
-
-QUERY_BLOCK = 256  # queries per distance block: 256 x 11,006 float32 is 11 MB
 
 # ---------------------------------------------------------------- features and protocols
 
@@ -119,7 +117,7 @@ def _mean_cos_distance(stream: str):
 
 
 def stream_distance_blocks(
-    features: dict, q_pos: np.ndarray, g_pos: np.ndarray, stream: str, block: int = QUERY_BLOCK
+    features: dict, q_pos: np.ndarray, g_pos: np.ndarray, stream: str, block: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, Iterator[tuple[slice, torch.Tensor]]]:
     """(query positions used, gallery positions used, blocks of (slice of those, distances)).
 
@@ -136,6 +134,7 @@ def stream_distance_blocks(
     elif stream not in ("body", "both"):
         raise ValueError(f"unknown stream {stream!r}; expected one of {', '.join(STREAMS)}")
     distance = retrieval_distance if stream == "both" else _mean_cos_distance(stream)
+    block = block or query_block(len(g_pos))
     keys = ("body", "face", "has_face") if stream == "both" else (stream,)
     g_chunk = block * 8
 
@@ -204,7 +203,7 @@ def evaluate_features(
     streams: Sequence[str] = STREAMS,
     trials: int = 10,
     seed: int = 0,
-    block: int = QUERY_BLOCK,
+    block: int | None = None,
 ) -> list[ProtocolRow]:
     """Metrics per protocol and stream; `features` are indexed by reader position (all rows)."""
     labels = (index_column(index, "pid"), index_column(index, "camid"), index_column(index, "clothes_id"))

@@ -7,10 +7,10 @@ search; junk candidates ranked above a match are subtracted from its place. The 
 of a full stable argsort: items at equal distance keep their gallery order (the item listed first
 ranks first).
 
-Queries go in blocks (`block` rows at a time), so memory is a few blocks of the gallery size
-whatever the number of queries; the matrix is read in its own dtype (float32 stays float32). A
-torch tensor is ranked on its own device (a GPU when it lives there); the per-candidate work is
-small and stays in numpy.
+Queries go in blocks of about 4 M distances (`query_block`), so memory stays a few such blocks
+whatever the number of queries and the gallery size; the matrix is read in its own dtype
+(float32 stays float32). A torch tensor is ranked on its own device (a GPU when it lives there);
+the per-candidate work is small and stays in numpy.
 """
 
 from __future__ import annotations
@@ -43,6 +43,14 @@ class QueryScores:
     first: np.ndarray
     ap: np.ndarray
     valid: np.ndarray
+
+
+BLOCK_ENTRIES = 1 << 22  # distances per query block: 16 MB in float32, whatever the gallery size
+
+
+def query_block(gallery_size: int, entries: int = BLOCK_ENTRIES) -> int:
+    """Queries per block so that a [block, gallery] matrix holds about `entries` values."""
+    return int(min(1024, max(8, entries // max(gallery_size, 1))))
 
 
 def _as_1d(name: str, values, length: int) -> np.ndarray:
@@ -216,7 +224,7 @@ def rank_result(
     g_clothes=None,
     mode: str = "standard",
     max_rank: int = 50,
-    block: int = 256,
+    block: int | None = None,
 ) -> RankResult:
     """CMC, mAP and the counts of valid and excluded queries; see `rank` for the rules."""
     if mode not in MODES:
@@ -234,6 +242,7 @@ def rank_result(
     q_pids, q_camids = _as_1d("q_pids", q_pids, nq), _as_1d("q_camids", q_camids, nq)
     q_clothes = None if mode == "standard" else _as_1d("q_clothes", q_clothes, nq)
     total = RankAccumulator(max_rank, ng)
+    block = block or query_block(ng)
     for start in range(0, nq, block):
         stop = min(start + block, nq)
         qc = None if q_clothes is None else q_clothes[start:stop]
