@@ -28,11 +28,20 @@ _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where
     click.option(
         "--ray-address",
         default=None,
-        help="Join a cluster ('auto', 'ray://HOST:10001'); default: start a local Ray for this command.",
+        help="Join a cluster: 'auto' (the one on this machine) or HEAD:6379 (its GCS port); "
+        "ray:// (Ray Client) is refused, use `ray job submit`. Default: RAY_ADDRESS when set "
+        "(inside `ray job submit`), else a private local Ray for this command.",
     ),
     click.option("--part-size", default=1000, show_default=True, help="Manifest rows per part file."),
     click.option("--batch-size", default=16, show_default=True, help="Images per model call."),
-    click.option("--actors", "num_actors", default=1, show_default=True, help="Most model replicas."),
+    click.option(
+        "--actors",
+        "num_actors",
+        type=int,
+        default=None,
+        help="Model replicas [default: one per GPU of the cluster; without GPUs, one per free CPU; "
+        "oracle/none backends run as plain tasks].",
+    ),
     click.option(
         "--num-gpus",
         type=float,
