@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from deskpro.pipeline.plan import (
     source_tables,
 )
 from deskpro.pipeline.stages import NO_NET_BACKENDS
+
+PROBE_TIMEOUT_S = 10.0  # TCP connect to a cluster's GCS port
 
 # CPUs per image-decoding task feeding GPU actors: decoding is light next to a network on a GPU.
 DECODE_CPUS = 0.5
@@ -86,11 +89,49 @@ def _connect_error(address: str, exc: BaseException) -> RayConnectError:
             f"RAY_AUTH_MODE is {mode}); set RAY_AUTH_MODE=token and the cluster's token in "
             "RAY_AUTH_TOKEN (or a file at RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
         )
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200].rstrip(".")
     return RayConnectError(
         f"--ray-address {address}: cannot join a Ray cluster there ({first}); start one with "
         "`ray start --head` or give the head's HOST:PORT (GCS port, 6379 by default)"
     )
+
+
+def probe_cluster(address: str, verbose: bool = False) -> None:
+    """Fail fast, in one line, where ray.init would retry for minutes: nothing at the address (it
+    waits about ten minutes), or a cluster that rejects our token (a minute of warnings)."""
+    import socket
+
+    import ray._private.services as services
+    import ray._raylet
+
+    try:
+        resolved = services.canonicalize_bootstrap_address_or_die(address)
+    except (ConnectionError, ValueError) as exc:
+        raise _connect_error(address, exc) from None
+    host, _, port = resolved.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise _connect_error(address, ConnectionError(f"nothing listens at {resolved}: {exc}")) from None
+    try:
+        with contextlib.nullcontext() if verbose else _stderr_silenced():
+            ray._raylet.GcsClient(address=resolved)
+    except Exception as exc:  # AuthenticationError, or a GCS that does not answer
+        raise _connect_error(address, exc) from None
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: Ray's C++ client prints a warning per retry there."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager
@@ -112,6 +153,8 @@ def ray_session(
     check_address(address)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from a local start
     common = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
+    if address:
+        probe_cluster(address, verbose)
     try:
         if address:
             ray.init(address=address, **common)
