@@ -179,7 +179,9 @@ def ray_source(plan: StagePlan, batch_size: int):
     if plan.upstream_dir is None:
         return ray.data.from_arrow(list(source_tables(plan, batch_size)))
     files = [str(part_path(plan.upstream_dir, i)) for i in plan.missing]
-    return ray.data.read_parquet(files).select_columns(list(plan.stage_class.input_columns))
+    # Reading takes no CPU of its own: a CPU actor pool holds every CPU, and read tasks that waited
+    # for one would never run.
+    return ray.data.read_parquet(files, columns=list(plan.stage_class.input_columns), num_cpus=0)
 
 
 class DecodingStage(ArrowStage):
@@ -254,11 +256,10 @@ def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
             DecodingStage if fused else ArrowStage,
             fn_constructor_kwargs={**stage_args, "root": plan.root} if fused else stage_args,
             batch_size=opts.batch_size,
-            # GPU pools start with one actor and grow to `actors` as work queues (and as an autoscaling
-            # cluster adds GPU nodes); CPU pools are filled at once so that every CPU works.
-            compute=ray.data.ActorPoolStrategy(
-                min_size=1 if lay.kind == "gpu-actors" else lay.actors, max_size=lay.actors
-            ),
+            # The pool starts with one actor and grows to `actors` as work queues (and as an
+            # autoscaling cluster adds nodes). A pool fixed at every CPU deadlocked a reused Ray whose
+            # previous stage's actors had not yet let go of their CPUs.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors),
             num_gpus=lay.gpus or None,
             num_cpus=lay.cpus,
             # No restarts, no retries: Ray Data's default (forever) loops on a batch that kills its
