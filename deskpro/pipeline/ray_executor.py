@@ -181,7 +181,8 @@ def ray_source(plan: StagePlan, batch_size: int):
     files = [str(part_path(plan.upstream_dir, i)) for i in plan.missing]
     # Reading takes no CPU of its own: a CPU actor pool holds every CPU, and read tasks that waited
     # for one would never run.
-    return ray.data.read_parquet(files, columns=list(plan.stage_class.input_columns), num_cpus=0)
+    columns = list(plan.stage_class.input_columns)
+    return ray.data.read_parquet(files, num_cpus=0).select_columns(columns)
 
 
 class DecodingStage(ArrowStage):
