@@ -228,7 +228,6 @@ def _free_port() -> int:
 def start_cluster(nodes: int, logs: Path) -> tuple[str, list[subprocess.Popen]]:
     """`nodes` one-CPU Ray nodes on 127.0.0.1 in the foreground; terminate the processes to stop it."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "RAY_USAGE_STATS_ENABLED": "0"}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)  # for this driver too
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     common = ["--block", "--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
@@ -407,6 +406,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (default: a temporary one)")
     args = parser.parse_args()
+    if args.nodes:
+        # The clusters' token, for this driver too: Ray reads it once, when it is imported.
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
 
     from deskpro.pipeline.ray_executor import ray_session
 
