@@ -231,13 +231,12 @@ def start_cluster(nodes: int, logs: Path) -> tuple[str, list[subprocess.Popen]]:
     ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     common = ["--block", "--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
-    common += ["--include-dashboard", "false"]
     procs = []
     for i in range(nodes):
         role = ["--head", "--port", str(port)] if i == 0 else ["--address", f"127.0.0.1:{port}"]
         role += ["--dashboard-agent-listen-port", str(_free_port())]
         if i == 0:
-            role += ["--ray-client-server-port", str(_free_port())]
+            role += ["--ray-client-server-port", str(_free_port()), "--include-dashboard", "false"]
         log = logs / f"node{i}.log"
         with open(log, "w") as out:
             command = [ray_cli, "start", *role, *common]
