@@ -7,9 +7,14 @@ Measures, on one machine:
   that there is real compute per image (its detections mean nothing; only the speed is measured);
 - `deskpro.shards.pack.pack` throughput and shard bytes per image against the source JPEGs;
 - peak RSS of the driver and all its descendant processes (the local Ray's workers) while a Ray
-  stage runs over 1x and `--scale`x the data: a stage holds a bounded number of batches.
+  stage runs over 1x and `--scale`x the data: a stage holds a bounded number of batches;
+- with --nodes, scaling of the network stage on a local cluster of 1 and 2 one-CPU nodes
+  (`ray start --block` on 127.0.0.1, token auth), against the plain loop on one CPU.
 
-    python benchmarks/pipeline.py --images 120 --json bench.json
+Every Ray/loop pair runs `--repeats` times, alternating, and the table gives the ratio's min and
+median. Other processes on the machine (say which) shift both sides of a pair alike.
+
+    python benchmarks/pipeline.py --images 120 --net --nodes --json bench.json
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -145,7 +155,9 @@ def stage_plan(args, base: Path) -> list[tuple[str, str, dict]]:
     return plan
 
 
-def run_once(stage: str, manifest: Path, work: Path, options: dict, executor: str, args) -> dict:
+def run_once(
+    stage: str, manifest: Path, work: Path, options: dict, executor: str, args, address: str | None = None
+) -> dict:
     from deskpro.pipeline.plan import StageRunOptions
     from deskpro.pipeline.runner import run_stage
 
@@ -154,6 +166,7 @@ def run_once(stage: str, manifest: Path, work: Path, options: dict, executor: st
         batch_size=args.batch_size,
         executor=executor,
         num_actors=args.actors,
+        ray_address=address,
         overwrite=True,
         progress=False,
     )
@@ -178,17 +191,99 @@ def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
         if stage == "restore":  # restore reads detect's outputs: make them once per work dir
             for executor in ("local", "ray"):
                 run_once("detect", manifest, work / executor, ORACLE["detect"], "local", args)
-        result = {"stage": stage, "backend": label}
-        for executor in ("local", "ray"):
-            result[executor] = run_once(stage, manifest, work / executor, options, executor, args)
-        result["ray_vs_local"] = result["ray"]["images_per_s"] / max(result["local"]["images_per_s"], 1e-9)
+        result = {"stage": stage, "backend": label, "local": [], "ray": []}
+        for _ in range(args.repeats):  # alternating, so that load from elsewhere hits both alike
+            for executor in ("local", "ray"):
+                result[executor].append(run_once(stage, manifest, work / executor, options, executor, args))
+        ratios = sorted(
+            r["images_per_s"] / max(lo["images_per_s"], 1e-9) for r, lo in zip(result["ray"], result["local"])
+        )
+        result["ray_vs_local"] = {"min": ratios[0], "median": statistics.median(ratios), "all": ratios}
         rows.append(result)
         print(
-            f"  {stage:8s} {label:36s} local {result['local']['images_per_s']:8.1f} img/s   "
-            f"ray {result['ray']['images_per_s']:8.1f} img/s",
+            f"  {stage:8s} {label:36s} local {_median(result['local']):8.1f} img/s   "
+            f"ray {_median(result['ray']):8.1f} img/s   "
+            f"ray/local median {result['ray_vs_local']['median']:.2f}",
             flush=True,
         )
     return rows
+
+
+def _median(runs: list[dict]) -> float:
+    return statistics.median(r["images_per_s"] for r in runs)
+
+
+# ---- a local multi-node cluster
+
+
+TOKEN = "deskpro0bench0token0" + "0123456789abcdef012"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(nodes: int, logs: Path) -> tuple[str, list[subprocess.Popen]]:
+    """`nodes` one-CPU Ray nodes on 127.0.0.1 in the foreground; terminate the processes to stop it."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    common = ["--block", "--num-cpus", "1", "--num-gpus", "0", "--node-ip-address", "127.0.0.1"]
+    procs = []
+    for i in range(nodes):
+        role = ["--head", "--port", str(port)] if i == 0 else ["--address", f"127.0.0.1:{port}"]
+        role += ["--dashboard-agent-listen-port", str(_free_port())]
+        if i == 0:
+            role += ["--ray-client-server-port", str(_free_port()), "--include-dashboard", "false"]
+        log = logs / f"node{i}.log"
+        with open(log, "w") as out:
+            command = [ray_cli, "start", *role, *common]
+            procs.append(subprocess.Popen(command, env=env, stdout=out, stderr=out))
+        deadline = time.monotonic() + 240
+        while "Ray runtime started" not in log.read_text():
+            if time.monotonic() > deadline or procs[-1].poll() is not None:
+                stop_cluster(procs)
+                raise SystemExit(f"ray start failed: {log.read_text()[-1500:]}")
+            time.sleep(1)
+    return f"127.0.0.1:{port}", procs
+
+
+def stop_cluster(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=60)
+
+
+def bench_scaling(args, base: Path, manifest: Path) -> list[dict]:
+    """The network stage (one actor per node's CPU) on 1 and 2 local nodes, and the loop on 1 CPU."""
+    import ray
+    import torch
+
+    _, label, options = stage_plan(args, base)[-1]
+    out = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the loop on one CPU, as one actor has
+    try:
+        work = base / "scale-local"
+        loop = [run_once("detect", manifest, work, options, "local", args) for _ in range(args.repeats)]
+    finally:
+        torch.set_num_threads(threads)
+    for nodes in (1, 2):
+        address, procs = start_cluster(nodes, base)
+        try:
+            runs = []
+            for _ in range(args.repeats):
+                work = base / f"scale-{nodes}"
+                runs.append(run_once("detect", manifest, work, options, "ray", args, address))
+            ray.shutdown()
+        finally:
+            stop_cluster(procs)
+        out.append({"nodes": nodes, "ray": runs, "loop_1cpu": loop, "backend": label})
+        print(f"  {nodes} node(s): {_median(runs):.1f} img/s (loop on 1 CPU {_median(loop):.1f})", flush=True)
+    return out
 
 
 def bench_pack(args, base: Path, root: Path, manifest: Path) -> dict:
@@ -251,16 +346,27 @@ def bench_memory(args, base: Path, first: tuple[Path, Path]) -> list[dict]:
 def format_table(report: dict) -> str:
     lines = [
         f"Pipeline benchmark: {report['images']} synthetic images 384x128, batch {report['batch_size']}, "
-        f"part {report['part_size']}, {report['actors']} actor(s), {report['cpus']} CPUs; "
+        f"part {report['part_size']}, {report['actors'] or 'default'} actor(s), {report['cpus']} CPUs; "
         f"Ray start {report['ray_start_s']:.1f} s (not in the figures)",
         "",
-        f"{'stage':8s} {'backend':36s} {'local img/s':>12s} {'ray img/s':>10s} {'ray/local':>9s}",
+        f"{'stage':8s} {'backend':36s} {'local img/s':>12s} {'ray img/s':>10s} "
+        f"{'ray/local min':>13s} {'median':>7s}",
     ]
     for r in report["stages"]:
+        ratio = r["ray_vs_local"]
         lines.append(
-            f"{r['stage']:8s} {r['backend']:36s} {r['local']['images_per_s']:12.1f} "
-            f"{r['ray']['images_per_s']:10.1f} {r['ray_vs_local']:9.2f}"
+            f"{r['stage']:8s} {r['backend']:36s} {_median(r['local']):12.1f} {_median(r['ray']):10.1f} "
+            f"{ratio['min']:13.2f} {ratio['median']:7.2f}"
         )
+    if report.get("scaling"):
+        lines += ["", "network stage on a local cluster of one-CPU nodes (median img/s over the repeats):"]
+        one = _median(report["scaling"][0]["ray"])
+        for r in report["scaling"]:
+            lines.append(
+                f"  {r['nodes']} node(s): {_median(r['ray']):6.1f} img/s = "
+                f"{_median(r['ray']) / one:.2f}x one node; "
+                f"plain loop on 1 CPU {_median(r['loop_1cpu']):.1f} img/s"
+            )
     p = report.get("pack")
     if p:
         lines += [
@@ -291,12 +397,17 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=4, help="data multiple for the memory check")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--part-size", type=int, default=64)
-    parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--actors", type=int, default=None, help="default: deskpro's (free CPUs)")
+    parser.add_argument("--repeats", type=int, default=3, help="Ray/loop pairs per stage")
+    parser.add_argument("--nodes", action="store_true", help="with --net: scaling on 1 and 2 local nodes")
     parser.add_argument("--net", action="store_true", help="add a random-weight RetinaFace mobilenet0.25 run")
     parser.add_argument("--no-pack", action="store_true", help="skip the pack benchmark")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (default: a temporary one)")
     args = parser.parse_args()
+    if args.nodes:
+        # The clusters' token, for this driver too: Ray reads it once, when it is imported.
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
 
     from deskpro.pipeline.ray_executor import ray_session
 
@@ -319,6 +430,8 @@ def main() -> None:
             }
             report["memory"] = bench_memory(args, base, (root, manifest))
             report["stages"] = bench_stages(args, base, manifest)
+        if args.nodes and args.net:
+            report["scaling"] = bench_scaling(args, base, manifest)
         if not args.no_pack:
             report["pack"] = bench_pack(args, base, root, manifest)
     print(format_table(report))

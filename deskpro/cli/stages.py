@@ -37,7 +37,9 @@ _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where
     click.option(
         "--ray-address",
         default=_RUN["ray_address"],
-        help="Join a cluster ('auto', 'ray://HOST:10001'); default: start a local Ray for this command.",
+        help="Join a cluster: 'auto' (the one on this machine) or HEAD:6379 (its GCS port); "
+        "ray:// (Ray Client) is refused, use `ray job submit`. Default: RAY_ADDRESS when set "
+        "(inside `ray job submit`), else a private local Ray for this command.",
     ),
     click.option(
         "--part-size", type=_AT_LEAST_ONE, default=_RUN["part_size"], show_default=True, help="Rows per part."
@@ -54,8 +56,8 @@ _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where
         "num_actors",
         type=_AT_LEAST_ONE,
         default=_RUN["num_actors"],
-        show_default=True,
-        help="Most model replicas.",
+        help="Model replicas [default: one per GPU of the cluster; without GPUs, one per free CPU; "
+        "oracle/none backends run as plain tasks].",
     ),
     click.option(
         "--num-gpus",

@@ -218,16 +218,19 @@ class StageRunOptions:
     part_size: int = 1000  # manifest rows per part file
     batch_size: int = 16  # rows per model call
     executor: str = "ray"  # "ray" or "local" (in-process loop, no Ray)
-    ray_address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": join a cluster
-    num_actors: int = 1  # the most model replicas (actors) at once
+    # None: join RAY_ADDRESS when set (a `ray job submit` entrypoint), else start a private local Ray;
+    # "auto" or "HOST:PORT" (the head's GCS port): join that cluster. ray:// (Ray Client) is refused.
+    ray_address: str | None = None
+    num_actors: int | None = None  # model replicas (actors); None: the cluster's GPUs, or its free CPUs
     num_gpus: float | None = None  # GPUs per actor (fractional allowed); None: 1 if the cluster has GPUs
     num_cpus: float = 1.0  # CPUs per actor
     overwrite: bool = False  # recompute everything when the fingerprint changed
     max_errors: int | None = None  # more error rows than this fails the run (after writing)
     progress: bool = True
+    verbose: bool = False  # show Ray's own logs, warnings and progress bars (default: deskpro's lines only)
 
     def check(self) -> None:
-        if self.part_size < 1 or self.batch_size < 1 or self.num_actors < 1:
+        if self.part_size < 1 or self.batch_size < 1 or (self.num_actors is not None and self.num_actors < 1):
             raise StageConfigError("--part-size, --batch-size and --actors must be >= 1")
         if self.num_cpus <= 0 or (self.num_gpus is not None and self.num_gpus < 0):
             raise StageConfigError("--num-cpus must be > 0 and --num-gpus >= 0")
