@@ -158,7 +158,7 @@ def stage_plan(args, base: Path) -> list[tuple[str, str, dict]]:
 def run_once(
     stage: str, manifest: Path, work: Path, options: dict, executor: str, args, address: str | None = None
 ) -> dict:
-    from deskpro.pipeline.plan import StageRunOptions
+    from deskpro.pipeline.options import StageRunOptions
     from deskpro.pipeline.runner import run_stage
 
     run = StageRunOptions(
@@ -287,7 +287,7 @@ def bench_scaling(args, base: Path, manifest: Path) -> list[dict]:
 
 
 def bench_pack(args, base: Path, root: Path, manifest: Path) -> dict:
-    from deskpro.pipeline.plan import StageRunOptions
+    from deskpro.pipeline.options import StageRunOptions
     from deskpro.pipeline.runner import run_preprocess
     from deskpro.shards.pack import pack
 

@@ -13,7 +13,7 @@ from _pipeline_utils import LOOSE_POLICY
 
 from deskpro.manifests import scan, write_manifest
 from deskpro.pipeline.nets.schp import LABELS
-from deskpro.pipeline.plan import StageRunOptions
+from deskpro.pipeline.options import StageRunOptions
 from deskpro.pipeline.runner import run_stage
 from deskpro.shards.pack import pack
 from deskpro.synthetic import generator as synthetic

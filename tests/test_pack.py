@@ -328,7 +328,7 @@ def test_cli_rejects_bad_options_and_unfinished_work(work, tmp_path):
 def test_pack_after_the_real_stage_runner(tmp_path):
     """Integration: synthetic data -> runner (oracle parse/detect, local) -> pack -> verify."""
     from deskpro.manifests import scan
-    from deskpro.pipeline.plan import StageRunOptions
+    from deskpro.pipeline.options import StageRunOptions
     from deskpro.pipeline.runner import run_stage
     from deskpro.shards import verify
     from deskpro.synthetic import generator as synthetic

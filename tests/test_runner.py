@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from deskpro.cli import main
 from deskpro.manifests import read_manifest, write_manifest
-from deskpro.pipeline.plan import StageError, StageRunOptions, stage_dir
+from deskpro.pipeline.options import StageRunOptions
+from deskpro.pipeline.plan import StageError, stage_dir
 from deskpro.pipeline.runner import run_preprocess, run_stage
 from deskpro.pipeline.stages import DETECT_SCHEMA, PARSE_SCHEMA, RESTORE_SCHEMA, DetectStage, ParseStage
 

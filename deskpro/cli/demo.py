@@ -39,7 +39,7 @@ def demo_cmd(
 ) -> None:
     """A synthetic cloth-changing dataset through every step, on CPU: a reduced Table 3 of the paper."""
     if real_detector:
-        from deskpro.detect_demo import run_real_detector
+        from deskpro.experiments.detect_demo import run_real_detector
         from deskpro.weights_import import WeightsImportError
 
         try:

@@ -2,19 +2,14 @@
 
 Input (written by the stage runner): ``WORK/manifest.parquet`` and ``WORK/stages/<stage>/part-*.parquet``
 plus ``stage.json`` for parse, detect and (optional) restore. Output: a shard directory (see
-`deskpro.shards.format`) with the body image and parse map at the training size and both faces at
-the face size, rows in manifest order.
-
-Rules:
-- a stage must be complete and made from the work directory's manifest, and restore from the
-  current detect output (stage.json fingerprints); otherwise pack refuses, naming the stage to rerun;
-- a sample whose parse or detect row carries an ``error`` (a bad image) is skipped and counted; an
-  image that can no longer be read from the dataset root is skipped, counted and named;
-- a manifest sample missing from a stage's outputs is an error naming the stage (it did not finish);
-- without a restore stage the restored face is the low-resolution face (``meta.face_hr_source``).
-
-Memory is flat in the dataset size: only the stages' sample ids, errors and flags are held for the
-whole dataset; image bytes are read one part file at a time (``_PARTS_CACHED`` per stage).
+`deskpro.shards.format`), body image and parse map at the training size, both faces at the face
+size, rows in manifest order. A stage must be complete and made from this manifest, and restore
+from the current detect output (stage.json fingerprints), or pack refuses, naming the stage to
+rerun. A sample whose parse or detect row has an ``error`` is skipped and counted; an image that can
+no longer be read is skipped, counted and named; a sample missing from a stage is an error naming
+the stage. Without a restore stage the restored face is the low-res face (``meta.face_hr_source``).
+Memory is flat in the dataset size: only ids, errors and flags are held for the whole dataset;
+image bytes are read one part file at a time (``_PARTS_CACHED`` per stage).
 """
 
 from __future__ import annotations
