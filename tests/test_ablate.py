@@ -18,7 +18,7 @@ from deskpro.experiments.table import NOTE, format_markdown, format_text
 from deskpro.train.data import open_reader
 
 TINY = ["--epochs", "1", "--max-iters", "1", "--p", "2", "--k", "2", "--workers", "0"]
-FAST = TINY + ["--trials", "1", "--no-progress", "--device", "cpu"]
+FAST = TINY + ["--trials", "1", "--no-progress", "--device", "cpu", "--from-scratch"]
 
 
 def _ablate(shards, root, rows: str, *extra: str):

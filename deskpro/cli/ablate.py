@@ -35,6 +35,12 @@ from deskpro.cli.group import main
 @click.option("--trials", type=int, default=10, show_default=True, help="Single-shot gallery draws.")
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
 @click.option("--max-iters", type=int, help="Stop each run after this many iterations (tests).")
+@click.option(
+    "--imagenet",
+    type=click.Path(exists=True, dir_okay=False),
+    help="OSNet x1.0 ImageNet weights for every run (see `deskpro weights list`).",
+)
+@click.option("--from-scratch", is_flag=True, help="Random init instead of --imagenet (real datasets).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
     """Train (or reuse) and evaluate Table 3's rows on SHARDS; prints the table, writes JSON and Markdown."""
@@ -51,6 +57,8 @@ def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
         trials=kw["trials"],
         seed=kw["seed"],
         progress=not kw["no_progress"],
+        imagenet=kw["imagenet"],
+        from_scratch=kw["from_scratch"],
     )
     chosen = [r for r in rows.split(",") if r.strip()] if rows else None
     run_ablation(shards, run_root, rows=chosen, settings=settings, echo=click.echo)

@@ -36,6 +36,8 @@ class AblationSettings:
     trials: int = 10
     seed: int = 0
     progress: bool = True
+    imagenet: str | None = None  # OSNet ImageNet weights for every run (real datasets need them)
+    from_scratch: bool = False  # or a random init, as `deskpro train --from-scratch`
 
 
 def _config(shards, run: Run, settings: AblationSettings):
@@ -79,6 +81,8 @@ def train_run(shards, root: Path, run: Run, settings: AblationSettings, teacher:
         max_iters=settings.max_iters,
         resume=resume,
         progress=settings.progress,
+        imagenet=settings.imagenet,
+        from_scratch=settings.from_scratch,
     )
     checkpoint = train(shards, run_dir, config, options)
     done.write_text(json.dumps({"config": _plain(config), "checkpoint": checkpoint.name}, indent=2))
