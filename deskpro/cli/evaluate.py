@@ -6,14 +6,33 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import main
+from deskpro.cli.group import main, progress_option, show_progress
 
 
 @main.command("evaluate")
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--checkpoint", "checkpoint_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
-@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The model: a deskpro checkpoint (RUN/checkpoint.pt) or an official DeSKPro file.",
+)
+@click.option(
+    "-o",
+    "--out",
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the report as JSON (never over an input; see --force).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val"]),
+    default="test",
+    show_default=True,
+    help="Rows to evaluate: the test split, or PRCC's val split.",
+)
 @click.option(
     "--stream",
     "streams",
@@ -24,11 +43,15 @@ from deskpro.cli.group import main
 @click.option(
     "--trials", type=click.IntRange(min=1), default=10, show_default=True, help="Single-shot gallery trials."
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the single-shot draws."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per forward."
+)
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
-@click.option("--no-progress", is_flag=True)
+@progress_option()
 # shards helper: the full hash check before evaluating (the reader always runs the cheap one)
 @click.option(
     "--verify", "verify_shards", is_flag=True, help="First check every shard's sha256 (deskpro verify)."
@@ -45,7 +68,7 @@ def evaluate_cmd(
     batch_size,
     device,
     trust_checkpoint: bool,
-    no_progress: bool,
+    progress: bool | None,
     verify_shards: bool,
     force: bool,
 ) -> None:
@@ -54,7 +77,7 @@ def evaluate_cmd(
     from deskpro.train.evaluate import evaluate, format_report
 
     if verify_shards:  # shards helper: --verify
-        verify_or_raise(shards, progress=not no_progress)
+        verify_or_raise(shards, progress=show_progress(progress))
     report = evaluate(
         shards,
         checkpoint_path,
@@ -65,7 +88,7 @@ def evaluate_cmd(
         trials=trials,
         seed=seed,
         trust=trust_checkpoint,
-        progress=not no_progress,
+        progress=show_progress(progress),
         json_path=json_path,
         force=force,
     )

@@ -50,6 +50,15 @@ def verbosity() -> int:
     return 0 if ctx is None else int(ctx.meta.get(VERBOSITY_KEY, 0))
 
 
+def progress_option():
+    """--progress/--no-progress, the one spelling every command uses (unset: on, off under -q)."""
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Progress bars [default: on; off with -q].",
+    )
+
+
 def show_progress(progress: bool | None = None) -> bool:
     """Whether to draw progress bars: --progress/--no-progress when given, else not under -q."""
     return verbosity() >= 0 if progress is None else progress

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import _with, main
+from deskpro.cli.config_file import config_file_option
+from deskpro.cli.group import _with, main, progress_option, show_progress, verbosity
 from deskpro.pipeline.options import EXECUTORS, OPTIONS, SHARED_FIELDS, STAGE_NAMES, StageRunOptions, flag
 
 _RUN = {f.name: f.default for f in dataclasses.fields(StageRunOptions)}
@@ -20,12 +21,14 @@ _AT_LEAST_ONE = click.IntRange(min=1)
 _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where to write, how to run
     click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
     click.option(
+        "-o",
+        "--out",
         "-w",
         "--work",
         "work_dir",
         required=True,
         type=click.Path(file_okay=False, path_type=Path),
-        help="Work dir: WORK/stages/<stage>/part-*.parquet (shared storage on a cluster).",
+        help="Work dir to write (also -w/--work): WORK/stages/<stage>/part-*.parquet; shared on a cluster.",
     ),
     click.option(
         "--executor",
@@ -80,7 +83,7 @@ _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where
         default=_RUN["max_errors"],
         help="Fail above this many error rows.",
     ),
-    click.option("--no-progress", is_flag=True, help="No progress bar."),
+    progress_option(),
 ]
 
 
@@ -137,7 +140,8 @@ def _split_run_options(kw: dict) -> tuple[StageRunOptions, dict]:
         num_cpus=kw.pop("num_cpus"),
         overwrite=kw.pop("overwrite"),
         max_errors=kw.pop("max_errors"),
-        progress=not kw.pop("no_progress"),
+        progress=show_progress(kw.pop("progress")),
+        verbose=verbosity() > 0,
     )
     return run, {name: kw.pop(name) for name in SHARED_FIELDS}
 
@@ -160,6 +164,7 @@ def _run_stage_command(stage: str, kw: dict) -> None:
     from deskpro.pipeline.runner import run_preprocess, run_stage
 
     manifest, work_dir = kw.pop("manifest"), kw.pop("work_dir")
+    kw.pop("config_file", None)  # already applied as the defaults (--config)
     run, shared = _split_run_options(kw)
     try:
         if stage == "preprocess":
@@ -176,6 +181,7 @@ def _run_stage_command(stage: str, kw: dict) -> None:
 
 
 @main.command("parse")
+@config_file_option()
 @_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
 @_with([_click_option(f) for f in _stage_fields("parse")])
 def parse_command(**kw) -> None:
@@ -184,6 +190,7 @@ def parse_command(**kw) -> None:
 
 
 @main.command("detect")
+@config_file_option()
 @_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
 @_with([_click_option(f) for f in _stage_fields("detect")])
 def detect_command(**kw) -> None:
@@ -192,6 +199,7 @@ def detect_command(**kw) -> None:
 
 
 @main.command("restore")
+@config_file_option()
 @_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
 @_with([_click_option(f) for f in _stage_fields("restore")])
 def restore_command(**kw) -> None:
@@ -200,6 +208,7 @@ def restore_command(**kw) -> None:
 
 
 @main.command("preprocess")
+@config_file_option()
 @_with(_STAGE_RUN_OPTIONS + _SHARED_OPTIONS)
 @_with(_preprocess_options())
 def preprocess_command(**kw) -> None:

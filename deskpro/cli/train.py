@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from deskpro.cli.config_file import config_file_option
-from deskpro.cli.group import _with, main
+from deskpro.cli.group import _with, main, progress_option, show_progress
 
 _PROB = click.FloatRange(0.0, 1.0)
 _POSITIVE = click.FloatRange(0.0, min_open=True)
@@ -166,7 +166,7 @@ _RUN_OPTIONS = [
     click.option(
         "--tensorboard", is_flag=True, help="Also log to RUN/tensorboard (needs deskpro[tensorboard])."
     ),
-    click.option("--no-progress", is_flag=True, help="No progress bar."),
+    progress_option(),
     click.option(
         "--print-config",
         is_flag=True,
@@ -236,7 +236,7 @@ def _run_training(
         except ImportError as exc:
             raise click.ClickException(str(exc)) from None
     if kw["verify_shards"]:
-        verify_or_raise(shards, progress=not kw["no_progress"])
+        verify_or_raise(shards, progress=show_progress(kw["progress"]))
     config = planned_config(shards, run_dir if kw["resume"] else None, phase, overrides)
     _check_fixed(ctx, config)
     if config.warmup_epochs >= config.epochs:
@@ -251,7 +251,7 @@ def _run_training(
         max_iters=kw["max_iters"],
         resume=kw["resume"],
         select_on_val=kw["select_on_val"],
-        progress=not kw["no_progress"],
+        progress=show_progress(kw["progress"]),
         tensorboard=kw["tensorboard"],
         distributed="WORLD_SIZE" in os.environ,
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),

@@ -11,8 +11,15 @@ from deskpro.cli.group import main
 _MODEL_ARGS = [
     click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
     click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path)),
-    click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path)),
-    click.option("--device", default="cpu", show_default=True),
+    click.option(
+        "-o",
+        "--out",
+        "out_dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder for the PNG pictures.",
+    ),
+    click.option("--device", default="cpu", show_default=True, help="Torch device for the model."),
 ]
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from deskpro.common import images
 from deskpro.common.files import atomic_path, sha256_file
+from deskpro.common.threads import apply_threads, requested_threads
 from deskpro.manifests import SCHEMA as MANIFEST_SCHEMA
 from deskpro.pipeline.options import StageRunOptions
 from deskpro.pipeline.stages import (
@@ -256,7 +257,9 @@ class ArrowStage:
     arrive as a null-typed column).
     """
 
-    def __init__(self, stage_class: type, kwargs: dict) -> None:
+    def __init__(self, stage_class: type, kwargs: dict, threads: int | None = None) -> None:
+        if threads is not None:  # a Ray actor or task: the CPUs it was given (or --threads)
+            apply_threads(requested=requested_threads() or threads)
         self.stage = stage_class(**kwargs)
         self.schema = stage_class.schema
 
@@ -265,6 +268,7 @@ class ArrowStage:
 
 
 def run_local(plan: StagePlan, opts: StageRunOptions, collector: PartCollector) -> None:
+    apply_threads(0)  # the CPUs this process may use (affinity, cgroup quota), or --threads
     stage = ArrowStage(plan.stage_class, plan.kwargs)
     for rows in source_tables(plan, opts.batch_size):
         batch = table_to_batch(rows)

@@ -188,19 +188,19 @@ def ray_source(plan: StagePlan, batch_size: int):
 class DecodingStage(ArrowStage):
     """An actor that decodes its own batches before the stage: one CPU does both, none is left idle."""
 
-    def __init__(self, stage_class: type, kwargs: dict, decode: dict) -> None:
-        super().__init__(stage_class, kwargs)
+    def __init__(self, stage_class: type, kwargs: dict, decode: dict, threads: int | None = None) -> None:
+        super().__init__(stage_class, kwargs, threads)
         self.decode = decode  # images.decode_batch's keywords (root, max_pixels)
 
     def __call__(self, batch):
         return super().__call__(images.decode_batch(batch, **self.decode))
 
 
-def light_batch(batch, *, stage_class: type, kwargs: dict, decode: dict):
+def light_batch(batch, *, stage_class: type, kwargs: dict, decode: dict, threads: int | None = None):
     """A light stage as a plain task: decode (when it reads images) and run, built per batch."""
     if stage_class.needs_images:
         batch = images.decode_batch(batch, **decode)
-    return ArrowStage(stage_class, kwargs)(batch)
+    return ArrowStage(stage_class, kwargs, threads)(batch)
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,8 @@ def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
     import ray.data
 
     ds = ray_source(plan, opts.batch_size)
-    stage_args = {"stage_class": plan.stage_class, "kwargs": plan.kwargs}
+    # Each actor or task computes on the CPUs Ray gave it, not on every core of its node.
+    stage_args = {"stage_class": plan.stage_class, "kwargs": plan.kwargs, "threads": max(1, int(lay.cpus))}
     if lay.kind == "tasks":
         return ds.map_batches(
             light_batch,

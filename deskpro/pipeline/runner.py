@@ -44,6 +44,24 @@ from deskpro.pipeline.plan import (
 from deskpro.pipeline.ray_executor import describe_error, ray_session, run_ray
 from deskpro.pipeline.stages import STAGE_CLASSES
 
+# Failures that a rerun can get past (preemption, a lost node or connection, memory pressure).
+TRANSIENT_ERRORS = frozenset(
+    {
+        "OSError",
+        "ConnectionError",
+        "TimeoutError",
+        "MemoryError",
+        "OutOfMemoryError",
+        "RaySystemError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "NodeDiedError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "WorkerCrashedError",
+        "GetTimeoutError",
+    }
+)
 ERRORS_SHOWN = 3
 
 
@@ -238,9 +256,13 @@ def run_stage(
                 cause = describe_error(exc)
                 if cause.startswith(f"{StageConfigError.__name__}: "):  # raised in a Ray worker
                     raise StageConfigError(cause.split(": ", 1)[1]) from None
+                # A lost worker, node or connection is worth a plain rerun; an error of the stage's
+                # own code will come back, so the message says to fix it first.
+                transient = cause.split(":", 1)[0] in TRANSIENT_ERRORS
+                advice = "rerun the same command to resume" if transient else "fix it, then rerun to resume"
                 raise StageError(
                     f"{stage}: failed after writing {collector.written} of {len(plan.missing)} missing parts "
-                    f"({cause}); rerun the same command to resume"
+                    f"({cause}); {advice}"
                 ) from exc
         collector.finish()
     summary = _summarise(plan, collector.written, todo, time.perf_counter() - start)
