@@ -127,6 +127,16 @@ def _time(net, inputs, device, precision, sizes: Sizes) -> float:
         return calls * inputs[0].shape[0] / (time.perf_counter() - start)
 
 
+def _to_format(net: torch.nn.Module, fmt: torch.memory_format) -> torch.nn.Module:
+    """`net` with its 4-D parameters and buffers in `fmt` (GPEN's modulated weights are 5-D, which
+    `Module.to(memory_format=...)` refuses)."""
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            if tensor.ndim == 4:
+                tensor.data = tensor.data.contiguous(memory_format=fmt)
+    return net
+
+
 def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log, only=()) -> list[Row]:
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -142,7 +152,7 @@ def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log, only
             cpu_inputs = [torch.rand((batch, *s), generator=gen) for s in shapes]
             for channels_last in (False, True):
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
-                net = net.to(memory_format=fmt)
+                net = _to_format(net, fmt)
                 inputs = [x.to(device).contiguous(memory_format=fmt) for x in cpu_inputs]
                 if gflops is None:
                     gflops = _count_gflops(net, inputs)
@@ -255,6 +265,7 @@ def bench_training(
     """Teacher for one step, then DeSKPro steps with AMP: images/s and the data-wait share."""
     from deskpro.train import loop as trainer
     from deskpro.train.loop import TrainRunOptions, run_training
+    from deskpro.train.settings import resolve_config
 
     shards = write_shards(root, sizes, "jpeg")
     options = TrainRunOptions(device=str(device), max_iters=1, progress=False)
@@ -286,7 +297,7 @@ def bench_training(
     skip = min(3, max(0, len(waits) - 2))  # worker start-up and cudnn autotuning
     span = handed[-1] - handed[skip] if len(handed) > skip + 1 else float("nan")
     steps = len(handed) - 1 - skip
-    resolved = trainer.resolve_config(shards, "deskpro", **common)
+    resolved = resolve_config(shards, "deskpro", **common)
     batch = resolved.p * resolved.k
     result = {
         "amp": amp or "none",

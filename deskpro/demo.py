@@ -23,6 +23,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deskpro import synthetic
+from deskpro.experiments.ablate import AblationSettings, run_ablation
+from deskpro.experiments.visualize import attention_picture, ranks_picture
+from deskpro.manifests import build_manifest
+from deskpro.pipeline import runner
+from deskpro.shards import verify
+from deskpro.shards.pack import pack
+
 DEMO_ROWS = ("1", "3", "4", "5", "6", "7", "DeSKPro", "DeSKPro*")
 # The paper's orderings that the demo checks on cross-clothes: (better row, worse row).
 ORDERINGS = (("3", "1"), ("5", "4"), ("DeSKPro", "3"), ("DeSKPro", "5"))
@@ -92,7 +100,6 @@ class _Steps:
 
 def _preprocess(manifest: Path, work: Path, settings: DemoSettings, executor: str, echo) -> str:
     """Run parse / detect / restore with the oracle backends; Ray first, then the local executor."""
-    from deskpro.pipeline import runner
 
     backends = {
         "parse": {"backend": "oracle", "labels": "lip"},
@@ -118,7 +125,6 @@ def _preprocess(manifest: Path, work: Path, settings: DemoSettings, executor: st
 
 
 def ablation_settings(settings: DemoSettings, seed: int, progress: bool):
-    from deskpro.experiments.ablate import AblationSettings
 
     return AblationSettings(
         overrides={
@@ -188,10 +194,6 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run the whole demo into out_dir; returns (and writes to out_dir/results.json) the results."""
-    from deskpro import synthetic
-    from deskpro.manifests import build_manifest
-    from deskpro.shards import verify
-    from deskpro.shards.pack import pack
 
     settings = settings or (QUICK if quick else FULL)
     out = Path(out_dir)
@@ -247,8 +249,6 @@ def _torch_threads(n: int):
 
 
 def _train_and_report(out: Path, shards: Path, settings, seed, used, progress, echo, step) -> dict:
-    from deskpro.experiments.ablate import run_ablation
-    from deskpro.experiments.visualize import attention_picture, ranks_picture
 
     runs = out / "runs"
     if runs.exists():  # a previous demo's runs: start over, so that the table is this run's

@@ -135,3 +135,19 @@ def test_no_import_cycles() -> None:
 def test_modules_are_small(name: str) -> None:
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{MODULES[name]}: {lines} lines (at most {MAX_LINES})"
+
+
+def test_no_function_local_deskpro_imports_outside_the_cli() -> None:
+    """A lazy import of deskpro can only hide a dependency; the CLI imports lazily for a fast --help."""
+    lazy = []
+    for name, path in MODULES.items():
+        if name.startswith("deskpro.cli"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for func in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(func):
+                module = node.module if isinstance(node, ast.ImportFrom) else None
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if (module or "").startswith("deskpro") or any(n.startswith("deskpro") for n in names):
+                    lazy.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} in {func.name}()")
+    assert not lazy, "\n".join(sorted(set(lazy)))

@@ -41,6 +41,7 @@ def checkpoint_path(tmp_path_factory, model, shards):
         model,
         config=config.to_dict(),
         num_classes=4,
+        class_pids=[1, 2, 3, 4],
         preprocessing=checkpoint.preprocessing_constants((64, 32), 32),
     )
 

@@ -16,8 +16,14 @@ from pathlib import Path
 
 import torch
 
+from deskpro.common.torch_utils import resolve_device
+from deskpro.config import preset
 from deskpro.experiments.rows import RUNS, Row, Run, runs_for, select_rows
 from deskpro.experiments.table import format_markdown, format_text
+from deskpro.model import checkpoint
+from deskpro.model.deskpro import DeSKPro
+from deskpro.train.data import open_reader
+from deskpro.train.evaluate import evaluate_model
 from deskpro.train.loop import TrainRunOptions, train
 from deskpro.train.rundir import STATE_NAME
 from deskpro.train.settings import resolve_config
@@ -109,8 +115,6 @@ class _RestoredFaces:
 
 def row_model(row: Row, checkpoints: dict[str, Path]):
     """The DeSKPro model a row evaluates; teacher rows put the teacher in the student's place."""
-    from deskpro.model import checkpoint
-    from deskpro.model.deskpro import DeSKPro
 
     if not row.teacher_face:
         return checkpoint.load(checkpoints[row.run])
@@ -127,9 +131,6 @@ def row_model(row: Row, checkpoints: dict[str, Path]):
 
 def evaluate_rows(shards, rows, checkpoints: dict[str, Path], settings: AblationSettings) -> list[dict]:
     """Each row's results on the test split: {protocol: {r1, r5, r10, mAP, queries, ...}}."""
-    from deskpro.config import preset
-    from deskpro.train.data import open_reader
-    from deskpro.train.evaluate import evaluate_model
 
     reader = open_reader(shards)
     protocols = preset(reader.meta["dataset"]).protocols
@@ -166,7 +167,6 @@ def run_ablation(
     title: str | None = None,
 ) -> dict:
     """Train (or reuse) the runs the rows need, evaluate the rows, print and write the table."""
-    from deskpro.common.torch_utils import resolve_device
 
     chosen = select_rows(rows)
     settings = dataclasses.replace(settings, device=resolve_device(settings.device))

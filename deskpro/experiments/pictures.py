@@ -16,12 +16,18 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from deskpro.common.files import atomic_path
+from deskpro.config import preset
+from deskpro.model.deskpro import retrieval_distance
+from deskpro.model.losses import cloth_irrelevant_mask
+from deskpro.train.evaluate import build_protocols, extract_features
+from deskpro.train.transforms import normalize_uint8
+
 DPI = 100
 INCH = 1 / 60  # figure inches per image pixel: tiles at 100 dpi are drawn about 1.7x the image size
 
 
 def _inputs(images: np.ndarray, device) -> torch.Tensor:
-    from deskpro.train.transforms import normalize_uint8
 
     return normalize_uint8(torch.from_numpy(images).to(device))
 
@@ -29,7 +35,6 @@ def _inputs(images: np.ndarray, device) -> torch.Tensor:
 @torch.no_grad()
 def attention_panels(model, reader, positions, *, cloth_labels, eps: float, device="cpu") -> list[dict]:
     """[{image [H,W,3] uint8, parse [H,W], mask [H,W] float, attention [h,w] float}] per position."""
-    from deskpro.model.losses import cloth_irrelevant_mask
 
     arrays = reader.read_many(np.asarray(positions))
     was_training = model.training
@@ -78,8 +83,6 @@ def save_attention(panels: list[dict], path) -> Path:
 def rank_lists(model, reader, *, queries: int = 4, topk: int = 5, stream: str = "both", device="cpu") -> list:
     """Per protocol of the shards' dataset (multi-shot), the first `queries` queries (one per
     identity) and their top-k gallery: [{protocol, query, gallery [k], correct [k]}]."""
-    from deskpro.config import preset
-    from deskpro.train.evaluate import build_protocols, extract_features, stream_distances
 
     protocols = build_protocols(reader.index, preset(reader.meta["dataset"]).protocols)
     pids = reader.index.column("pid").to_numpy()
@@ -94,8 +97,11 @@ def rank_lists(model, reader, *, queries: int = 4, topk: int = 5, stream: str = 
             g = extract_features(
                 model, reader, protocol.gallery, device=device, progress=False, faces=stream != "body"
             )
-            dist = stream_distances(q, g, ("body" if stream == "body" else "both",))
-            dist = next(iter(dist.values()))[0]
+            if stream == "body":  # 1 - mean cosine over the body chunks, as evaluate's body stream
+                dist = 1.0 - (q["body"].flatten(1) @ g["body"].flatten(1).T) / q["body"].shape[1]
+            else:  # face and body where both images have a face, body only otherwise
+                dist = retrieval_distance(q, g)
+            dist = dist.float().cpu().numpy()
             for i, position in enumerate(chosen):
                 order = np.argsort(dist[i], kind="stable")[:topk]
                 gallery = protocol.gallery[order]
@@ -174,7 +180,6 @@ def save_curves(run_dir, path) -> tuple[Path, dict[str, list[float]]]:
 
 
 def _save(fig: Figure, path) -> Path:
-    from deskpro.common.files import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from deskpro.config import CLOTH_LABELS, TrainConfig
 from deskpro.experiments import pictures
+from deskpro.model import checkpoint
+from deskpro.train.data import open_reader
 
 
 def _load(checkpoint_path, device):
-    from deskpro.model import checkpoint
 
     model = checkpoint.load(checkpoint_path).to(device)
     if not hasattr(model, "nocloth_net"):
@@ -20,7 +22,6 @@ def _load(checkpoint_path, device):
 
 def _method(model, reader) -> tuple[tuple[int, ...], float]:
     """Cloth labels and eps of the checkpoint's config (else the shards' preset)."""
-    from deskpro.config import CLOTH_LABELS, TrainConfig
 
     config = (getattr(model, "checkpoint_meta", None) or {}).get("config")
     if config:
@@ -44,7 +45,6 @@ def sample_positions(reader, count: int) -> np.ndarray:
 
 
 def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, device="cpu") -> Path:
-    from deskpro.train.data import open_reader
 
     reader = open_reader(shards)
     model = _load(checkpoint_path, device)
@@ -56,7 +56,6 @@ def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, dev
 
 
 def ranks_picture(checkpoint_path, shards, out_dir, *, queries: int = 3, topk: int = 5, device="cpu") -> Path:
-    from deskpro.train.data import open_reader
 
     reader = open_reader(shards)
     model = _load(checkpoint_path, device)

@@ -17,9 +17,14 @@ from tqdm.auto import tqdm
 
 from deskpro.common.files import atomic_path, check_output_path
 from deskpro.common.threads import apply_threads
+from deskpro.common.torch_utils import resolve_device
+from deskpro.config import preset
+from deskpro.model import checkpoint
+from deskpro.model.deskpro import retrieval_distance, retrieval_features
 from deskpro.train.data import _where, open_reader
 from deskpro.train.metrics import Gallery, RankAccumulator, query_block, rank, rank_block
 from deskpro.train.protocols import Protocol, build_protocols, index_column, single_shot_columns
+from deskpro.train.transforms import normalize_uint8
 
 __all__ = [
     "rank",
@@ -79,8 +84,6 @@ def extract_features(
     With faces=False the student is not run: face features are zero and `has_face` is all false
     (for the body stream alone).
     """
-    from deskpro.model.deskpro import retrieval_features
-    from deskpro.train.transforms import normalize_uint8
 
     def inputs(images: np.ndarray) -> torch.Tensor:  # the trainer's normalisation (`augment_batch`)
         return normalize_uint8(torch.from_numpy(images).to(device, non_blocking=True))
@@ -126,7 +129,6 @@ def stream_distance_blocks(
     images have a face, body only otherwise), all rows. `features` are indexed by position; neither
     side is copied whole: each block gathers its queries, and the gallery in chunks of `block` * 8.
     """
-    from deskpro.model.deskpro import retrieval_distance
 
     if stream == "face":
         has_face = features["has_face"].numpy()
@@ -324,9 +326,6 @@ def evaluate(
     `json_path` when given: never over the checkpoint or a shard file, and over an existing file
     only when it is an earlier report or `force` is set (checked before any work is done).
     """
-    from deskpro.common.torch_utils import resolve_device
-    from deskpro.config import preset
-    from deskpro.model import checkpoint
 
     if json_path is not None:
         inputs = [checkpoint_path, *(p for p in Path(shards_dir).iterdir() if p.is_file())]
