@@ -1,3 +1,3 @@
 """deskpro: reproducible DeSKPro for cloth-changing person re-identification."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

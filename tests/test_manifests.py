@@ -387,3 +387,28 @@ def test_a_non_utf8_file_name_is_skipped_counted_and_named(prcc_root: Path, tmp_
     result = _manifest_cli(prcc_root, tmp_path / "m.parquet")
     assert result.exit_code == 0 and result.exception is None
     assert read_manifest(tmp_path / "m.parquet").num_rows == len(PRCC_FILES)
+
+
+def test_manifest_never_writes_over_an_image_or_the_ground_truth(prcc_root: Path, tmp_path: Path) -> None:
+    image = next(prcc_root.rglob("*.jpg"))
+    before = image.read_bytes()
+    result = CliRunner().invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(image)])
+    assert result.exit_code != 0 and "is an input of this command" in result.output
+    assert image.read_bytes() == before
+    out = tmp_path / "m.parquet"
+    assert CliRunner().invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(out)]).exit_code == 0
+    again = CliRunner().invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(out)])
+    assert again.exit_code == 0, again.output  # an earlier manifest is replaced
+    forced = CliRunner().invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(image), "--force"])
+    assert forced.exit_code != 0 and "is an input" in forced.output  # inside ROOT: never, even forced
+    assert image.read_bytes() == before
+    foreign = tmp_path / "notes.parquet"
+    foreign.write_bytes(b"PAR1 not a manifest")
+    refused = CliRunner().invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(foreign)])
+    assert refused.exit_code != 0 and foreign.read_bytes() == b"PAR1 not a manifest"
+    assert (
+        CliRunner()
+        .invoke(cli.main, ["manifest", "prcc", str(prcc_root), "-o", str(foreign), "--force"])
+        .exit_code
+        == 0
+    )

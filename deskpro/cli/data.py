@@ -26,13 +26,23 @@ MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "sy
 @click.option("--images-per-camera", type=int, default=None, help="synthetic: images per person, camera (3).")
 @click.option("--image-size", callback=_parse_hw, default=None, help="synthetic: HxW (default 384x128).")
 @click.option("--seed", type=int, default=None, help="synthetic: random seed (default 0).")
+@click.option("--force", is_flag=True, help="Replace an existing -o file that is not a manifest.")
 @progress_option()
 def manifest(
-    dataset: str, root: Path, output: Path, identities, images_per_camera, image_size, seed, progress: bool
+    dataset: str,
+    root: Path,
+    output: Path,
+    identities,
+    images_per_camera,
+    image_size,
+    seed,
+    force: bool,
+    progress: bool | None,
 ) -> None:
     """Scan DATASET's folder layout in ROOT into a manifest (synthetic: generate it into ROOT first)."""
     from deskpro import synthetic
-    from deskpro.manifests import ManifestError, build_manifest, format_stats
+    from deskpro.common.files import check_output_path
+    from deskpro.manifests import ManifestError, build_manifest, format_stats, is_manifest_file
 
     given = {
         "identities": identities,
@@ -43,6 +53,12 @@ def manifest(
     options = {k: v for k, v in given.items() if v is not None}
     if options and dataset != "synthetic":
         raise click.UsageError(f"generation options apply only to the synthetic dataset, not {dataset!r}")
+    # An image, the synthetic ground truth or any other file is never replaced by a manifest.
+    # A file inside ROOT that is not a manifest is an input (an image, the ground truth): never.
+    inside = output.exists() and root.resolve() in output.resolve().parents and not is_manifest_file(output)
+    check_output_path(
+        output, inputs=[output] if inside else [], is_ours=is_manifest_file, force=force, flag="-o"
+    )
     try:
         if dataset == "synthetic":
             synthetic.prepare(root, options, progress=show_progress(progress))

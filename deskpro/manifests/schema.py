@@ -241,6 +241,16 @@ def _check_schema(table: pa.Table, path: Path) -> None:
         raise ManifestError(f"{path}: manifest metadata lacks {', '.join(absent)}")
 
 
+def is_manifest_file(path: str | os.PathLike) -> bool:
+    """True when `path` is a manifest deskpro wrote (a Parquet file with the manifest schema and a
+    dataset name): the only kind of existing file `deskpro manifest -o` replaces without --force."""
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError):
+        return False
+    return set(SCHEMA.names) <= set(schema.names) and bool((schema.metadata or {}).get(b"dataset"))
+
+
 def manifest_info(table: pa.Table) -> dict:
     """The file-level metadata: {"dataset", "root", "scan_time"} as strings."""
     meta = table.schema.metadata or {}

@@ -13,10 +13,9 @@ from torch import nn
 
 from deskpro.common.state_dicts import check_keys, check_shapes
 from deskpro.common.torch_utils import strip_prefix, torch_load_weights, unwrap_state_dict
+from deskpro.config import IMAGENET_MEAN, IMAGENET_STD
 from deskpro.pipeline.nets.specs import InputSpec
 
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 DEFAULT_INPUT_SIZE = 512
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 _KEYS_MESSAGE = (
@@ -38,8 +37,8 @@ def build(
     num_classes: int,
     *,
     input_size: int = DEFAULT_INPUT_SIZE,
-    mean: tuple[float, float, float] = IMAGENET_MEAN_RGB,
-    std: tuple[float, float, float] = IMAGENET_STD_RGB,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
 ) -> nn.Module:
     """An untrained smp model for `spec` with `num_classes` outputs, tagged with its InputSpec (eval mode)."""
     import segmentation_models_pytorch as smp  # heavy import: only when an smp parser is asked for
