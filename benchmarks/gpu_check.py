@@ -29,6 +29,8 @@ import click
 import numpy as np
 import torch
 
+from deskpro.common.torch_utils import set_memory_format
+
 REFERENCE_GFLOPS = {"schp": (153.0, 473), "gpen-512": (276.0, 512)}  # (GFLOPs, at this input size)
 
 
@@ -127,16 +129,6 @@ def _time(net, inputs, device, precision, sizes: Sizes) -> float:
         return calls * inputs[0].shape[0] / (time.perf_counter() - start)
 
 
-def _to_format(net: torch.nn.Module, fmt: torch.memory_format) -> torch.nn.Module:
-    """`net` with its 4-D parameters and buffers in `fmt` (GPEN's modulated weights are 5-D, which
-    `Module.to(memory_format=...)` refuses)."""
-    with torch.no_grad():
-        for tensor in [*net.parameters(), *net.buffers()]:
-            if tensor.ndim == 4:
-                tensor.data = tensor.data.contiguous(memory_format=fmt)
-    return net
-
-
 def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log, only=()) -> list[Row]:
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -152,7 +144,7 @@ def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log, only
             cpu_inputs = [torch.rand((batch, *s), generator=gen) for s in shapes]
             for channels_last in (False, True):
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
-                net = _to_format(net, fmt)
+                net = set_memory_format(net, fmt)
                 inputs = [x.to(device).contiguous(memory_format=fmt) for x in cpu_inputs]
                 if gflops is None:
                     gflops = _count_gflops(net, inputs)

@@ -78,6 +78,16 @@ def prepare_module(net: nn.Module, device: torch.device | str, channels_last: bo
     return net
 
 
+def set_memory_format(net: nn.Module, fmt: torch.memory_format) -> nn.Module:
+    """`net` with its 4-D parameters and buffers in `fmt`, in place; other tensors as they are (GPEN's
+    modulated weights are 5-D, which `Module.to(memory_format=...)` refuses)."""
+    with torch.no_grad():
+        for tensor in [*net.parameters(), *net.buffers()]:
+            if tensor.ndim == 4:
+                tensor.data = tensor.data.contiguous(memory_format=fmt)
+    return net
+
+
 def to_input(x: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
     """Move an NCHW input batch to `device`, in channels_last format when asked."""
     x = x.to(torch.device(device), non_blocking=True)

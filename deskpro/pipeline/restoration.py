@@ -7,22 +7,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deskpro.common.torch_utils import autocast_context, check_amp, prepare_module, to_input
+from deskpro.common.torch_utils import (
+    autocast_context,
+    check_amp,
+    prepare_module,
+    set_memory_format,
+    to_input,
+)
 from deskpro.pipeline.nets.gpen import GPEN
 
 # ----------------------------------------------------------------------------- batch restorer
 
 
 def _prepare(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """Move to `device` in eval mode; channels_last for the 4-D tensors only (modulated weights are 5-D,
-    which `Module.to(memory_format=...)` refuses)."""
+    """Move to `device` in eval mode; channels_last for the 4-D tensors only (`set_memory_format`)."""
     net = prepare_module(net, device, channels_last=False)
-    if channels_last:
-        with torch.no_grad():
-            for t in [*net.parameters(), *net.buffers()]:
-                if t.ndim == 4:
-                    t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return net
+    return set_memory_format(net, torch.channels_last) if channels_last else net
 
 
 class Restorer:
