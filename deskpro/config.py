@@ -75,7 +75,9 @@ class TrainConfig:
     """Everything a training run needs; stored resolved in every checkpoint."""
 
     dataset: str = "celeb-reid"
-    phase: str = "deskpro"  # "teacher", "deskpro" or "baseline" (global stream only, no CSA loss, no faces)
+    # "teacher", "deskpro", "baseline" (global stream only, no CSA loss, no faces) or "student" (the
+    # face student alone, no distillation)
+    phase: str = "deskpro"
     body_size: tuple[int, int] = (384, 128)
     face_size: int = 224
     p: int = 5  # identities per batch
@@ -94,6 +96,7 @@ class TrainConfig:
     method: MethodSettings = MethodSettings()
     label_set: str = "lip"
     csa_form: str = "official"  # "official" (two 1x1 convs) or "paper" (one point-wise conv)
+    backbone: str = "osnet_x1_0"  # OSNet variant of every stream (deskpro.model.osnet.BACKBONES)
     amp: str = "none"  # "none", "bf16", "fp16"
     channels_last: bool = False
     compile: bool = False

@@ -46,7 +46,7 @@ def test_run_settings_follow_the_rows(tmp_path) -> None:
     deskpro_cfg = ablate._config(shards, ablate.RUNS["deskpro"], settings)
     teacher_cfg = ablate._config(shards, ablate.RUNS["teacher"], settings)
     assert (global_cfg.phase, global_cfg.csa_form, global_cfg.epochs) == ("baseline", "none", 3)
-    assert (student_cfg.phase, student_cfg.method.alpha) == ("deskpro", 0.0)
+    assert student_cfg.phase == "student"
     assert deskpro_cfg.method.alpha == 0.8 and deskpro_cfg.method.lam == 7.0  # the PRCC preset
     assert (teacher_cfg.phase, teacher_cfg.epochs) == ("teacher", 2)
 

@@ -201,3 +201,23 @@ def test_a_baseline_checkpoint_is_not_a_teacher(tmp_path, small_model):
         read_teacher(path)
     with pytest.raises(CheckpointError, match="a baseline checkpoint"):
         load_teacher(DeSKPro(SMALL_CLASSES), path)
+
+
+def test_a_narrow_backbone_survives_the_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = DeSKPro(SMALL_CLASSES, backbone="osnet_x0_25").eval()
+    config = TrainConfig.for_dataset("synthetic").to_dict()
+    path = save(
+        tmp_path / "narrow.pt",
+        model,
+        config=config,
+        num_classes=SMALL_CLASSES,
+        preprocessing=preprocessing_constants((64, 32), 32),
+        class_pids=[1, 2, 3, 4],
+    )
+    loaded, _ = load_with_meta(path)
+    assert loaded.backbone_name == "osnet_x0_25"
+    assert loaded.nocloth_net.spatial_attn is not None and loaded.nocloth_net.trunk_channels == 96
+    body, face = images(2, 64, 32, seed=1), images(2, 32, 32, seed=2)
+    with torch.no_grad():
+        assert torch.equal(model.embed(body, face)["body"], loaded.embed(body, face)["body"])

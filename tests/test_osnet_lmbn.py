@@ -165,3 +165,45 @@ def test_repeat_conv2a_reaches_every_block_including_batch_drop():
     blocks = [m for m in LightMBN(NUM_CLASSES, repeat_conv2a=False).modules() if isinstance(m, OSBlock)]
     assert not any(b.repeat_conv2a for b in blocks)
     assert all(p.requires_grad for b in blocks for p in b.conv2b.parameters())
+
+
+# ---- narrower variants (deep-person-reid's osnet_x0_75 / x0_5 / x0_25)
+
+
+def test_narrow_variants_have_the_x1_0_keys_with_scaled_widths():
+    from deskpro.model.osnet import BACKBONES
+
+    wide = OSNet().state_dict()
+    for name, channels in BACKBONES.items():
+        narrow = OSNet(name=name).state_dict()
+        assert set(narrow) == set(wide), name
+        assert narrow["conv1.conv.weight"].shape == (channels[0], 3, 7, 7)
+        assert narrow["conv5.bn.weight"].shape == (channels[3],)
+        assert narrow["conv3.0.conv3.bn.weight"].shape == (channels[2],)
+    assert BACKBONES["osnet_x0_25"] == (16, 64, 96, 128)  # deep-person-reid's osnet_x0_25 widths
+
+
+def test_narrow_lightmbn_keeps_the_seven_embeddings_and_the_feature_size():
+    model = LightMBN(NUM_CLASSES, backbone="osnet_x0_25")
+    assert model.backbone_name == "osnet_x0_25" and model.trunk_channels == 96
+    assert model.channel_branch.chunk == 64
+    out = model.train()(images(4, 64, 32, seed=5))
+    assert out.logits.shape == (4, NUM_EMBEDDINGS, NUM_CLASSES)
+    assert out.embeddings.shape == (4, NUM_EMBEDDINGS, 512)
+    narrow = sum(p.numel() for p in model.parameters())
+    assert narrow < sum(p.numel() for p in LightMBN(NUM_CLASSES).parameters()) / 5
+
+
+def test_imagenet_file_of_another_width_is_refused_by_name(imagenet_file):
+    path, _ = imagenet_file
+    with pytest.raises(CheckpointError, match=r"osnet_x1_0_imagenet\.pth.*wrong shapes for osnet_x0_25"):
+        load_imagenet(LightMBN(NUM_CLASSES, backbone="osnet_x0_25"), path)
+    with pytest.raises(ValueError, match=r"unknown backbone 'osnet_x2'.*osnet_x0_25"):
+        OSNet(name="osnet_x2")
+
+
+def test_cli_lists_every_backbone():
+    from deskpro.cli.train import BACKBONE_NAMES
+    from deskpro.model.osnet import BACKBONES
+
+    assert BACKBONE_NAMES == tuple(BACKBONES)

@@ -242,6 +242,22 @@ def test_teacher_then_deskpro(shards, tmp_path):
     assert all(0.0 <= r["mAP"] <= 1.0 and r["queries"] == 3 for r in report["results"])
 
 
+def test_student_alone_trains_only_the_student_on_low_res_faces(shards, tmp_path):
+    config = _config(shards, "student", epochs=1)
+    start = build_model(config, 4)
+    final = train(shards, tmp_path / "s", config, TrainRunOptions(progress=False, max_iters=2))
+    student = checkpoint.load(final)
+    assert type(student).__name__ == "LightMBN" and student.checkpoint_meta["config"]["phase"] == "student"
+    trained = student.state_dict()
+    assert not torch.equal(
+        trained["backbone.0.conv.weight"], start.lr_face_net.state_dict()["backbone.0.conv.weight"]
+    )
+    record = json.loads((tmp_path / "s" / "log.jsonl").read_text().splitlines()[-1])
+    assert {"ce", "triplet", "total"} <= set(record)
+    with pytest.raises(checkpoint.CheckpointError, match=r"student checkpoint .* not a teacher"):
+        checkpoint.read_teacher(final)
+
+
 def test_deskpro_needs_a_teacher(shards, tmp_path):
     with pytest.raises(ValueError, match="teacher"):
         train(shards, tmp_path / "x", _config(shards, "deskpro"), QUIET)

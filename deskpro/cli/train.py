@@ -14,6 +14,9 @@ import click
 from deskpro.cli.config_file import config_file_option
 from deskpro.cli.group import _with, main, progress_option, show_progress
 
+# deskpro.model.osnet.BACKBONES's names (spelled out: importing the model would import torch for --help)
+BACKBONE_NAMES = ("osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25")
+
 _PROB = click.FloatRange(0.0, 1.0)
 _POSITIVE = click.FloatRange(0.0, min_open=True)
 _NON_NEGATIVE = click.FloatRange(0.0)
@@ -87,6 +90,12 @@ _SETTINGS = [
         type=click.IntRange(0),
         help="DataLoader worker processes.",
     ),
+    click.option(
+        "--backbone",
+        type=click.Choice(BACKBONE_NAMES),
+        help="OSNet variant of every stream: osnet_x1_0 (the official) or a narrower one "
+        "(osnet_x0_25 is the demo's: about 5x faster on a CPU; docs/differences.md).",
+    ),
     click.option("--seed", type=click.IntRange(0), help="Seed of the init, sampler and augmentation."),
     click.option(
         "--recipe",
@@ -109,6 +118,7 @@ SETTING_NAMES += (
     "label_smoothing",
     "triplet_margin",
     "csa_form",
+    "backbone",
 )
 SETTING_NAMES += ("amp", "channels_last", "compile", "num_workers", "seed", "recipe", "teacher_mode")
 METHOD_NAMES = ("lam", "tau", "alpha", "eps")
@@ -300,8 +310,8 @@ def train_teacher_cmd(shards: Path | None, run_dir: Path | None, **kw) -> None:
     "train",
     help=(
         "Train DeSKPro (global stream + student, frozen teacher) or, with --baseline, the global stream"
-        " alone, from SHARDS into RUN. Settings: the dataset preset's (--print-config shows them),"
-        " then --config FILE, then the flags." + _TRAIN_EXAMPLE
+        " alone (with --student, the face student alone), from SHARDS into RUN. Settings: the"
+        " dataset preset's (--print-config shows them), then --config FILE, then the flags." + _TRAIN_EXAMPLE
     ),
 )
 @config_file_option(flatten=_flatten_config, exclude=("config_file", "print_config"))
@@ -313,13 +323,26 @@ def train_teacher_cmd(shards: Path | None, run_dir: Path | None, **kw) -> None:
 )
 @click.option("--baseline", is_flag=True, help="Global stream only: no CSA loss, no face streams.")
 @click.option(
+    "--student",
+    "student_alone",
+    is_flag=True,
+    help="The face student alone on the low-res faces, no teacher (Table 3's row 4).",
+)
+@click.option(
     "--trust-checkpoint",
     is_flag=True,
     help="Allow a --teacher file that needs full unpickling (only for files you trust).",
 )
 def train_cmd(
-    shards: Path | None, run_dir: Path | None, teacher, baseline: bool, trust_checkpoint: bool, **kw
+    shards: Path | None,
+    run_dir: Path | None,
+    teacher,
+    baseline: bool,
+    student_alone: bool,
+    trust_checkpoint: bool,
+    **kw,
 ) -> None:
-    if baseline == (teacher is not None) and not kw["print_config"]:
-        raise click.UsageError("give exactly one of --teacher CKPT (DeSKPro) or --baseline")
-    _run_training("baseline" if baseline else "deskpro", shards, run_dir, teacher, trust_checkpoint, kw)
+    if sum((baseline, student_alone, teacher is not None)) != 1 and not kw["print_config"]:
+        raise click.UsageError("give exactly one of --teacher CKPT (DeSKPro), --baseline or --student")
+    phase = "baseline" if baseline else "student" if student_alone else "deskpro"
+    _run_training(phase, shards, run_dir, teacher, trust_checkpoint, kw)

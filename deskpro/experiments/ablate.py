@@ -50,10 +50,7 @@ def _config(shards, run: Run, settings: AblationSettings):
     extra = {"csa_form": run.csa_form} if run.csa_form else {}
     if run.phase == "teacher" and settings.teacher_epochs is not None:
         extra["epochs"] = settings.teacher_epochs
-    config = resolve_config(shards, run.phase, **{**settings.overrides, **extra})
-    if run.alpha is not None:
-        config = dataclasses.replace(config, method=dataclasses.replace(config.method, alpha=run.alpha))
-    return config
+    return resolve_config(shards, run.phase, **{**settings.overrides, **extra})
 
 
 HOW_NOT_WHAT = ("num_workers",)  # config fields that do not change what a run learns
@@ -114,18 +111,18 @@ class _RestoredFaces:
 
 
 def row_model(row: Row, checkpoints: dict[str, Path]):
-    """The DeSKPro model a row evaluates; teacher rows put the teacher in the student's place."""
+    """The DeSKPro model a row evaluates; a face-only run (teacher, student) takes the student's place."""
 
-    if not row.teacher_face:
+    if row.face_run is None:
         return checkpoint.load(checkpoints[row.run])
-    teacher = checkpoint.load(checkpoints["teacher"])
-    if row.run == "teacher":  # the body stream is not reported: any seeded shell will do
+    face = checkpoint.load(checkpoints[row.face_run])
+    if row.run is None:  # the body stream is not reported: any seeded shell will do
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = DeSKPro(teacher.num_classes)
+            model = DeSKPro(face.num_classes, backbone=face.backbone_name)
     else:
         model = checkpoint.load(checkpoints[row.run])
-    model.lr_face_net = teacher
+    model.lr_face_net = face
     return model
 
 
@@ -139,7 +136,7 @@ def evaluate_rows(shards, rows, checkpoints: dict[str, Path], settings: Ablation
         model = row_model(row, checkpoints).to(settings.device)
         results = evaluate_model(
             model,
-            _RestoredFaces(reader) if row.teacher_face else reader,
+            _RestoredFaces(reader) if row.restored_faces else reader,
             protocols,
             streams=(row.stream,),
             device=settings.device,
@@ -150,7 +147,7 @@ def evaluate_rows(shards, rows, checkpoints: dict[str, Path], settings: Ablation
         out.append(
             {
                 **dataclasses.asdict(row),
-                "checkpoint": str(checkpoints[row.run]),
+                "checkpoint": str(checkpoints[row.run or row.face_run]),
                 "results": {r.protocol: r.to_dict() for r in results},
             }
         )

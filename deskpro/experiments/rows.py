@@ -2,7 +2,9 @@
 
 Several rows come from one run: the global stream and the student of a DeSKPro run are trained by
 separate loss terms on separate parameters, so its body stream is row 3, its student row 5 and both
-together the DeSKPro row. The teacher rows (6, DeSKPro*) use the face teacher on the restored faces.
+together the DeSKPro row. For the same reason a student trained alone (phase "student": the terms
+of a DeSKPro run with alpha 0) is row 4, and row 7 puts it beside the DeSKPro run's body stream.
+The teacher rows (6, DeSKPro*) use the face teacher on the restored faces.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ class Run:
     name: str
     phase: str
     csa_form: str | None = None  # None: the config's default
-    alpha: float | None = None  # None: the preset's
     needs_teacher: bool = False
 
 
@@ -28,9 +29,10 @@ class Row:
     key: str
     method: str
     components: str  # what is on, in the paper's terms
-    run: str
-    stream: str  # "body", "face" or "both" (of the run's model); teacher rows use the teacher for "face"
-    teacher_face: bool = False  # the face stream is the teacher on restored faces
+    run: str | None  # the DeSKPro run whose model is evaluated (None: a face network alone)
+    stream: str  # "body", "face" or "both"
+    face_run: str | None = None  # a face-only run (teacher, student) in place of the run's student
+    restored_faces: bool = False  # the face stream looks at the restored faces (the teacher rows)
 
 
 RUNS = {
@@ -40,7 +42,7 @@ RUNS = {
         Run("global", "baseline", csa_form="none"),
         Run("csa", "baseline"),
         Run("deskpro", "deskpro", needs_teacher=True),
-        Run("student", "deskpro", alpha=0.0, needs_teacher=True),
+        Run("student", "student"),
     )
 }
 
@@ -48,12 +50,20 @@ ROWS = (
     Row("1", "baseline", "global stream", "global", "body"),
     Row("2", "+CSA", "global + CSA, lambda 0", "csa", "body"),
     Row("3", "+CSA +L_att", "global + CSA + L_att", "deskpro", "body"),
-    Row("4", "student", "face student, alpha 0", "student", "face"),
+    Row("4", "student", "face student, alpha 0", None, "face", "student"),
     Row("5", "student + KP", "face student + distillation", "deskpro", "face"),
-    Row("6", "teacher", "teacher on restored faces", "teacher", "face", teacher_face=True),
-    Row("7", "rows 3+4", "global + CSA + L_att, student alpha 0", "student", "both"),
+    Row("6", "teacher", "teacher on restored faces", None, "face", "teacher", restored_faces=True),
+    Row("7", "rows 3+4", "global + CSA + L_att, student alpha 0", "deskpro", "both", "student"),
     Row("DeSKPro", "rows 3+5", "global + CSA + L_att, student + distillation", "deskpro", "both"),
-    Row("DeSKPro*", "rows 3+6", "global + CSA + L_att, teacher on restored faces", "deskpro", "both", True),
+    Row(
+        "DeSKPro*",
+        "rows 3+6",
+        "global + CSA + L_att, teacher on restored faces",
+        "deskpro",
+        "both",
+        "teacher",
+        restored_faces=True,
+    ),
 )
 ROW_KEYS = tuple(row.key for row in ROWS)
 
@@ -71,7 +81,7 @@ def select_rows(keys) -> tuple[Row, ...]:
 
 def runs_for(rows) -> list[Run]:
     """The runs the rows need, teacher first when any needs it."""
-    names = {row.run for row in rows} | {"teacher" for row in rows if row.teacher_face}
+    names = {name for row in rows for name in (row.run, row.face_run) if name is not None}
     if any(RUNS[name].needs_teacher for name in names):
         names.add("teacher")
     return [run for name, run in RUNS.items() if name in names]

@@ -19,7 +19,7 @@ from deskpro.common.state_dicts import brief_keys, load_checked
 from deskpro.config import IMAGENET_MEAN, IMAGENET_STD
 from deskpro.model.deskpro import DeSKPro
 from deskpro.model.lmbn import LightMBN
-from deskpro.model.osnet import CheckpointError, read_checkpoint
+from deskpro.model.osnet import BACKBONES, DEFAULT_BACKBONE, CheckpointError, read_checkpoint
 
 FORMAT = "deskpro-checkpoint"
 FORMAT_VERSION = 1
@@ -99,6 +99,7 @@ def save(
     else:
         raise TypeError(f"save: expected DeSKPro or LightMBN, got {type(model).__name__}")
     arch["repeat_conv2a"] = bool(model.repeat_conv2a)
+    arch["backbone"] = model.backbone_name
     if class_pids is None or len(class_pids) != int(num_classes):
         got = "none" if class_pids is None else len(class_pids)
         raise ValueError(
@@ -198,16 +199,23 @@ def _from_ours(obj: dict, path: Path) -> tuple[nn.Module, dict]:
             f"{path}: corrupt deskpro checkpoint (kind {kind!r}, num_classes {num_classes!r}, "
             f"state_dict {'present' if isinstance(state, Mapping) else 'missing'})"
         )
+    backbone = arch.get("backbone", DEFAULT_BACKBONE)
+    if backbone not in BACKBONES:
+        raise CheckpointError(f"{path}: unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
     if kind == "deskpro":
         model: nn.Module = DeSKPro(
             num_classes,
             csa_form=arch.get("csa_form", "official"),
             feat_dim=arch.get("feat_dim", 512),
             repeat_conv2a=arch.get("repeat_conv2a", True),
+            backbone=backbone,
         )
     else:
         model = LightMBN(
-            num_classes, feat_dim=arch.get("feat_dim", 512), repeat_conv2a=arch.get("repeat_conv2a", True)
+            num_classes,
+            feat_dim=arch.get("feat_dim", 512),
+            repeat_conv2a=arch.get("repeat_conv2a", True),
+            backbone=backbone,
         )
     _load_strict(model, _complete_aliases(state), path, kind)
     meta = {
@@ -290,6 +298,11 @@ def _refuse_non_teacher(obj: Mapping, path: Path) -> None:
         raise CheckpointError(
             f"{path}: a baseline checkpoint (global stream only; its face streams are untrained) is not a "
             "teacher: give a `deskpro train-teacher` checkpoint or an official {dataset}_teacher.pth"
+        )
+    if phase == "student":
+        raise CheckpointError(
+            f"{path}: a student checkpoint (trained on the low-res faces) is not a teacher: give a "
+            "`deskpro train-teacher` checkpoint or an official {dataset}_teacher.pth"
         )
     if obj.get("kind") == "deskpro" and phase not in (None, "deskpro"):
         raise CheckpointError(f"{path}: a DeSKPro checkpoint of phase {phase!r} is not a teacher")

@@ -14,9 +14,7 @@ from torch.nn import functional as F
 
 from deskpro.model.csa import CSA
 from deskpro.model.lmbn import NUM_EMBEDDINGS, LightMBN, LMBNOutput
-from deskpro.model.osnet import CHANNELS, OSNet
-
-TRUNK_CHANNELS = CHANNELS[2]  # conv3[0] output width, where the CSA acts
+from deskpro.model.osnet import DEFAULT_BACKBONE, OSNet
 
 
 class GlobalStream(LightMBN):
@@ -29,9 +27,10 @@ class GlobalStream(LightMBN):
         csa_form: str = "official",
         osnet: OSNet | None = None,
         repeat_conv2a: bool = True,
+        backbone: str = DEFAULT_BACKBONE,
     ):
-        super().__init__(num_classes, feat_dim, osnet, repeat_conv2a)
-        self.spatial_attn = CSA(TRUNK_CHANNELS, csa_form)
+        super().__init__(num_classes, feat_dim, osnet, repeat_conv2a, backbone)
+        self.spatial_attn = CSA(self.trunk_channels, csa_form)  # on conv3[0]'s output
 
     def forward(
         self, x: torch.Tensor, full: bool | None = None
@@ -47,6 +46,7 @@ class DeSKPro(nn.Module):
 
     ``osnet``: the (ImageNet) OSNet every stream copies its backbone from (None: random init).
     ``repeat_conv2a``: reproduce the official OSBlock quirk (default; see ``deskpro.model.osnet``).
+    ``backbone``: the OSNet variant of every stream when ``osnet`` is None (official: osnet_x1_0).
     """
 
     def __init__(
@@ -56,15 +56,17 @@ class DeSKPro(nn.Module):
         feat_dim: int = 512,
         osnet: OSNet | None = None,
         repeat_conv2a: bool = True,
+        backbone: str = DEFAULT_BACKBONE,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.csa_form = csa_form
         self.feat_dim = feat_dim
         self.repeat_conv2a = repeat_conv2a
-        self.face_net = LightMBN(num_classes, feat_dim, osnet, repeat_conv2a)
-        self.lr_face_net = LightMBN(num_classes, feat_dim, osnet, repeat_conv2a)
-        self.nocloth_net = GlobalStream(num_classes, feat_dim, csa_form, osnet, repeat_conv2a)
+        self.backbone_name = name = osnet.name if osnet is not None else backbone
+        self.face_net = LightMBN(num_classes, feat_dim, osnet, repeat_conv2a, name)
+        self.lr_face_net = LightMBN(num_classes, feat_dim, osnet, repeat_conv2a, name)
+        self.nocloth_net = GlobalStream(num_classes, feat_dim, csa_form, osnet, repeat_conv2a, name)
         self.teacher_eval = False  # keep face_net in eval mode when the model trains
 
     def train(self, mode: bool = True) -> DeSKPro:

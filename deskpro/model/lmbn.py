@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deskpro.model.osnet import OSBlock, OSNet, osnet_x1_0, set_repeat_conv2a, stem, tail
+from deskpro.model.osnet import DEFAULT_BACKBONE, OSBlock, OSNet, set_repeat_conv2a, stem, tail
 
-BRANCH_CHANNELS = 512  # OSNet x1.0 conv5 width
+BRANCH_CHANNELS = 512  # OSNet x1.0 conv5 width (a narrower backbone's branches take its own)
 NUM_EMBEDDINGS = 7
 TRIPLET_INDICES = (0, 1, 2)
 DROP_HEIGHT_RATIO = 0.33
@@ -106,7 +106,7 @@ class BatchFeatureErase(nn.Module):
 
     def __init__(self, channels: int = BRANCH_CHANNELS, h_ratio: float = DROP_HEIGHT_RATIO):
         super().__init__()
-        self.drop_batch_bottleneck = OSBlock(channels, BRANCH_CHANNELS)
+        self.drop_batch_bottleneck = OSBlock(channels, channels)
         self.h_ratio = h_ratio
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,9 +126,10 @@ class GlobalBranch(nn.Module):
     def __init__(self, osnet: OSNet, num_classes: int, feat_dim: int):
         super().__init__()
         self.backbone2 = tail(osnet)
-        self.reduction_1 = BNNeck3(BRANCH_CHANNELS, num_classes, feat_dim)
-        self.reduction_2 = BNNeck3(BRANCH_CHANNELS, num_classes, feat_dim)
-        self.batch_drop_block = BatchFeatureErase(BRANCH_CHANNELS)
+        width = osnet.channels[3]
+        self.reduction_1 = BNNeck3(width, num_classes, feat_dim)
+        self.reduction_2 = BNNeck3(width, num_classes, feat_dim)
+        self.batch_drop_block = BatchFeatureErase(width)
 
     def forward(self, x: torch.Tensor) -> Heads:
         dropped, features = self.batch_drop_block(self.backbone2(x))
@@ -144,9 +145,10 @@ class PartBranch(nn.Module):
         super().__init__()
         self.backbone2 = tail(osnet)
         self.partial_pooling = nn.AdaptiveAvgPool2d((2, 1))
-        self.reduction_1 = BNNeck3(BRANCH_CHANNELS, num_classes, feat_dim)
-        self.reduction_2 = BNNeck3(BRANCH_CHANNELS, num_classes, feat_dim)
-        self.reduction_3 = BNNeck3(BRANCH_CHANNELS, num_classes, feat_dim)
+        width = osnet.channels[3]
+        self.reduction_1 = BNNeck3(width, num_classes, feat_dim)
+        self.reduction_2 = BNNeck3(width, num_classes, feat_dim)
+        self.reduction_3 = BNNeck3(width, num_classes, feat_dim)
 
     def forward(self, x: torch.Tensor) -> Heads:
         fmap = self.backbone2(x)
@@ -161,7 +163,7 @@ class ChannelBranch(nn.Module):
     def __init__(self, osnet: OSNet, num_classes: int, feat_dim: int, n_chunks: int = 2):
         super().__init__()
         self.backbone2 = tail(osnet)
-        self.chunk = BRANCH_CHANNELS // n_chunks
+        self.chunk = osnet.channels[3] // n_chunks
         self.shared = nn.Sequential(
             nn.Conv2d(self.chunk, feat_dim, 1, bias=False), nn.BatchNorm2d(feat_dim), nn.ReLU(inplace=True)
         )
@@ -182,17 +184,25 @@ class LightMBN(nn.Module):
     ``forward(x)`` returns :class:`LMBNOutput` in train mode and the official eval features
     ``[B, 7, feat_dim]`` (post-BN, unnormalised) in eval mode; ``forward(x, full=True)`` returns the
     full :class:`LMBNOutput` in either mode (a frozen teacher needs eval-mode logits).
+    ``backbone`` names the OSNet variant (``deskpro.model.osnet.BACKBONES``) built when ``osnet`` is None.
     ``repeat_conv2a`` (default True) reproduces the official release's OSBlocks (see ``osnet``), which
     official checkpoints need for their features; False gives deep-person-reid's OSBlock.
     """
 
     def __init__(
-        self, num_classes: int, feat_dim: int = 512, osnet: OSNet | None = None, repeat_conv2a: bool = True
+        self,
+        num_classes: int,
+        feat_dim: int = 512,
+        osnet: OSNet | None = None,
+        repeat_conv2a: bool = True,
+        backbone: str = DEFAULT_BACKBONE,
     ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"LightMBN: num_classes must be >= 1, got {num_classes}")
-        osnet = osnet if osnet is not None else osnet_x1_0()
+        osnet = osnet if osnet is not None else OSNet(name=backbone)
+        self.backbone_name = osnet.name
+        self.trunk_channels = osnet.channels[2]  # conv3[0]'s output width
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.repeat_conv2a = repeat_conv2a
@@ -211,7 +221,7 @@ class LightMBN(nn.Module):
             branch.backbone2.load_state_dict(tail(osnet).state_dict())
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B,3,H,W] -> conv3[0] features [B,384,H/8,W/8]."""
+        """Images [B,3,H,W] -> conv3[0] features [B,C3,H/8,W/8] (C3 = 384 for x1.0)."""
         return self.backbone(x)
 
     def forward_branches(self, trunk: torch.Tensor, full: bool | None = None) -> LMBNOutput | torch.Tensor:

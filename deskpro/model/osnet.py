@@ -1,4 +1,8 @@
-"""OSNet x1.0 (omni-scale network), the backbone of every LightMBN stream, and its ImageNet initialisation.
+"""OSNet (omni-scale network), the backbone of every LightMBN stream, and its ImageNet initialisation.
+
+Variants by name, as deep-person-reid's: ``osnet_x1_0`` (the official DeSKPro backbone, the default)
+and the narrower ``osnet_x0_75``, ``osnet_x0_5``, ``osnet_x0_25`` (every width scaled; the demo uses
+x0.25, which trains about 5x faster per image on a CPU: docs/differences.md).
 
 The module layout (and so every state-dict key) follows deep-person-reid's ``osnet_x1_0`` so that its
 ImageNet checkpoint (``osnet_x1_0_imagenet.pth``) loads unchanged; the 1000-class ``fc``/``classifier``
@@ -21,8 +25,15 @@ from torch import nn
 
 from deskpro.common.state_dicts import load_checked
 
-# Channel widths of OSNet x1.0: stem, conv2, conv3, conv4 (conv5 keeps conv4's width).
-CHANNELS = (64, 256, 384, 512)
+# Channel widths of each variant: stem, conv2, conv3, conv4 (conv5 keeps conv4's width).
+BACKBONES = {
+    "osnet_x1_0": (64, 256, 384, 512),
+    "osnet_x0_75": (48, 192, 288, 384),
+    "osnet_x0_5": (32, 128, 192, 256),
+    "osnet_x0_25": (16, 64, 96, 128),
+}
+DEFAULT_BACKBONE = "osnet_x1_0"
+CHANNELS = BACKBONES[DEFAULT_BACKBONE]
 BLOCKS_PER_STAGE = 2
 IMAGENET_HEAD_PREFIXES = ("fc.", "classifier.")
 
@@ -166,12 +177,22 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class OSNet(nn.Module):
-    """OSNet x1.0 feature extractor: ``conv1, maxpool, conv2, conv3, conv4, conv5`` -> [B,512,H/16,W/16]."""
+def backbone_channels(name: str) -> tuple[int, int, int, int]:
+    """The channel widths of a backbone variant; ValueError naming the known ones."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
 
-    def __init__(self, repeat_conv2a: bool = False):
+
+class OSNet(nn.Module):
+    """OSNet feature extractor: ``conv1, maxpool, conv2, conv3, conv4, conv5`` -> [B,C4,H/16,W/16]
+    (C4 = 512 for x1.0)."""
+
+    def __init__(self, repeat_conv2a: bool = False, name: str = DEFAULT_BACKBONE):
         super().__init__()
-        c0, c1, c2, c3 = CHANNELS
+        self.name = name
+        self.channels = backbone_channels(name)
+        c0, c1, c2, c3 = self.channels
         self.conv1 = ConvLayer(3, c0, 7, stride=2, padding=3)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.conv2 = _stage(c0, c1, reduce_spatial_size=True)
@@ -252,8 +273,8 @@ def load_osnet_state(osnet: OSNet, state: dict[str, torch.Tensor], source: str) 
         osnet,
         state,
         source=source,
-        keys_what="not an OSNet x1.0 ImageNet checkpoint",
-        shapes_what="OSNet checkpoint has wrong shapes",
+        keys_what=f"not an {osnet.name} ImageNet checkpoint",
+        shapes_what=f"wrong shapes for {osnet.name} (an ImageNet checkpoint of another width?)",
         error=CheckpointError,
     )
 
@@ -263,9 +284,14 @@ def load_imagenet(model_or_backbone: nn.Module, path: str | Path) -> nn.Module:
 
     LightMBN-like modules (anything with ``init_from_osnet``) get the trunk and each branch's copy of
     conv3[1:], conv4, conv5 from the checkpoint; their heads keep their own initialisation.
+    The file must be of the module's backbone variant (``osnet_x1_0_imagenet.pth`` for x1.0).
     Returns the module for chaining.
     """
-    source = OSNet()
+    if isinstance(model_or_backbone, OSNet):
+        name = model_or_backbone.name
+    else:
+        name = getattr(model_or_backbone, "backbone_name", DEFAULT_BACKBONE)
+    source = OSNet(name=name)
     load_osnet_state(source, read_state_dict(path), str(path))
     if isinstance(model_or_backbone, OSNet):
         model_or_backbone.load_state_dict(source.state_dict())

@@ -5,6 +5,10 @@
 - "deskpro": global stream + student on face_lr with the frozen teacher on face_hr, Eq. 7
   (`deskpro.model.losses.deskpro_loss`); samples without a face train the body stream only.
 - "baseline": the global stream alone (CE + triplet), no attention loss, no face streams.
+- "student": the face student (`lr_face_net`) alone on the low-res faces (face_lr), CE with label
+  smoothing + batch-hard triplet, on the samples that have a face: Table 3's row 4 (the student
+  without distillation). These are the student's terms in a "deskpro" run with alpha 0, which
+  trains it on separate parameters; alone it costs a third (no body stream, no teacher).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from deskpro.model.losses import deskpro_loss, reid_loss
 from deskpro.model.osnet import load_imagenet
 from deskpro.train.evaluate import evaluate_model
 
-PHASES = ("teacher", "deskpro", "baseline")
-VAL_STREAM = {"teacher": "face", "deskpro": "both", "baseline": "body"}
+PHASES = ("teacher", "deskpro", "baseline", "student")
+VAL_STREAM = {"teacher": "face", "deskpro": "both", "baseline": "body", "student": "face"}
+FACE_INPUT = {"teacher": "face_hr", "student": "face_lr"}  # the face-only phases' inputs
 
 
 def build_model(config: TrainConfig, num_classes: int, *, imagenet=None, teacher=None, trust: bool = False):
@@ -31,7 +36,7 @@ def build_model(config: TrainConfig, num_classes: int, *, imagenet=None, teacher
     `config.teacher_mode` says."""
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(config.seed)
-        model = DeSKPro(num_classes, csa_form=config.csa_form)
+        model = DeSKPro(num_classes, csa_form=config.csa_form, backbone=config.backbone)
     if imagenet:
         for module in phase_modules(model, config.phase):
             load_imagenet(module, imagenet)
@@ -44,8 +49,9 @@ def build_model(config: TrainConfig, num_classes: int, *, imagenet=None, teacher
 
 
 def trained_module(model, phase: str) -> torch.nn.Module:
-    """The sub-module a phase's checkpoint holds and DDP wraps: the teacher alone, else the model."""
-    return model.face_net if phase == "teacher" else model
+    """The sub-module a phase's checkpoint holds and DDP wraps: the teacher or the student alone for
+    the face-only phases, else the model."""
+    return {"teacher": model.face_net, "student": model.lr_face_net}.get(phase, model)
 
 
 def phase_modules(model, phase: str) -> list[torch.nn.Module]:
@@ -54,6 +60,7 @@ def phase_modules(model, phase: str) -> list[torch.nn.Module]:
         "teacher": [model.face_net],
         "deskpro": [model.nocloth_net, model.lr_face_net],
         "baseline": [model.nocloth_net],
+        "student": [model.lr_face_net],
     }[phase]
 
 
@@ -63,8 +70,8 @@ def trainable_parameters(model, phase: str) -> list[torch.nn.Parameter]:
 
 def loss_terms(forward_model, batch: dict, config: TrainConfig) -> dict:
     """The phase's loss terms (scalars; "total" is optimised) for one augmented batch."""
-    if config.phase == "teacher":
-        out = forward_model(batch["face_hr"])
+    if config.phase in FACE_INPUT:
+        out = forward_model(batch[FACE_INPUT[config.phase]])
         return reid_loss(
             out, batch["label"], label_smoothing=config.label_smoothing, margin=config.triplet_margin
         )

@@ -17,7 +17,7 @@ from deskpro.model.checkpoint import TeacherFile, read_teacher
 from deskpro.train.data import OfficialIdentitySampler, PKBatchSampler, ShardDataset
 from deskpro.train.transforms import AugmentSettings, EpochDraws, epoch_draws
 
-IMAGENET_FILE = "osnet_x1_0_imagenet.pth"
+IMAGENET_FILE = "{backbone}_imagenet.pth"  # deep-person-reid's file name of each OSNet variant
 SCRATCH_DATASETS = ("synthetic",)  # presets that may train from random init without --from-scratch
 
 
@@ -25,8 +25,9 @@ def check_init(config: TrainConfig, imagenet: str | None, from_scratch: bool) ->
     """A real-dataset run needs the ImageNet OSNet weights (the official code always loads them)."""
     if imagenet or from_scratch or config.dataset in SCRATCH_DATASETS:
         return
+    file = IMAGENET_FILE.format(backbone=config.backbone)
     raise ValueError(
-        f"--imagenet: training {config.dataset} starts from the OSNet ImageNet weights {IMAGENET_FILE} "
+        f"--imagenet: training {config.dataset} starts from the OSNet ImageNet weights {file} "
         "(see `deskpro weights list`); pass --imagenet PATH, or --from-scratch for a random init"
     )
 
@@ -56,7 +57,7 @@ def train_dataset(reader, config: TrainConfig, teacher: TeacherFile | None = Non
     one-line error (never a silent permutation of its classifier).
     """
     kwargs = {
-        "require_face": config.phase == "teacher" and not config.official,
+        "require_face": config.phase in ("teacher", "student") and not config.official,
         "drop_faceless": config.official,
         "class_order": config.class_order,
     }
