@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from _pipeline_utils import LOOSE_POLICY, make_dataset
 
 from deskpro.common import images
-from deskpro.manifests import read_manifest
-from deskpro.pipeline.faces import align_face
-from deskpro.pipeline.runner import check_stage, stage_options
+from deskpro.manifests import read_manifest, scan, write_manifest
+from deskpro.pipeline.faces import align_face, gpen_template, similarity_matrix, transform_points
+from deskpro.pipeline.options import StageRunOptions
+from deskpro.pipeline.runner import check_stage, run_stage, stage_options
 from deskpro.pipeline.stages import (
     DETECT_SCHEMA,
     PARSE_SCHEMA,
@@ -173,6 +177,99 @@ def test_restore_none_upsamples_the_low_res_face_bicubically(dataset, batch):
         got = images.decode_jpeg(out["face_hr_jpg"][i])
         assert got.shape == (96, 96, 3)
         assert np.abs(got.astype(float) - expected).mean() < 3.0  # JPEG q95 loss only
+
+
+@pytest.fixture(scope="module")
+def hr_set(tmp_path_factory):
+    """(root, detect output) of a small synthetic set, faces big enough to see their eyes."""
+    root = synthetic.generate(
+        tmp_path_factory.mktemp("hr") / "synth",
+        identities=6,
+        images_per_camera=1,
+        image_size=(192, 64),
+        seed=1,  # 3 of its 18 images show no face
+        progress=False,
+    )
+    rows = table_to_batch(scan("synthetic", root).select(["sample_id", "path"]))
+    batch = images.decode_batch(rows, root=str(root))
+    return root, DetectStage(backend="oracle", root=str(root), face_lr_size=32, **LOOSE_POLICY)(batch)
+
+
+def _sharpness(face: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def _pupil(face: np.ndarray, near: np.ndarray, radius: float) -> np.ndarray:
+    """x, y centroid of the dark pixels within `radius` of `near`."""
+    ys, xs = np.mgrid[: face.shape[0], : face.shape[1]]
+    dark = (face.max(axis=2) < 60) & (np.hypot(xs - near[0], ys - near[1]) < radius)
+    assert dark.sum() >= 4
+    return np.array([xs[dark].mean(), ys[dark].mean()])
+
+
+def test_restore_oracle_gives_the_sharp_face_where_the_low_res_one_is(hr_set):
+    """The oracle's face is the clean render aligned like the low-res crop: its pupils sit where the
+    landmark alignment puts the eyes (about the template's eye positions), shrunk it is the low-res
+    crop, and it is far sharper than bicubic upsampling of that crop."""
+    root, detected = hr_set
+    size = 128
+    oracle = RestoreStage(backend="oracle", root=str(root), face_hr_size=size)(detected)
+    plain = RestoreStage(backend="none", face_hr_size=size)(detected)
+    assert batch_to_table(oracle, RESTORE_SCHEMA).schema == RESTORE_SCHEMA
+    template = gpen_template(size)
+    faces = np.flatnonzero(detected["has_face"])
+    assert 0 < len(faces) < len(detected["has_face"])
+    for i in range(len(detected["has_face"])):
+        assert oracle["error"][i] is None
+        assert (oracle["face_hr_jpg"][i] is None) == (not detected["has_face"][i])
+    for i in faces:
+        face = images.decode_jpeg(oracle["face_hr_jpg"][i])
+        assert face.shape == (size, size, 3)
+        landmarks = detected["landmarks"][i].reshape(5, 2)
+        eyes = transform_points(landmarks, similarity_matrix(landmarks, template))[:2]
+        for eye, reference in zip(eyes, template[:2]):
+            found = _pupil(face, eye, 0.06 * size)
+            assert np.linalg.norm(found - eye) < 0.015 * size, (i, found, eye)
+            assert np.linalg.norm(found - reference) < 0.06 * size, (i, found, reference)
+        # Shrunk to the low-res crop's size it matches that crop (up to the camera's blur and noise)
+        # better than when moved by one pixel either way.
+        low = cv2.GaussianBlur(images.decode_png(detected["face_lr_png"][i]).astype(np.float32), (0, 0), 1.0)
+        shrunk = cv2.resize(face, low.shape[:2], interpolation=cv2.INTER_AREA).astype(np.float32)
+        shrunk = cv2.GaussianBlur(shrunk, (0, 0), 1.0)
+        moved = [np.roll(shrunk, k, axis) for k in (-1, 1) for axis in (0, 1)]
+        error = np.abs(shrunk - low).mean()
+        assert error < 12 and error < min(np.abs(m - low).mean() for m in moved), i
+        assert _sharpness(face) > 3 * _sharpness(images.decode_jpeg(plain["face_hr_jpg"][i])), i
+
+
+def test_restore_oracle_names_a_missing_truth_file(hr_set, tmp_path):
+    root, detected = hr_set
+    copy = tmp_path / "synth"
+    shutil.copytree(root, copy)
+    i, j = np.flatnonzero(detected["has_face"])[:2]
+    path = synthetic.read_face_truth(copy)
+    missing = synthetic.face_hr_file(copy, next(p for p in path if p.startswith(detected["sample_id"][i])))
+    missing.unlink()
+    out = RestoreStage(backend="oracle", root=str(copy), face_hr_size=64)(detected)
+    assert out["face_hr_jpg"][i] is None and str(missing) in out["error"][i]
+    assert out["error"][i].startswith(f"{detected['sample_id'][i]}: ") and "\n" not in out["error"][i]
+    assert out["error"][j] is None and out["face_hr_jpg"][j] is not None
+    assert sum(e is not None for e in out["error"]) == 1
+
+
+def test_restore_oracle_runs_from_the_detect_parts(hr_set, tmp_path):
+    """The runner feeds the restore stage the detect parts' landmarks (in-process executor here; Ray
+    reads the same `input_columns`)."""
+    root, detected = hr_set
+    manifest = tmp_path / "m.parquet"
+    write_manifest(scan("synthetic", root), manifest)
+    run = StageRunOptions(part_size=5, batch_size=3, executor="local", progress=False)
+    run_stage("detect", manifest, tmp_path / "w", {"backend": "oracle", **LOOSE_POLICY}, run)
+    summary = run_stage("restore", manifest, tmp_path / "w", {"backend": "oracle", "face_hr_size": 64}, run)
+    assert summary.errors == 0
+    parts = sorted((tmp_path / "w" / "stages" / "restore").glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    assert [j is not None for j in table["face_hr_jpg"].to_pylist()] == detected["has_face"].tolist()
 
 
 @pytest.mark.parametrize(

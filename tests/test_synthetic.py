@@ -3,6 +3,8 @@ is carried by face/hair/build while clothes change across cameras (checked from 
 
 from __future__ import annotations
 
+import copy
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,8 +16,9 @@ from click.testing import CliRunner
 
 from deskpro import cli
 from deskpro.manifests import ManifestError, manifest_info, read_manifest, scan
-from deskpro.synthetic import appearance
+from deskpro.synthetic import appearance, draw
 from deskpro.synthetic import generator as synthetic
+from deskpro.synthetic.figure import Window
 
 IDENTITIES, PER_CAMERA = 12, 3
 LIP_DRAWN = {0, 2, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18, 19}
@@ -81,7 +84,9 @@ def test_generation_is_deterministic_per_seed(tmp_path: Path) -> None:
     first = files(synthetic.generate(tmp_path / "a", seed=1, **kwargs))
     second = files(synthetic.generate(tmp_path / "b", seed=1, **kwargs))
     other = files(synthetic.generate(tmp_path / "c", seed=2, **kwargs))
-    assert len(first) == 3 * 3 * 2 * 2 + 2  # images + parse maps + faces.parquet + synthetic.json
+    faces = sum(pq.read_table(tmp_path / "a" / "truth" / "faces.parquet")["has_face"].to_pylist())
+    # images + parse maps + face_hr crops + faces.parquet + synthetic.json
+    assert len(first) == 3 * 3 * 2 * 2 + faces + 2 and 0 < faces < 3 * 3 * 2
     assert first == second
     images = [k for k in first if k.endswith(".jpg")]
     assert sum(first[k] != other[k] for k in images) == len(images)
@@ -248,3 +253,119 @@ def test_cli_generates_then_scans(tmp_path: Path) -> None:
 def test_split_sizes_prcc_like(identities: int, expected: tuple[int, int, int]) -> None:
     sizes = synthetic.split_sizes(identities)
     assert (sizes["train"], sizes["val"], sizes["test"]) == expected
+
+
+# ---- the clean high-resolution face truth
+
+SIZE = (192, 64)
+
+
+def _person(camera: str = "C"):
+    """An identity in a patterned upper garment, facing the camera, its camera background, and the
+    generator that draws its image."""
+    for seed in range(100):
+        rng = np.random.default_rng([seed, 9])
+        wardrobe = appearance.sample_wardrobe(rng, *appearance.wardrobe_size(10))
+        ident, (outfit, _) = appearance.sample_identity(rng), appearance.sample_outfits(rng, wardrobe)
+        if outfit.upper.pattern != "solid":
+            break
+    view = appearance.sample_view(rng, no_face_rate=0.0)
+    background = draw.camera_background(camera, SIZE, np.random.default_rng(1))
+    return (ident, outfit, view, camera, background, SIZE), np.random.default_rng([seed, 10])
+
+
+def test_face_hr_crops_exist_exactly_for_faces(dataset: Path) -> None:
+    made = json.loads((dataset / "synthetic.json").read_text())
+    assert made["hr_scale"] == 4 and made["format_version"] == synthetic.FORMAT_VERSION == 3
+    rows = pq.read_table(dataset / "truth" / "faces.parquet").to_pylist()
+    assert any(r["has_face"] for r in rows) and not all(r["has_face"] for r in rows)
+    for r in rows:
+        file = synthetic.face_hr_file(dataset, r["path"])
+        assert file.is_file() == r["has_face"] == (r["hr_origin"] is not None) == (r["hr_scale"] is not None)
+        if not r["has_face"]:
+            continue
+        assert file == dataset / "truth" / "face_hr" / Path(r["path"]).with_suffix(".png")
+        crop = synthetic.read_face_hr(dataset, r["path"])
+        x1, y1, x2, y2 = r["box"]
+        side = synthetic.HR_CROP_GROWTH * max(x2 - x1, y2 - y1) * 4
+        assert crop.dtype == np.uint8 and crop.shape[2] == 3 and crop.shape[0] == crop.shape[1]
+        assert abs(crop.shape[0] - side) <= 1 and r["hr_scale"] == 4.0
+
+
+def test_face_hr_crops_are_the_image_sharp(dataset: Path) -> None:
+    """Mapped into its crop, a face's eye landmarks fall on the dark pupils and its mouth on the red
+    mouth; the crop shrunk back matches the image (same scene, colour cast and brightness)."""
+    placement = synthetic.read_face_hr_placement(dataset)
+    truth = synthetic.read_face_truth(dataset)
+    assert set(placement) == {p for p, (has, _, _) in truth.items() if has}
+    for path, (origin, scale) in placement.items():
+        crop = synthetic.read_face_hr(dataset, path)
+        points = (truth[path][2] + 0.5) * scale - 0.5 - origin
+        eyes = crop[np.round(points[:2, 1]).astype(int), np.round(points[:2, 0]).astype(int)]
+        assert (eyes.max(axis=1) < 70).all(), path
+        mouth = crop[round(float(points[3:, 1].mean())), round(float(points[3:, 0].mean()))].astype(int)
+        assert mouth[0] > mouth[1] + 40, path
+        image = cv2.cvtColor(cv2.imread(str(dataset / path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+        side = crop.shape[0]
+        to_image = np.array([[1 / scale, 0, (origin[0] + 0.5) / scale - 0.5], [0, 1 / scale, 0]])
+        to_image[1, 2] = (origin[1] + 0.5) / scale - 0.5
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        seen = cv2.warpAffine(image, to_image, (side, side), flags=flags)  # the image on the crop's grid
+        soft = cv2.GaussianBlur(crop.astype(np.float32), (0, 0), scale)
+        moved = cv2.warpAffine(image, to_image + [[0, 0, 1.5], [0, 0, 0]], (side, side), flags=flags)
+        error, shifted = np.abs(seen - soft).mean(), np.abs(moved - soft).mean()
+        assert error < 10 and error < 0.8 * shifted, (path, error, shifted)
+
+
+def test_hr_render_is_the_image_scene_enlarged() -> None:
+    """At 3x (the image's pixel centres at 3j+1), the enlarged figure has the image's landmarks and
+    labels at the same points; a window of it holds the pixels of the whole enlarged render."""
+    scene, rng = _person()
+    image, labels, face = draw.draw_person(*scene, copy.deepcopy(rng))
+    s = 3
+    whole = Window(s, 0, 0, SIZE[1] * s, SIZE[0] * s)
+    hr, hr_labels, hr_face = draw.draw_person(*scene, copy.deepcopy(rng), whole, camera_effects=False)
+    np.testing.assert_allclose(hr_face.landmarks, (face.landmarks + 0.5) * s - 0.5, atol=1e-3)
+    np.testing.assert_allclose(hr_face.box, (face.box + 0.5) * s - 0.5, atol=1e-3)
+    # Labels sampled at the image's pixel centres agree best, short of OpenCV's fill rule (it fills
+    # the pixels a polygon's edge touches: shapes grow by about half a pixel, less at 3x).
+    mismatch = {(dy, dx): (hr_labels[dy::s, dx::s] != labels).mean() for dy in range(s) for dx in range(s)}
+    assert mismatch[1, 1] < 0.025 and mismatch[1, 1] == min(mismatch.values()), mismatch
+    # Shrunk back, it is the image without its noise and blur, with its colour cast and brightness.
+    small = cv2.resize(hr.astype(np.float32), SIZE[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(small.mean(axis=(0, 1)) - image.mean(axis=(0, 1))).max() < 2
+    soft, seen = cv2.GaussianBlur(small, (0, 0), 1.5), cv2.GaussianBlur(image.astype(np.float32), (0, 0), 1.5)
+    error = np.abs(soft - seen).mean()
+    assert error < 4 and error < 0.85 * np.abs(np.roll(soft, 1, axis=1) - seen).mean()
+    window = synthetic.face_window(face.box, s)
+    crop, crop_labels, crop_face = draw.draw_person(*scene, copy.deepcopy(rng), window, camera_effects=False)
+    rows, cols = slice(window.y0, window.y0 + window.height), slice(window.x0, window.x0 + window.width)
+    assert window.y0 > 0 and window.x0 > 0 and rows.stop < hr.shape[0] and cols.stop < hr.shape[1]
+    np.testing.assert_allclose(crop_face.landmarks + [window.x0, window.y0], hr_face.landmarks, atol=1e-3)
+    # The same pixels but for a few where OpenCV rasterises a polygon cut by the window's edge.
+    assert (crop_labels != hr_labels[rows, cols]).mean() < 0.002
+    inner = (slice(s, -s), slice(s, -s))  # outlines need the pixels left of and above them
+    assert (np.abs(crop[inner].astype(int) - hr[rows, cols][inner]) > 1).mean() < 0.01
+
+
+def test_hr_truth_leaves_the_image_as_draw_person_draws_it() -> None:
+    """The high-resolution pass replays a copy of the random draws: the image, labels and face truth
+    are the ones draw_person gives without it."""
+    scene, rng = _person()
+    alone = draw.draw_person(*scene, copy.deepcopy(rng))
+    image, labels, face, hr = synthetic.render_image(*scene, copy.deepcopy(rng), 4)
+    assert hr is not None and hr[0].shape[:2] == (hr[1].height, hr[1].width)
+    assert np.array_equal(image, alone[0]) and np.array_equal(labels, alone[1])
+    np.testing.assert_array_equal(face.landmarks, alone[2].landmarks)
+    again = synthetic.render_image(*scene, copy.deepcopy(rng), 4)
+    assert np.array_equal(again[3][0], hr[0])  # deterministic too
+
+
+def test_face_hr_placement_refuses_an_older_dataset(dataset: Path, tmp_path: Path) -> None:
+    old = pq.read_table(dataset / "truth" / "faces.parquet").drop_columns(["hr_origin", "hr_scale"])
+    (tmp_path / "truth").mkdir()
+    pq.write_table(old, tmp_path / "truth" / "faces.parquet")
+    with pytest.raises(ValueError, match="no hr_origin column.*generate the dataset again"):
+        synthetic.read_face_hr_placement(tmp_path)
+    with pytest.raises(FileNotFoundError, match="face_hr/rgb/train/001/A_000.png"):
+        synthetic.read_face_hr(tmp_path, "rgb/train/001/A_000.jpg")

@@ -8,7 +8,10 @@ unset, and whether it needs a weights file or benefits from a GPU.
 A stage's model has one contract per stage, whatever the backend:
   parse:   model(paths, images_bgr) -> per image a uint8 label map, or an error string for that image
   detect:  model(paths, images_bgr) -> per image a list of Face (original pixels), or an error string
-  restore: model(faces_rgb [B,S,S,3] uint8) -> restored faces [B,R,R,3] uint8 (None: no network)
+  restore: model(faces_rgb [B,S,S,3] uint8) -> restored faces [B,R,R,3] uint8 (None: no network);
+           a backend with `takes_landmarks` (the oracle) is called
+           model(faces_rgb, sample_ids, landmarks [B,5,2] original pixels) -> per face a restored
+           face [R,R,3] uint8, or an error string for that image
 
 The command line never imports this module (it reads deskpro.pipeline.options): the networks here
 import torch, which takes seconds.
@@ -24,12 +27,13 @@ from typing import Any
 from deskpro import weights as official
 from deskpro.pipeline import detection
 from deskpro.pipeline.fa_detection import FaceAlignmentDetector, load_fan, load_s3fd
+from deskpro.pipeline.faces import align_face
 from deskpro.pipeline.nets import gpen, retinaface, schp, smp_parser
 from deskpro.pipeline.nets.specs import SCHP_SPEC, InputSpec
 from deskpro.pipeline.options import STAGE_NAMES, StageConfigError, flag
 from deskpro.pipeline.parsing import Parser
 from deskpro.pipeline.restoration import Restorer
-from deskpro.synthetic.oracle import OracleFaceDetector, OracleParser
+from deskpro.synthetic.oracle import OracleFaceDetector, OracleParser, OracleRestorer
 
 SMP_PATTERN = "smp:ARCH:ENCODER"
 
@@ -47,6 +51,7 @@ class Backend:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # for options left None
     weights_options: tuple[str, ...] = ("weights",)  # options that name checkpoint files
     needs_gpu: bool = True  # a network: Ray gives its actors a GPU when the cluster has one
+    takes_landmarks: bool = False  # restore: the model also gets each face's sample id and landmarks
 
     @property
     def needs_weights(self) -> bool:
@@ -170,6 +175,26 @@ def _wrap_gpen(net, o, device, root):
     return Restorer(net, device=device, amp=o.amp_dtype, channels_last=o.channels_last)
 
 
+def _wrap_oracle_restorer(_, o, device, root):
+    """The clean high-resolution render of each face, aligned as the detect stage aligns the low-res
+    crop (`DetectStage._crop`): both show the face at the same place."""
+    oracle = OracleRestorer(root)
+
+    def model(faces, sample_ids, landmarks):
+        out = []
+        for sample_id, points in zip(sample_ids, landmarks):
+            try:
+                crop, mapped = oracle.one(oracle.path_of(sample_id), points)
+                out.append(align_face(crop, mapped, o.face_hr_size)[0])
+            except KeyError as exc:
+                out.append(f"{sample_id}: no ground-truth high-resolution face ({exc.args[0]})")
+            except (OSError, ValueError) as exc:
+                out.append(f"{sample_id}: no ground-truth high-resolution face ({exc})")
+        return out
+
+    return model
+
+
 def _nothing(o):
     return None
 
@@ -197,6 +222,7 @@ REGISTRY: tuple[Backend, ...] = (
     Backend("detect", "oracle", _nothing, _wrap_oracle_detector, **_NO_NET),
     *(Backend("restore", name, _load_gpen, _wrap_gpen, name) for name in ("gpen-512", "gpen-256")),
     Backend("restore", "none", _nothing, lambda *_: None, **_NO_NET),
+    Backend("restore", "oracle", _nothing, _wrap_oracle_restorer, takes_landmarks=True, **_NO_NET),
 )
 
 BACKEND_NAMES: dict[str, tuple[str, ...]] = {

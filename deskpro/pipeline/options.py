@@ -170,7 +170,11 @@ class RestoreOptions(_StageOptions):
     """`deskpro restore`: the restorer backend and the stored faces."""
 
     backend: str = option(
-        "gpen-512", "gpen-512 | gpen-256 | none (bicubic upsampling).", alias="--restorer", per_stage=True
+        "gpen-512",
+        "gpen-512 | gpen-256 | none (bicubic upsampling) | oracle (synthetic datasets only: the "
+        "generator's clean high-resolution render).",
+        alias="--restorer",
+        per_stage=True,
     )
     weights: str | None = option(None, "GPEN checkpoint path.", type=str, per_stage=True)
     face_hr_size: int = option(256, "Restored face size, px.", range=Range(8, 2048))

@@ -247,16 +247,17 @@ class DetectStage(_Stage):
 class RestoreStage(_Stage):
     """Face restoration of the detect stage's aligned low-res crops -> RGB JPEG at face_hr_size.
 
-    Backend "none" is bicubic upsampling of the low-res crop (ablations, the demo). Reads detect
-    outputs, never the images. Input: sample_id, has_face, face_lr_png, error. Output: sample_id,
-    face_hr_jpg (null without a face), error.
+    Backend "none" is bicubic upsampling of the low-res crop (ablations, the demo); "oracle" is the
+    synthetic generator's clean high-resolution render, aligned with the detected landmarks. Reads
+    detect outputs, never the images. Input: sample_id, has_face, face_lr_png, landmarks (for the
+    backends that take them), error. Output: sample_id, face_hr_jpg (null without a face), error.
     """
 
     name = "restore"
     options_class = RestoreOptions
     schema = RESTORE_SCHEMA
     needs_images = False
-    input_columns = ("sample_id", "has_face", "face_lr_png", "error")
+    input_columns = ("sample_id", "has_face", "face_lr_png", "landmarks", "error")
 
     def _resize(self, face: np.ndarray) -> np.ndarray:
         size = self.options.face_hr_size
@@ -265,10 +266,16 @@ class RestoreStage(_Stage):
         interp = cv2.INTER_AREA if face.shape[0] > size else cv2.INTER_CUBIC
         return cv2.resize(face, (size, size), interpolation=interp)
 
-    def _restore(self, faces: np.ndarray) -> list[np.ndarray]:
+    def _restore(self, faces: np.ndarray, ids: list[str], landmarks: list) -> list[np.ndarray | str]:
+        """Per face the restored face at face_hr_size, or an error string (backends that take landmarks)."""
         if self.model is None or len(faces) == 0:
             return [self._resize(f) for f in faces]
-        return [self._resize(f) for f in self.model(faces)]
+        if self.backend.takes_landmarks:
+            points = np.stack([np.asarray(p, np.float32).reshape(5, 2) for p in landmarks])
+            restored = self.model(faces, ids, points)
+        else:
+            restored = self.model(faces)
+        return [f if isinstance(f, str) else self._resize(f) for f in restored]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids, errors = _rows(batch)
@@ -286,8 +293,12 @@ class RestoreStage(_Stage):
             raise ValueError(f"restore: low-res faces of different shapes in one batch: {sorted(sizes)}")
         jpgs: list[bytes | None] = [None] * len(ids)
         stacked = np.stack(faces) if faces else np.zeros((0, 1, 1, 3), np.uint8)
-        for i, face in zip(todo, self._restore(stacked)):
-            jpgs[i] = images.encode_jpeg(face, self.options.face_quality)
+        landmarks = [batch["landmarks"][i] for i in todo] if self.backend.takes_landmarks else []
+        for i, face in zip(todo, self._restore(stacked, [ids[i] for i in todo], landmarks)):
+            if isinstance(face, str):
+                errors[i] = face
+            else:
+                jpgs[i] = images.encode_jpeg(face, self.options.face_quality)
         return {
             "sample_id": _object_array(ids),
             "face_hr_jpg": _object_array(jpgs),

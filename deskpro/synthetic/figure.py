@@ -2,6 +2,8 @@
 
 Geometry is in figure units (1.0 = figure height), drawn with OpenCV at sub-pixel precision; the
 image is coloured from these labels afterwards (`draw.py`), so image and labels always line up.
+A `Window` draws the same figure at an integer multiple of the image size, only the pixels of one
+rectangle of it (the high-resolution face truth): same shapes, finer pixels.
 """
 
 from __future__ import annotations
@@ -39,6 +41,26 @@ class FaceTruth:
     landmarks: np.ndarray  # float32 (5, 2): image-left eye, image-right eye, nose, left/right mouth
 
 
+@dataclass(frozen=True)
+class Window:
+    """Part of the scene at `scale` times the image size: `width` x `height` pixels from (x0, y0).
+
+    Pixel centres are integers at both scales, so image point x lies at (x + 0.5) * scale - 0.5 in
+    the enlarged scene, and at that minus x0 in the window.
+    """
+
+    scale: int
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+    def to_window(self, points: np.ndarray) -> np.ndarray:
+        """Image-pixel x, y points (..., 2) -> window pixels."""
+        s = self.scale
+        return (np.asarray(points, np.float64) + 0.5) * s - 0.5 - np.array([self.x0, self.y0], np.float64)
+
+
 @dataclass
 class Figure:
     """A drawn figure: its canvas (label map and placement), face truth and umbrella (None if none)."""
@@ -49,13 +71,25 @@ class Figure:
 
 
 def draw_figure(
-    ident: Identity, outfit: Outfit, view: View, size: tuple[int, int], rng: np.random.Generator
+    ident: Identity,
+    outfit: Outfit,
+    view: View,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    window: Window | None = None,
 ) -> Figure:
-    """The label map of one person in one view; the face truth is None when no face is visible."""
+    """The label map of one person in one view (image `size`, or `window` of it enlarged); the face
+    truth (in the label map's pixels) is None when no face is visible. Same draws from `rng` either way."""
     h, w = size
     unit = h * ident.height * view.scale
     foot = h * view.foot
-    canvas = Canvas(np.zeros((h, w), np.uint8), cx=w * (0.5 + view.dx), top=foot - unit, unit=unit)
+    cx, top = w * (0.5 + view.dx), foot - unit
+    if window is None:
+        canvas = Canvas(np.zeros((h, w), np.uint8), cx=cx, top=top, unit=unit)
+    else:
+        (wx, wy), s = window.to_window(np.array([cx, top])), window.scale
+        labels = np.zeros((window.height, window.width), np.uint8)
+        canvas = Canvas(labels, cx=wx, top=wy, unit=unit * s, scale=s, origin=(window.x0, window.y0))
     body = _body(ident)
     side = 1.0 if view.facing != "back" else -1.0  # +x is the person's left when seen from the front
     if view.facing != "back":
@@ -71,10 +105,23 @@ def draw_figure(
 
 
 class Canvas:
-    """Draws shapes given in figure units into a label map."""
+    """Draws shapes given in figure units into a label map.
 
-    def __init__(self, labels: np.ndarray, cx: float, top: float, unit: float):
+    `scale` and `origin`: the label map is the window from `origin` of the scene enlarged `scale`
+    times (1 and (0, 0) for the image itself); `cx`, `top` and `unit` are in the label map's pixels.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        cx: float,
+        top: float,
+        unit: float,
+        scale: int = 1,
+        origin: tuple[int, int] = (0, 0),
+    ):
         self.labels, self.cx, self.top, self.unit = labels, cx, top, unit
+        self.scale, self.origin = scale, origin
 
     def px(self, x: float, y: float) -> tuple[float, float]:
         return self.cx + x * self.unit, self.top + y * self.unit

@@ -13,8 +13,15 @@ Written under ROOT:
   truth/parse/<image path, suffix .png>   LIP label map (uint8, image size): background 0, hair 2,
                         upper-clothes 5, dress 6, coat 7, pants 9, skirt 12, face 13 (with the
                         neck), arms 14/15, legs 16/17, shoes 18/19 (left/right: the person's own)
+  truth/face_hr/<image path, suffix .png>   for each image with a face: the clean render of the
+                        same scene at hr_scale times the image size (no low-resolution capture, blur
+                        or noise; the camera's colour cast and brightness kept), a square RGB crop
+                        around the face (its box grown HR_CROP_GROWTH times); black outside the image
   truth/faces.parquet   path, pid, camera, view, has_face, box [4] (x1,y1,x2,y2), landmarks [10]
-                        (x,y of image-left eye, right eye, nose, left/right mouth); null when no face
+                        (x,y of image-left eye, right eye, nose, left/right mouth), hr_origin [2]
+                        (x,y of the face_hr crop's top-left pixel in the enlarged image) and hr_scale:
+                        image point p lies at (p + 0.5) * hr_scale - 0.5 - hr_origin in the crop
+                        (pixel centres are integers); all null when no face
   synthetic.json        the options it was made with (written last: marks a complete dataset)
 
 Defaults: 120 identities split 60 train / 20 val / 40 test (PRCC-like proportions, disjoint),
@@ -24,6 +31,7 @@ in minutes on 2 CPU cores.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -38,13 +46,15 @@ from tqdm import tqdm
 from deskpro.common.images import encode_jpeg, encode_png
 from deskpro.manifests.schema import ManifestError
 from deskpro.synthetic import appearance, draw
-from deskpro.synthetic.figure import FaceTruth
+from deskpro.synthetic.appearance import Identity, Outfit, View
+from deskpro.synthetic.figure import FaceTruth, Window
 
-FORMAT_VERSION = 2  # 2: shared wardrobe, shoes and wider body cues belong to the person
+FORMAT_VERSION = 3  # 2: shared wardrobe, shoes and wider body cues belong to the person; 3: face_hr
 CAMERAS = ("A", "B", "C")
 NO_FACE_RATE = 0.15
 JPEG_QUALITY = 92
 MARKER = "synthetic.json"
+HR_CROP_GROWTH = 2.2  # face_hr side / the face box's longer side: holds the GPEN-aligned face
 INCOMPLETE = ".synthetic-incomplete"
 FACES_SCHEMA = pa.schema(
     [
@@ -55,6 +65,8 @@ FACES_SCHEMA = pa.schema(
         ("has_face", pa.bool_()),
         ("box", pa.list_(pa.float32(), 4)),
         ("landmarks", pa.list_(pa.float32(), 10)),
+        ("hr_origin", pa.list_(pa.float32(), 2)),
+        ("hr_scale", pa.float32()),
     ]
 )
 
@@ -85,6 +97,7 @@ def generate(
     images_per_camera: int = 3,
     image_size: tuple[int, int] = (384, 128),
     seed: int = 0,
+    hr_scale: int = 4,
     progress: bool = True,
 ) -> Path:
     """Generate the dataset into `root` and return it; a no-op when `root` already holds the same one.
@@ -99,13 +112,15 @@ def generate(
         "images_per_camera": int(images_per_camera),
         "image_size": [int(image_size[0]), int(image_size[1])],
         "seed": int(seed),
+        "hr_scale": int(hr_scale),
     }
     if _existing_matches(root, options):
         return root
     sizes = split_sizes(identities)
-    if images_per_camera < 1 or min(image_size) < 32:
+    if images_per_camera < 1 or min(image_size) < 32 or not 1 <= hr_scale <= 16:
         raise ValueError(
-            f"need images_per_camera >= 1 and image sides >= 32, got {images_per_camera}, {image_size}"
+            "need images_per_camera >= 1, image sides >= 32 and hr_scale in [1, 16], got "
+            f"{images_per_camera}, {image_size}, {hr_scale}"
         )
     root.mkdir(parents=True, exist_ok=True)
     (root / INCOMPLETE).touch()
@@ -146,7 +161,7 @@ def _existing_matches(root: Path, options: dict) -> bool:
 
 
 def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bool) -> list[dict]:
-    seed, per_camera = options["seed"], options["images_per_camera"]
+    seed, per_camera, hr_scale = options["seed"], options["images_per_camera"], options["hr_scale"]
     size = tuple(options["image_size"])
     width = max(3, len(str(sum(sizes.values()))))
     backgrounds = {
@@ -170,15 +185,50 @@ def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bo
             for k in range(per_camera):
                 rng = np.random.default_rng([seed, 3, pid, cam_index, k])
                 view = appearance.sample_view(rng, NO_FACE_RATE)
-                image, labels, face = draw.draw_person(
-                    ident, outfit, view, camera, backgrounds[camera], size, rng
+                image, labels, face, hr = render_image(
+                    ident, outfit, view, camera, backgrounds[camera], size, rng, hr_scale
                 )
                 rel = image_path(split, pid, camera, k, width)
                 _write_pair(root, rel, image, labels)
-                faces.append(_face_row(rel, pid, camera, view.facing, face))
+                if hr is not None:
+                    _write_file(face_hr_file(root, rel), encode_png(hr[0]))
+                faces.append(_face_row(rel, pid, camera, view.facing, face, None if hr is None else hr[1]))
                 bar.update()
     bar.close()
     return faces
+
+
+def render_image(
+    ident: Identity,
+    outfit: Outfit,
+    view: View,
+    camera: str,
+    background: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    hr_scale: int,
+) -> tuple[np.ndarray, np.ndarray, FaceTruth | None, tuple[np.ndarray, Window] | None]:
+    """draw.draw_person's (image, labels, face), and for a face its clean high-resolution crop and
+    where that lies (None without a face). The crop replays a copy of `rng`: the image is the one
+    draw_person alone gives."""
+    replay = copy.deepcopy(rng)
+    image, labels, face = draw.draw_person(ident, outfit, view, camera, background, size, rng)
+    if face is None:
+        return image, labels, None, None
+    window = face_window(face.box, hr_scale)
+    crop, _, _ = draw.draw_person(
+        ident, outfit, view, camera, background, size, replay, window, camera_effects=False
+    )
+    return image, labels, face, (crop, window)
+
+
+def face_window(box: np.ndarray, scale: int) -> Window:
+    """The face_hr square of a face box (image pixels): the box grown HR_CROP_GROWTH times, same centre."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(1, round(HR_CROP_GROWTH * max(x2 - x1, y2 - y1) * scale))
+    cx, cy = ((x1 + x2) / 2 + 0.5) * scale - 0.5, ((y1 + y2) / 2 + 0.5) * scale - 0.5
+    x0, y0 = round(cx - (side - 1) / 2), round(cy - (side - 1) / 2)
+    return Window(scale=scale, x0=x0, y0=y0, width=side, height=side)
 
 
 def _assign_pids(sizes: dict[str, int]) -> list[tuple[str, int]]:
@@ -196,14 +246,18 @@ def _write_pair(root: Path, rel: str, image: np.ndarray, labels: np.ndarray) -> 
         jpg, png = encode_jpeg(image, JPEG_QUALITY), encode_png(labels)
     except ValueError as exc:
         raise RuntimeError(f"{rel}: {exc}") from None
-    image_file = root / rel
-    parse_file = root / "truth" / "parse" / Path(rel).with_suffix(".png")
-    for file, data in ((image_file, jpg), (parse_file, png)):
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_bytes(data)
+    _write_file(root / rel, jpg)
+    _write_file(root / "truth" / "parse" / Path(rel).with_suffix(".png"), png)
 
 
-def _face_row(rel: str, pid: int, camera: str, facing: str, face: FaceTruth | None) -> dict:
+def _write_file(file: Path, data: bytes) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(data)
+
+
+def _face_row(
+    rel: str, pid: int, camera: str, facing: str, face: FaceTruth | None, window: Window | None
+) -> dict:
     return {
         "path": rel,
         "pid": pid,
@@ -212,6 +266,8 @@ def _face_row(rel: str, pid: int, camera: str, facing: str, face: FaceTruth | No
         "has_face": face is not None,
         "box": None if face is None else face.box.tolist(),
         "landmarks": None if face is None else face.landmarks.reshape(-1).tolist(),
+        "hr_origin": None if window is None else [float(window.x0), float(window.y0)],
+        "hr_scale": None if window is None else float(window.scale),
     }
 
 
@@ -227,13 +283,44 @@ def read_parse_truth(root: str | os.PathLike, path: str) -> np.ndarray:
     return labels
 
 
-def read_face_truth(root: str | os.PathLike) -> dict[str, tuple[bool, np.ndarray, np.ndarray]]:
-    """path -> (has_face, box float32 (4,), landmarks float32 (5,2)); box and landmarks are NaN
-    when the image shows no face."""
+def face_hr_file(root: str | os.PathLike, path: str) -> Path:
+    """Where the clean high-resolution face crop of the image at `path` is stored."""
+    return Path(root) / "truth" / "face_hr" / Path(path).with_suffix(".png")
+
+
+def read_face_hr(root: str | os.PathLike, path: str) -> np.ndarray:
+    """The clean high-resolution face crop (RGB uint8 [S,S,3]) of the image at `path`."""
+    file = face_hr_file(root, path)
+    bgr = cv2.imread(str(file), cv2.IMREAD_COLOR) if file.is_file() else None
+    if bgr is None:
+        raise FileNotFoundError(f"{file}: no readable high-resolution face truth for {path}")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def read_face_hr_placement(root: str | os.PathLike) -> dict[str, tuple[np.ndarray, float]]:
+    """path -> (hr_origin float32 (2,), hr_scale) of every image with a face (see the module doc)."""
+    file = _faces_file(root)
+    if "hr_origin" not in pq.read_schema(file).names:
+        raise ValueError(f"{file}: no hr_origin column (made before format 3); generate the dataset again")
+    table = pq.read_table(file, columns=["path", "hr_origin", "hr_scale"]).to_pydict()
+    return {
+        path: (np.array(origin, np.float32), float(scale))
+        for path, origin, scale in zip(table["path"], table["hr_origin"], table["hr_scale"])
+        if origin is not None
+    }
+
+
+def _faces_file(root: str | os.PathLike) -> Path:
     file = Path(root) / "truth" / "faces.parquet"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no face ground truth (not a synthetic dataset?)")
-    table = pq.read_table(file, columns=["path", "has_face", "box", "landmarks"]).to_pydict()
+    return file
+
+
+def read_face_truth(root: str | os.PathLike) -> dict[str, tuple[bool, np.ndarray, np.ndarray]]:
+    """path -> (has_face, box float32 (4,), landmarks float32 (5,2)); box and landmarks are NaN
+    when the image shows no face."""
+    table = pq.read_table(_faces_file(root), columns=["path", "has_face", "box", "landmarks"]).to_pydict()
     out = {}
     for path, has_face, box, landmarks in zip(
         table["path"], table["has_face"], table["box"], table["landmarks"]

@@ -1,8 +1,10 @@
-"""Oracle backends: the synthetic dataset's ground truth, served through the parser and detector contracts.
+"""Oracle backends: the synthetic dataset's ground truth, served through the parser, detector and
+restorer contracts.
 
 They let every stage, the runner and the demo run on CPU in seconds with known-correct outputs, and
 they are the reference that the real networks are compared against on the synthetic set. They return
-plain arrays (this layer sits below the pipeline): deskpro.pipeline.backends turns them into Faces.
+plain arrays (this layer sits below the pipeline): deskpro.pipeline.backends turns them into Faces
+and aligned restored faces.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from deskpro.synthetic.generator import read_face_truth, read_parse_truth
+from deskpro.manifests.schema import sample_id_of
+from deskpro.synthetic.generator import (
+    read_face_hr,
+    read_face_hr_placement,
+    read_face_truth,
+    read_parse_truth,
+)
 
 
 class OracleParser:
@@ -52,3 +60,34 @@ class OracleFaceDetector:
         return [
             (np.asarray(box, np.float32).reshape(4), 1.0, np.asarray(landmarks, np.float32).reshape(5, 2))
         ]
+
+
+class OracleRestorer:
+    """Returns the generator's clean high-resolution render of each face (`root/truth/face_hr/<path>.png`):
+    what a perfect restorer would give, with detail that the low-resolution image has lost.
+    """
+
+    def __init__(self, root: Path | str | None):
+        if root is None:
+            raise ValueError("oracle restorer: the manifest has no root to read the ground truth from")
+        self.root = Path(root)
+        self.placement = read_face_hr_placement(self.root)
+        self.paths = {sample_id_of(p): p for p in read_face_truth(self.root)}
+
+    def path_of(self, sample_id: str) -> str:
+        """The image path of a manifest sample id (the path without suffix); KeyError if it has none."""
+        if sample_id not in self.paths:
+            raise KeyError(f"{sample_id}: no entry in {self.root / 'truth' / 'faces.parquet'}")
+        return self.paths[sample_id]
+
+    def one(self, path: str, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(HR crop RGB uint8 [S,S,3], `landmarks` (5, 2), original-image pixels, mapped into the crop).
+
+        KeyError when the truth has no face for `path`; FileNotFoundError naming the missing crop file.
+        """
+        if path not in self.placement:
+            raise KeyError(f"{path}: no face_hr placement in {self.root / 'truth' / 'faces.parquet'}")
+        origin, scale = self.placement[path]
+        crop = read_face_hr(self.root, path)
+        points = np.asarray(landmarks, np.float64).reshape(5, 2)
+        return crop, ((points + 0.5) * scale - 0.5 - origin).astype(np.float32)
