@@ -1,6 +1,7 @@
 """The demo: a synthetic cloth-changing dataset through every deskpro step, on CPU, in minutes.
 
-Synthetic data -> manifest -> preprocess (oracle parser and detector, no restorer; local Ray, or
+Synthetic data -> manifest -> preprocess (the oracle parser, detector and restorer, which serve the
+generator's ground truth; the restorer's is a clean high-resolution render of the face; local Ray, or
 the in-process executor when Ray does not start) -> pack -> verify -> a reduced Table 3 (`deskpro
 ablate` rows 1, 3, 4, 5, 6, 7, DeSKPro, DeSKPro*: four training runs) -> the paper's orderings on
 cross-clothes -> attention and rank pictures of the DeSKPro model. Every figure printed is computed
@@ -105,7 +106,7 @@ def _preprocess(manifest: Path, work: Path, settings: DemoSettings, executor: st
     backends = {
         "parse": {"backend": "oracle", "labels": "lip"},
         "detect": {"backend": "oracle", "face_lr_size": settings.face_size},
-        "restore": {"backend": "none", "face_hr_size": settings.face_size},
+        "restore": {"backend": "oracle", "face_hr_size": settings.face_size},
     }
     order = ["ray", "local"] if executor == "ray" else ["local"]
     for i, name in enumerate(order):
@@ -219,7 +220,7 @@ def run_demo(
     table = build_manifest("synthetic", data, manifest)
     step(f"manifest: {table.num_rows} images -> {manifest}")
     used = _preprocess(manifest, work, settings, executor, echo)
-    step(f"preprocessed with the oracle parser and detector, no restorer ({used} executor)")
+    step(f"preprocessed with the oracle parser, detector and restorer ({used} executor)")
     pack(
         work,
         shards,

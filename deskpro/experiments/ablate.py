@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +88,13 @@ def train_run(shards, root: Path, run: Run, settings: AblationSettings, teacher:
         imagenet=settings.imagenet,
         from_scratch=settings.from_scratch,
     )
+    start = time.perf_counter()
     checkpoint = train(shards, run_dir, config, options)
-    done.write_text(json.dumps({"config": _plain(config), "checkpoint": checkpoint.name}, indent=2))
+    seconds = time.perf_counter() - start
+    done.write_text(
+        json.dumps({"config": _plain(config), "checkpoint": checkpoint.name, "seconds": seconds}, indent=2)
+    )
+    echo(f"  {run.name}: done in {seconds:.0f} s")
     return checkpoint
 
 

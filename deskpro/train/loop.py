@@ -112,8 +112,11 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
     )
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(
-        trainable_parameters(model, config.phase), lr=config.lr, weight_decay=config.weight_decay
+    optimizer = torch.optim.Adam(  # foreach: one fused update per step on the CPU too (as on CUDA)
+        trainable_parameters(model, config.phase),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        foreach=True,
     )
     scheduler = warmup_cosine(
         optimizer, epochs=config.epochs, warmup_epochs=config.warmup_epochs, min_factor=config.min_lr_factor
