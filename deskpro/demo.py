@@ -17,6 +17,7 @@ left to the environment (OMP_NUM_THREADS, the machine's cores) lets two demos of
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deskpro import synthetic
+from deskpro.common.threads import ENV_OVERRIDE
 from deskpro.experiments.ablate import AblationSettings, run_ablation
 from deskpro.experiments.visualize import attention_picture, ranks_picture
 from deskpro.manifests import build_manifest
@@ -241,14 +243,21 @@ def run_demo(
 
 @contextmanager
 def _torch_threads(n: int):
+    """torch on `n` threads, and the trainer's loader (`apply_threads`) told so through --threads'
+    variable, so that no later thread choice undoes it."""
     import torch
 
-    before = torch.get_num_threads()
+    before, requested = torch.get_num_threads(), os.environ.get(ENV_OVERRIDE)
+    os.environ[ENV_OVERRIDE] = str(n)
     torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+        if requested is None:
+            os.environ.pop(ENV_OVERRIDE, None)
+        else:
+            os.environ[ENV_OVERRIDE] = requested
 
 
 def _train_and_report(out: Path, shards: Path, settings, seed, used, progress, echo, step) -> dict:
@@ -256,7 +265,7 @@ def _train_and_report(out: Path, shards: Path, settings, seed, used, progress, e
     runs = out / "runs"
     if runs.exists():  # a previous demo's runs: start over, so that the table is this run's
         shutil.rmtree(runs)
-    step("reduced Table 3: teacher, global stream, DeSKPro and student (alpha 0) runs")
+    step("reduced Table 3: teacher, global stream, face student alone and DeSKPro runs")
     ablation = run_ablation(
         shards,
         runs,

@@ -5,6 +5,7 @@ same seed gives the same table."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -52,3 +53,19 @@ def test_quick_demo_runs_every_step_and_repeats(tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
     assert len((out / "runs" / "deskpro" / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_demo_threads_hold_through_the_trainers_thread_choice(monkeypatch) -> None:
+    import torch
+
+    from deskpro.common.threads import ENV_OVERRIDE, THREAD_ENV, apply_threads
+    from deskpro.demo import _torch_threads
+
+    monkeypatch.delenv(ENV_OVERRIDE, raising=False)
+    for name in (*THREAD_ENV, "OMP_WAIT_POLICY"):  # apply_threads sets them: restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    before = torch.get_num_threads()
+    with _torch_threads(1):
+        assert apply_threads(workers=0) == 1  # what the training loader calls each epoch
+        assert torch.get_num_threads() == 1
+    assert ENV_OVERRIDE not in os.environ and torch.get_num_threads() == before
