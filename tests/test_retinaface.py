@@ -389,3 +389,21 @@ def test_choose_face_prefers_centred_then_larger():
     # but a much better score can win over a slightly better position
     good, poor = _face(28, 20, 12, 0.99), _face(32, 20, 12, 0.81)
     assert choose_face([poor, good], HW) is good
+
+
+def test_an_onnx_export_is_made_once_and_then_read_from_the_disk_cache(tmp_path, monkeypatch):
+    """A new process (a Ray actor) reads the export of the same network and weights from disk."""
+    from deskpro.pipeline import onnx_engine
+
+    monkeypatch.setenv("DESKPRO_CACHE", str(tmp_path))
+    monkeypatch.setattr(onnx_engine, "_EXPORTS", {})
+    net = rf.build("mobilenet0.25").eval()
+    first = onnx_engine.cached_export(net)
+    assert [p.read_bytes() for p in (tmp_path / "onnx").glob("*.onnx")] == [first]
+    monkeypatch.setattr(onnx_engine, "_EXPORTS", {})  # as in a new process
+    monkeypatch.setattr(onnx_engine, "export_onnx", lambda net: pytest.fail("exported again"))
+    assert onnx_engine.cached_export(net) == first
+    with torch.no_grad():
+        net.body.stage1[0][0].weight.add_(1.0)  # other weights: another file
+    monkeypatch.setattr(onnx_engine, "export_onnx", lambda net: b"other")
+    assert onnx_engine.cached_export(net) == b"other" and len(list((tmp_path / "onnx").glob("*"))) == 2

@@ -6,6 +6,8 @@ Kept tiny and stable: retinaface.py and gpen.py may import from here.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -15,6 +17,28 @@ import torch
 from torch import nn
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.cache
+def nms_kernel():
+    """torchvision's NMS operator, the one `torchvision.ops.nms` calls, without importing torchvision.
+
+    Importing torchvision's Python package imports its models and torch._dynamo: seconds (4 s on
+    the loaded 2-core VM) at the start of every Ray actor of the detect stage, which needs one
+    kernel. Its C++ library is loaded directly; where it is not found, the package is imported.
+    """
+    spec = importlib.util.find_spec("torchvision")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        for library in sorted(Path(location).glob("_C*")):
+            if library.suffix in (".so", ".pyd", ".dylib"):
+                try:
+                    torch.ops.load_library(str(library))
+                    return torch.ops.torchvision.nms
+                except (OSError, RuntimeError, AttributeError):
+                    break
+    import torchvision
+
+    return torchvision.ops.nms
 
 
 def check_amp(amp: str | None) -> str | None:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
-from deskpro.common.torch_utils import autocast_context, check_amp, prepare_module, to_input
+from deskpro.common.torch_utils import autocast_context, check_amp, nms_kernel, prepare_module, to_input
 from deskpro.pipeline.nets.retinaface import (
     ANCHORS_PER_CELL,
     MEAN_BGR,
@@ -217,7 +216,7 @@ class FaceDetector:
         order = torch.argsort(scores, descending=True)[: self.pre_nms_top_k]
         # The official NMS counts pixels inclusively (w = x2 - x1 + 1): widen boxes by 1 to match it.
         inclusive = boxes[order] + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
-        kept = torchvision.ops.nms(inclusive, scores[order], self.nms_threshold)
+        kept = nms_kernel()(inclusive, scores[order], self.nms_threshold)
         return order[kept[: self.post_nms_top_k]]
 
     def _to_original(self, found, original_hw, scaled_hw) -> list[Face]:

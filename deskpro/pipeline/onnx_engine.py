@@ -5,19 +5,29 @@ the depthwise-separable MobileNet and the many small convolutions are dominated 
 overhead, which onnxruntime's fused kernels (BatchNorm folded into the convolutions, activations fused)
 avoid. The export uses whatever weights were loaded, so the official checkpoints and imported ones
 run alike, with the same outputs up to float rounding.
+
+An export takes seconds (torch.onnx and the `onnx` package import, then the trace), and every Ray
+actor of the detect stage is a new process: exports are kept in a disk cache, one file per network
+class, weights and torch release, under $DESKPRO_CACHE (default ~/.cache/deskpro)/onnx.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from deskpro.common.files import atomic_path
+
 OUTPUT_NAMES = ("loc", "conf", "landms")
+OPSET = 17
+CACHE_ENV = "DESKPRO_CACHE"
 
 
 def onnxruntime_available() -> bool:
@@ -51,7 +61,7 @@ def export_onnx(net: nn.Module, sample_hw: tuple[int, int] = (64, 64)) -> bytes:
                 input_names=["input"],
                 output_names=list(OUTPUT_NAMES),
                 dynamic_axes=dynamic,
-                opset_version=17,
+                opset_version=OPSET,
                 do_constant_folding=True,
             )
     finally:
@@ -64,21 +74,48 @@ _MAX_EXPORTS = 4
 
 
 def _fingerprint(net: nn.Module) -> tuple[str, str]:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"{torch.__version__} opset {OPSET}".encode())
     for key, tensor in net.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return type(net).__qualname__, digest.hexdigest()
 
 
+def cache_dir() -> Path:
+    """Where exports are kept: $DESKPRO_CACHE/onnx, else $XDG_CACHE_HOME (or ~/.cache)/deskpro/onnx."""
+    base = (
+        os.environ.get(CACHE_ENV)
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deskpro"
+    )
+    return Path(base) / "onnx"
+
+
+def _disk_export(net: nn.Module, key: tuple[str, str]) -> bytes:
+    """The export from the disk cache, or made and stored there (an unwritable cache is skipped)."""
+    path = cache_dir() / f"{key[0]}-{key[1]}.onnx"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    model = export_onnx(net)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(model)
+    except OSError:
+        pass
+    return model
+
+
 def cached_export(net: nn.Module) -> bytes:
     """`export_onnx(net)`, reused for a module of the same class and weights: exporting takes seconds,
-    and a process builds many detectors of one checkpoint (one per stage, per test)."""
+    and a process builds many detectors of one checkpoint (one per stage, per test), as does every
+    Ray actor (a new process each: hence the disk cache)."""
     key = _fingerprint(net)
     if key not in _EXPORTS:
         if len(_EXPORTS) >= _MAX_EXPORTS:
             _EXPORTS.pop(next(iter(_EXPORTS)))
-        _EXPORTS[key] = export_onnx(net)
+        _EXPORTS[key] = _disk_export(net, key)
     return _EXPORTS[key]
 
 

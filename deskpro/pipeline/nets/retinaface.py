@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models._utils import IntermediateLayerGetter
 
 from deskpro.common.state_dicts import check_keys, check_shapes
 from deskpro.common.torch_utils import (
@@ -176,7 +174,14 @@ class RetinaFace(nn.Module):
 
 
 def _resnet50_body() -> nn.Module:
-    """torchvision ResNet-50 (no download) cut after layer4; its keys are `body.conv1`, `body.layer1`..."""
+    """torchvision ResNet-50 (no download) cut after layer4; its keys are `body.conv1`, `body.layer1`...
+
+    torchvision is imported here, not with the module: importing it takes seconds (its models, and
+    torch._dynamo), which every Ray actor of a mobilenet0.25 detector would otherwise pay at start.
+    """
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+
     resnet = torchvision.models.resnet50(weights=None)
     return IntermediateLayerGetter(resnet, {"layer2": "0", "layer3": "1", "layer4": "2"})
 
