@@ -193,7 +193,7 @@ class JpegBatches(torch.utils.data.Dataset):
 
 
 def resolve_decode_on(decode_on: str, device, reader) -> str:
-    """ "worker" or "device": where the run decodes its JPEGs (TrainConfig.decode_on).
+    """Where the run decodes its JPEGs, "worker" or "device", from TrainConfig.decode_on.
 
     auto: on the training device when it is CUDA and the shards are JPEG, else in the workers.
     "device" with shards that hold no JPEG (codec raw) is refused in one line.

@@ -103,9 +103,9 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
         config = resume_config(saved["config"], config, run.state)
 
     # -- setup: data, model, optimiser, schedule, sampler; then the saved state over them
-    dist = _setup_dist(options)
     reader = open_reader(shards_dir)
-    decode_on = resolve_decode_on(config.decode_on, dist.device, reader)  # "worker" or "device"
+    decode_on = resolve_decode_on(config.decode_on, _torch_device(options.device), reader)  # worker / device
+    dist = _setup_dist(options)
     teacher = recipe.teacher_file(config, options.teacher, options.trust_checkpoint)  # read once
     dataset = recipe.train_dataset(reader, config, teacher)  # faceless rows and the class table
     model = build_model(config, dataset.num_classes, imagenet=options.imagenet, teacher=teacher).to(
