@@ -1,6 +1,7 @@
 """One-GPU check: every network's throughput per batch, precision and memory format, FLOPs and the
 fraction of the compute limit; training images/s with AMP and the share of step time spent waiting
-for data; the loader with GPU JPEG decoding when the shard reader offers JPEG bytes.
+for data (JPEG shards, decoded where `--decode-on` says: auto = on the GPU with CUDA); the trainer's
+GPU-decode path (bytes-only worker read, nvjpeg decode_batch and augmentation on the GPU).
 
 Weights are random (init or zero): these figures measure speed, never accuracy. Batch 1 in fp32,
 contiguous, is the official way (one image at a time); every other row is compared with it.
@@ -252,16 +253,26 @@ class _TimedLoader:
 
 
 def bench_training(
-    device: torch.device, sizes: Sizes, root: Path, amp: str | None, workers: int, log
+    device: torch.device,
+    sizes: Sizes,
+    root: Path,
+    amp: str | None,
+    workers: int,
+    log,
+    decode_on: str = "auto",
 ) -> dict:
-    """Teacher for one step, then DeSKPro steps with AMP: images/s and the data-wait share."""
+    """Teacher for one step, then DeSKPro steps with AMP: images/s and the data-wait share.
+
+    JPEG shards; `decode_on` as `deskpro train --decode-on` (auto: decoded on the GPU with CUDA)."""
     from deskpro.train import loop as trainer
+    from deskpro.train.data import open_reader, resolve_decode_on
     from deskpro.train.loop import TrainRunOptions, run_training
     from deskpro.train.settings import resolve_config
 
     shards = write_shards(root, sizes, "jpeg")
+    resolved_decode = resolve_decode_on(decode_on, device, open_reader(shards))
     options = TrainRunOptions(device=str(device), max_iters=1, progress=False)
-    common = {"num_workers": workers, "amp": amp or "none", "epochs": 1000}
+    common = {"num_workers": workers, "amp": amp or "none", "epochs": 1000, "decode_on": decode_on}
     if device.type == "cuda":
         common["channels_last"] = True
     if sizes.train_ids < 16:  # tiny: batches the few identities can fill (else the preset's P x K)
@@ -294,6 +305,7 @@ def bench_training(
     result = {
         "amp": amp or "none",
         "workers": workers,
+        "decode_on": resolved_decode,
         "batch": batch,
         "steps_timed": steps,
         "images_per_s": steps * batch / span if steps > 0 else float("nan"),
@@ -302,42 +314,60 @@ def bench_training(
     }
     log(
         f"training: {result['images_per_s']:.1f} images/s "
-        f"(batch {batch}, amp {result['amp']}, {workers} workers), "
+        f"(batch {batch}, amp {result['amp']}, {workers} workers, decoded on the {resolved_decode}), "
         f"waiting for data {100 * result['data_wait_share']:.1f}% of step time over {steps} steps"
     )
     return result
 
 
 def bench_gpu_decode(device: torch.device, sizes: Sizes, root: Path, log) -> dict:
-    """Batch decode of JPEG bodies on the GPU (torchvision.io.decode_jpeg) vs the reader's CPU decode."""
-    from deskpro.train.data import open_reader
+    """The trainer's decode_on=device path on the GPU: the worker's bytes-only read
+    (`JpegBatches`), then `decoded` (decode_batch: nvjpeg, every image kind) and `augment_batch` on
+    the GPU; against the CPU decode of `read_many` (the decode_on=worker worker), with the largest
+    pixel difference between nvjpeg and the CPU decoder."""
+    from deskpro.train.data import JpegBatches, ShardDataset, decoded
+    from deskpro.train.transforms import augment_batch
 
     shards = root / "shards-jpeg"
     if not shards.is_dir():
         shards = write_shards(root, sizes, "jpeg")
-    reader = open_reader(shards)
-    if not hasattr(reader, "read_jpeg_many"):
-        log("gpu jpeg decode: skipped (this shard reader has no read_jpeg_many)")
-        return {"skipped": "the shard reader has no read_jpeg_many"}
     if device.type != "cuda":
         log("gpu jpeg decode: skipped (no GPU)")
         return {"skipped": "no GPU"}
-    import torchvision
-
-    rows = np.arange(min(len(reader), 64))
+    dataset = ShardDataset(shards)
+    positions = list(range(min(len(dataset), 64)))
     start = time.perf_counter()
-    reader.read_many(rows)
-    cpu = len(rows) / (time.perf_counter() - start)
-    for _ in range(2):
-        raw = reader.read_jpeg_many(rows)
-        torch.cuda.synchronize()
+    want = dataset[positions]
+    cpu = len(positions) / (time.perf_counter() - start)
+    generator = torch.Generator(device=device).manual_seed(0)
+    for _ in range(2):  # the first round warms nvjpeg up
         start = time.perf_counter()
-        data = [torch.from_numpy(np.asarray(b)) for b in raw["body"]]
-        torchvision.io.decode_jpeg(data, device=device)
+        jpeg = JpegBatches(dataset)[positions]
+        read = time.perf_counter()
+        images = decoded(jpeg, dataset.reader.options, device)
         torch.cuda.synchronize()
-        gpu = len(rows) / (time.perf_counter() - start)
-    log(f"jpeg decode: cpu read_many {cpu:.0f} rows/s, gpu decode_jpeg {gpu:.0f} bodies/s")
-    return {"cpu_rows_per_s": cpu, "gpu_bodies_per_s": gpu}
+        decode = time.perf_counter()
+        augment_batch(images, generator, device=device)
+        torch.cuda.synchronize()
+        end = time.perf_counter()
+    n = len(positions)
+    result = {
+        "cpu_read_many_rows_per_s": cpu,
+        "worker_bytes_rows_per_s": n / (read - start),
+        "gpu_decode_rows_per_s": n / (decode - read),
+        "gpu_decode_augment_rows_per_s": n / (end - read),
+        "max_abs_diff_vs_cpu": max(
+            int((images[key].cpu().int() - want[key].int()).abs().max())
+            for key in ("body", "face_lr", "face_hr")
+        ),
+    }
+    log(
+        f"jpeg decode (rows of body + 2 faces): cpu read_many {cpu:.0f} rows/s; decode_on=device worker "
+        f"{result['worker_bytes_rows_per_s']:.0f} rows/s, gpu decode {result['gpu_decode_rows_per_s']:.0f}, "
+        f"decode + augment {result['gpu_decode_augment_rows_per_s']:.0f} rows/s; "
+        f"nvjpeg vs cpu decoder: max {result['max_abs_diff_vs_cpu']} levels"
+    )
+    return result
 
 
 @click.command()
@@ -350,7 +380,16 @@ def bench_gpu_decode(device: torch.device, sizes: Sizes, root: Path, log) -> dic
 )
 @click.option("--net", "only", multiple=True, help="Only these networks (default: all).")
 @click.option("--skip-training", is_flag=True)
-def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, only, skip_training: bool):
+@click.option(
+    "--decode-on",
+    type=click.Choice(["auto", "worker", "device"]),
+    default="auto",
+    show_default=True,
+    help="Training: where the JPEG shards are decoded (as deskpro train --decode-on).",
+)
+def main(
+    out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, only, skip_training: bool, decode_on
+):
     """Write gpu_check.json and gpu_check.md under --out."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     sizes = TINY if tiny else FULL
@@ -396,7 +435,7 @@ def main(out_dir: Path, tiny: bool, device: str, peak_tflops: float, workers, on
             w = max(0, len(os.sched_getaffinity(0)) - 1) if workers is None else workers
             w = 0 if tiny and workers is None else w
             amp = "bf16" if device.type == "cuda" else None
-            report["training"] = bench_training(device, sizes, Path(tmp), amp, w, log)
+            report["training"] = bench_training(device, sizes, Path(tmp), amp, w, log, decode_on)
         report["gpu_jpeg_decode"] = bench_gpu_decode(device, sizes, Path(tmp), log)
     report["seconds"] = time.perf_counter() - start
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2))

@@ -1,19 +1,27 @@
 """Benchmark: training-sample throughput per CPU worker, shard loader vs the official loader.
 
-Both sides do the same work per sample, decode + augment: a body [3,384,128], two faces
-[3,224,224] (normalised, flipped, translated, erased) and the parse map (flipped, translated).
+The official loader's worker does all of the work per sample, decode + augment: a body [3,384,128],
+two faces [3,224,224] (normalised, flipped, translated, erased) and the parse map (flipped,
+translated).
 - official (faithful copy): the official ImageDataset_MultiInput path, written from
   /work/notes/official_recipe.md: four JPEG files per sample (body, lr_face, hr_face, mask), each
   checked with Path.exists, opened with PIL .convert("RGB"), and transformed by the official
   Compose (Resize bilinear, RandomHorizontalFlip, Random2DTranslation 1.05, ToTensor, Normalize,
   RandomErasing with the official fill; the mask without the last two) inside an isolate_rng()
   that saves and restores the torch, numpy and python RNG states; default collate.
-- shards: `ShardDataset` reads the batch with one `read_many` (HDF5; JPEG decoded by
-  deskpro.common.images, PIL), then `augment_batch` (the trainer's current API; the recipe helper
-  is rewriting the augmentation to the official transforms) on the CPU, in the same process.
-Each loader runs in one process with one thread, so samples/s is the rate of one CPU worker. The
-rows are interleaved and repeated; ratios are per repeat, then min / median. "read only" is the
-worker's share when the augmentation runs on the GPU (the trainer's default with a GPU).
+- same work, all on the CPU (rows "... + CPU augment"): `ShardDataset` reads the batch with one
+  `read_many` (HDF5; JPEG decoded by deskpro.common.images, PIL), then `augment_batch` on the CPU,
+  in the same process: the rate of a CPU-only run.
+- the trainer's worker share (rows "trainer worker ..."): what one DataLoader worker of `deskpro
+  train` does per batch; the rest of the same work runs in the training process on the device.
+  decode_on=worker: `ShardDataset[batch]` (read + PIL decode; augment_batch on the device);
+  decode_on=device (auto on CUDA with JPEG shards): `JpegBatches(dataset)[batch]`, i.e.
+  `ShardDataset.read_jpeg` (HDF5 reads of the JPEG bytes, no decoding; `decoded` + augment_batch
+  on the device). The "device share" row times that second half on this machine's device (the
+  CPU without a GPU: torchvision's CPU decoder; on CUDA nvjpeg), for scale, not per worker.
+Each loader runs in one process with one thread, so samples/s is the rate of one CPU worker (the
+hand-over between processes is in no row, the official one's neither). The rows are interleaved
+and repeated; ratios are per repeat (against that repeat's official run), then min / median.
 
     python benchmarks/loader.py [--samples 256] [--batches 10] [--repeats 3] [--json out.json]
 """
@@ -35,7 +43,7 @@ import torch
 from PIL import Image
 
 from deskpro.shards import ShardWriter
-from deskpro.train.data import PKBatchSampler, ShardDataset
+from deskpro.train.data import JpegBatches, PKBatchSampler, ShardDataset, decoded
 from deskpro.train.transforms import AugmentSettings, augment_batch
 
 KINDS = ("body", "lr_face", "hr_face", "mask")  # the official path order
@@ -200,7 +208,8 @@ def _collate(items: list[dict]) -> dict:
 
 
 def time_shards(shards: Path, batches: list[list[int]], augment: bool) -> tuple[float, dict]:
-    """Seconds for the batches: the worker's part (read_many) alone, or with the CPU augmentation."""
+    """Seconds for the batches: the decode_on=worker worker's part (`ShardDataset[batch]`: read_many)
+    alone, or with the augmentation on the CPU after it (the same work as the official loader)."""
     dataset = ShardDataset(shards)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
@@ -212,23 +221,28 @@ def time_shards(shards: Path, batches: list[list[int]], augment: bool) -> tuple[
 
 
 def time_device_path(shards: Path, batches: list[list[int]], device: str) -> tuple[float, float]:
-    """The GPU path: (seconds of the worker's share, read_jpeg_many; seconds of decode + augment on
-    `device`). Without a GPU the second runs torchvision's CPU decoder, the same code."""
-    from deskpro.shards.device_decode import decode_batch
-
+    """The trainer's decode_on=device path: (seconds of the worker's share, `JpegBatches[batch]`,
+    the bytes-only read; seconds of the loop's share, `decoded` + `augment_batch` on `device`).
+    Without a GPU the second runs torchvision's CPU decoder, the same code. The first batch's
+    decoded images are checked against `read_many`'s (exact on this build's two CPU decoders)."""
     dataset = ShardDataset(shards)
-    reader = dataset.reader
+    worker_side = JpegBatches(dataset)
     generator = torch.Generator(device=device).manual_seed(0)
     worker = device_time = 0.0
-    for batch in batches:
+    for i, batch in enumerate(batches):
         start = time.perf_counter()
-        jpeg = reader.read_jpeg_many(dataset.rows[np.asarray(batch)])
+        jpeg = worker_side[batch]
         middle = time.perf_counter()
-        augment_batch(decode_batch(jpeg, reader.options["face_size"], device), generator, device=device)
+        images = decoded(jpeg, dataset.reader.options, device)
+        augment_batch(images, generator, device=device)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         worker += middle - start
         device_time += time.perf_counter() - middle
+        if i == 0 and device == "cpu":
+            want = dataset[batch]
+            if not all(torch.equal(images[key], want[key]) for key in want):
+                raise AssertionError("decode_on=device: decoded batch differs from read_many's")
     return worker, device_time
 
 
@@ -278,23 +292,27 @@ def main(samples, ids, p, k, batches, repeats, threads, json_path) -> None:
         time_official(official, names, chosen[:2])  # warm the page cache and imports
         for path in shards.values():
             time_shards(path, chosen[:2], True)
+        time_device_path(shards["jpeg"], chosen[:2], device)  # and checks its output
         outputs = {}
+        official_row = "official (faithful copy): decode + augment"
         for _ in range(repeats):  # interleaved, so that other load on the machine hits every row
             seconds, outputs["official"] = time_official(official, names, chosen)
-            rates.setdefault("official (faithful copy)", []).append(n / seconds)
+            rates.setdefault(official_row, []).append(n / seconds)
             for codec, path in shards.items():
                 seconds, outputs[codec] = time_shards(path, chosen, augment=True)
                 rates.setdefault(f"shards {codec}: read + CPU augment", []).append(n / seconds)
             seconds, _ = time_shards(shards["jpeg"], chosen, augment=False)
-            rates.setdefault("shards jpeg: read only", []).append(n / seconds)
+            rates.setdefault("trainer worker, decode_on=worker", []).append(n / seconds)
+            seconds, _ = time_shards(shards["raw"], chosen, augment=False)
+            rates.setdefault("trainer worker, raw shards", []).append(n / seconds)
             worker, device_seconds = time_device_path(shards["jpeg"], chosen, device)
-            rates.setdefault("shards jpeg bytes: worker share", []).append(n / worker)
-            rates.setdefault(f"  + decode/augment on {device}", []).append(n / device_seconds)
+            rates.setdefault("trainer worker, decode_on=device", []).append(n / worker)
+            rates.setdefault(f"  its device share on {device}", []).append(n / device_seconds)
     for codec in CODECS:
         for key in ("body", "face_lr", "face_hr"):
             if outputs[codec][key].shape != outputs["official"][key].shape:
                 raise AssertionError(f"{key}: shapes differ {outputs[codec][key].shape} vs official")
-    base = rates["official (faithful copy)"]
+    base = rates[official_row]
     result = {
         "samples_per_s_per_worker": {name: _stats(r) for name, r in rates.items()},
         # ratio per repeat (same repeat's official run), then min / median over repeats
@@ -305,14 +323,15 @@ def main(samples, ids, p, k, batches, repeats, threads, json_path) -> None:
         "threads": threads,
         "device": device,
     }
-    click.echo(f"{'loader (one worker)':<34} {'samples/s min / med':>20} {'vs official min / med':>22}")
+    click.echo(f"{'loader (one worker)':<36} {'samples/s min / med':>20} {'vs official min / med':>22}")
     for name, r in rates.items():
         ratio = result["ratio_vs_official"][name]
         rate = f"{min(r):9.1f} / {statistics.median(r):7.1f}"
-        click.echo(f"{name:<34} {rate} {ratio['min']:11.2f}x / {ratio['median']:.2f}x")
+        click.echo(f"{name:<36} {rate} {ratio['min']:11.2f}x / {ratio['median']:.2f}x")
     click.echo(f"batch {p}x{k}, {batches} batches x {repeats} repeats, {threads} thread(s)")
-    click.echo("read only = the worker's share when augment_batch runs on the GPU (trainer default)")
-    click.echo("bytes: worker share = read_jpeg_many (no decoding); the device row is decode_batch + augment")
+    click.echo("official and '+ CPU augment': all the work (decode + augment) in one CPU worker")
+    click.echo("trainer worker: one DataLoader worker's share; the decoding left (decode_on=device) and the")
+    click.echo("augmentation run in the training process on the device ('its device share': not per worker)")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
 

@@ -18,6 +18,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RECIPES = ("deskpro", "official")
 TEACHER_MODES = ("train", "eval")  # the teacher's BatchNorm / drop block during distillation
 OFFICIAL_WORKERS = 4  # the official DataLoader's workers: one augmentation configuration each
+# Where a batch's JPEG images are decoded: the loader worker (CPU), the training device
+# (`deskpro.shards.device_decode`, nvjpeg on CUDA), or auto (device on CUDA with JPEG shards).
+DECODE_ON = ("auto", "worker", "device")
 
 # Cloth labels per parser label set: the regions that the CSA mask marks as cloth-relevant.
 CLOTH_LABELS: dict[str, tuple[int, ...]] = {
@@ -101,6 +104,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     num_workers: int = 2
+    decode_on: str = "auto"  # DECODE_ON: how, not what (resume may change it, as num_workers)
     seed: int = 0
     # "deskpro": keep faceless bodies, P x K sampler, per-sample augmentation draws, flip-averaged
     # test features, numeric class order. "official": the official code's behaviour on each point.
@@ -111,6 +115,10 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise ValueError(
                 f"--recipe: unknown recipe {self.recipe!r}; expected one of {', '.join(RECIPES)}"
+            )
+        if self.decode_on not in DECODE_ON:
+            raise ValueError(
+                f"--decode-on: unknown place {self.decode_on!r}; expected one of {', '.join(DECODE_ON)}"
             )
         if self.teacher_mode not in TEACHER_MODES:
             raise ValueError(

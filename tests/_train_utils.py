@@ -57,12 +57,14 @@ def write_tiny_shards(
     face_size=32,
     seed=0,
     dataset="synthetic",
+    codec="raw",
 ):
     """A tiny PRCC-layout shard set: train rows, test rows (gallery A, query_same B, query_diff C) and
     optionally val rows (split "val", the same three subsets).
 
     Each identity has its own colour on the head region and a clothes colour per camera group,
     so that the body images carry learnable identity signal. Every third train sample has no face.
+    `codec` is the shards' image codec ("raw", or "jpeg" for the decode_on tests).
     """
     from deskpro.shards import ShardWriter
 
@@ -73,7 +75,7 @@ def write_tiny_shards(
         out_dir,
         body_size=body_size,
         face_size=face_size,
-        codec="raw",
+        codec=codec,
         shard_size=16,
         meta={"dataset": dataset, "label_set": "lip"},
     ) as writer:

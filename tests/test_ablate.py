@@ -170,3 +170,12 @@ def test_csa_form_none_is_the_global_stream_without_csa() -> None:
     csa = CSA(8, "none")
     x = torch.randn(2, 8, 4, 3)
     assert list(csa.parameters()) == [] and torch.equal(csa(x), torch.ones(2, 1, 4, 3))
+
+
+def test_how_not_what_settings_do_not_make_a_finished_run_stale() -> None:
+    """A finished run is reused across --workers and --decode-on; a setting that shapes it is not."""
+    from deskpro.config import TrainConfig
+
+    base = ablate._plain(TrainConfig())
+    assert ablate._plain(TrainConfig(num_workers=7, decode_on="device")) == base
+    assert ablate._plain(TrainConfig(seed=1)) != base

@@ -210,6 +210,27 @@ def test_config_file_option_on_any_command(tmp_path):
     assert result.exit_code == 2 and "bad.json: key 'size'" in result.output
 
 
+def test_decode_on_option_reaches_the_config_and_the_run(shards, tmp_path):
+    assert _printed(_invoke("train", shards, "--baseline", "--print-config"))["decode_on"] == "auto"
+    printed = _printed(_invoke("train-teacher", shards, "--print-config", "--decode-on", "device"))
+    assert printed["decode_on"] == "device"
+    (tmp_path / "c.yaml").write_text("decode-on: worker\n")
+    assert (
+        _printed(_invoke("train", shards, "--baseline", "--print-config", "--config", tmp_path / "c.yaml"))[
+            "decode_on"
+        ]
+        == "worker"
+    )
+    bad = _invoke("train", shards, "-o", tmp_path / "b", "--baseline", "--decode-on", "gpu")
+    assert bad.exit_code == 2 and "--decode-on" in _error_line(bad)
+    # These shards are raw: the run is refused in one line before anything is written.
+    raw = _invoke(
+        "train", shards, "-o", tmp_path / "r", "--baseline", "--decode-on", "device", "--no-progress"
+    )
+    assert raw.exit_code != 0 and "codec 'raw', no JPEG bytes" in _error_line(raw)
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("command", ["train", "train-teacher"])
 def test_every_trainconfig_field_is_an_option_or_fixed(command):
     """So that any run's config.json comes back as --config (a new field needs an option)."""

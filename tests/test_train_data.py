@@ -10,16 +10,20 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 import torch
-from _train_utils import FakeReader
+from _train_utils import FakeReader, write_tiny_shards
 
+from deskpro.common.images import decode_jpeg as shards_decode
+from deskpro.common.images import encode_jpeg
 from deskpro.train.data import (
     ClassTableError,
     OfficialIdentitySampler,
     PKBatchSampler,
     ShardDataset,
     class_table,
+    decoded,
     make_loader,
     pid_strings,
+    resolve_decode_on,
 )
 
 
@@ -110,6 +114,69 @@ def test_loader_with_a_worker_yields_sampler_batches():
     expected = list(sampler)
     for got, positions in zip(batches, expected):
         np.testing.assert_array_equal(got["position"].numpy(), positions)
+
+
+# ---------------------------------------------------------------- decode_on: JPEG bytes decoded on the device
+
+
+@pytest.fixture(scope="module")
+def jpeg_shards(tmp_path_factory):
+    return write_tiny_shards(tmp_path_factory.mktemp("jpeg") / "s", train_ids=4, per_id=4, codec="jpeg")
+
+
+def test_the_two_cpu_jpeg_decoders_agree_exactly():
+    """decode_on=device on the CPU runs torchvision's decoder, the shards' reader PIL's (both
+    libjpeg-turbo, islow IDCT, fancy upsampling): on this build they give the same pixels, on smooth
+    and on noise images, 4:2:0 chroma, at the qualities shards use. A build whose decoders round
+    differently fails here first (then the trainer's equality tests below need a tolerance)."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as torchvision_decode
+
+    rng = np.random.default_rng(0)
+    for shape in ((384, 128), (224, 224), (64, 32), (33, 17)):
+        smooth = np.kron(rng.integers(0, 256, (shape[0] // 8 + 1, shape[1] // 8 + 1, 3)), np.ones((8, 8, 1)))
+        for image in (smooth[: shape[0], : shape[1]].astype(np.uint8), rng.integers(0, 256, (*shape, 3))):
+            for quality in (75, 90, 95):
+                data = encode_jpeg(image.astype(np.uint8), quality)
+                ours = shards_decode(data)
+                theirs = torchvision_decode(
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB
+                )
+                np.testing.assert_array_equal(theirs.permute(1, 2, 0).numpy(), ours)
+
+
+def test_device_decoded_batches_equal_the_worker_s(jpeg_shards):
+    """What a decode_on=device worker hands over (JPEG bytes, no pixels), decoded by the loop's
+    `decoded`, equals the decode_on=worker batch: keys, dtypes, shapes and values, faceless zeros too."""
+    data = ShardDataset(jpeg_shards)
+    sampler = PKBatchSampler(data.labels, 2, 2, seed=0)
+    by_worker = list(make_loader(data, sampler, workers=0))
+    as_bytes = list(make_loader(data, sampler, workers=1, decode_on="device"))
+    assert len(as_bytes) == len(by_worker) == len(sampler)
+    faceless = 0
+    for want, got in zip(by_worker, as_bytes):
+        assert "jpeg" in got and "body" not in got and "face_lr" not in got  # the worker decoded nothing
+        assert got["jpeg"]["body"][0].dtype == torch.uint8 and got["jpeg"]["body"][1].numel() == 4
+        got = decoded(got, data.reader.options, "cpu")
+        assert sorted(got) == sorted(want)
+        for key, value in want.items():
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert torch.equal(got[key], value), key
+        faceless += int((~want["has_face"]).sum())
+    assert faceless > 0  # the faceless rows' zero faces were compared too
+    assert decoded(by_worker[0], data.reader.options, "cpu") is by_worker[0]  # decoded batches pass
+
+
+def test_decode_on_auto_and_raw_shards(jpeg_shards, tmp_path):
+    jpeg = ShardDataset(jpeg_shards).reader
+    raw = ShardDataset(write_tiny_shards(tmp_path / "raw", train_ids=2, per_id=2, test_ids=1)).reader
+    assert resolve_decode_on("auto", "cpu", jpeg) == "worker"  # no GPU: the workers decode
+    assert resolve_decode_on("auto", torch.device("cuda"), jpeg) == "device"
+    assert resolve_decode_on("auto", "cuda:1", raw) == "worker"  # raw: nothing to decode
+    assert resolve_decode_on("worker", "cuda", jpeg) == "worker"
+    assert resolve_decode_on("device", "cpu", jpeg) == "device"
+    with pytest.raises(ValueError, match=r"^--decode-on device: .*raw.* has codec 'raw', no JPEG bytes"):
+        resolve_decode_on("device", "cpu", raw)
 
 
 # ---------------------------------------------------------------- class tables

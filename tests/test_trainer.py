@@ -35,6 +35,13 @@ def small_shards(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="module")
+def jpeg_shards(tmp_path_factory):
+    return write_tiny_shards(
+        tmp_path_factory.mktemp("jpeg") / "s", train_ids=4, per_id=2, test_ids=2, codec="jpeg"
+    )
+
+
 def _state(run):
     return RunDir(run).load_state()
 
@@ -401,3 +408,62 @@ def test_select_on_val_keeps_the_best_val_epoch(small_shards, tmp_path):
             _config(small_shards, "teacher"),
             TrainRunOptions(select_on_val=True),
         )
+
+
+# ---------------------------------------------------------------- decode_on
+
+
+def _spy_decoded(monkeypatch) -> list[bool]:
+    """Per batch the loop decodes: True when it came from the workers as JPEG bytes."""
+    from deskpro.train import loop
+
+    seen, real = [], loop.decoded
+
+    def spy(batch, options, device):
+        seen.append("jpeg" in batch)
+        return real(batch, options, device)
+
+    monkeypatch.setattr(loop, "decoded", spy)
+    return seen
+
+
+@pytest.mark.parametrize("phase", ["baseline", "student"])  # bodies + parse maps; low-res faces
+def test_decode_on_device_trains_exactly_as_decode_on_worker(jpeg_shards, tmp_path, monkeypatch, phase):
+    """On the CPU the device path runs torchvision's decoder in the loop, the worker path PIL's in the
+    worker; they agree bit for bit (test_train_data.py), so the loss logs and weights are equal."""
+    seen = _spy_decoded(monkeypatch)
+    # fast: a narrow net, one epoch; the same workers (0), hence the same thread count
+    narrow = {"backbone": "osnet_x0_25", "epochs": 1, "warmup_epochs": 0}
+    by_worker = train(jpeg_shards, tmp_path / "w", _config(jpeg_shards, phase, **narrow), QUIET)  # auto
+    assert seen and not any(seen)  # auto on the CPU: the workers decoded
+    seen.clear()
+    config = _config(jpeg_shards, phase, decode_on="device", **narrow)
+    on_device = train(jpeg_shards, tmp_path / "d", config, QUIET)
+    steps = _state(tmp_path / "d")["step"]
+    assert steps >= 2 and seen == [True] * steps  # every batch came as bytes, decoded in the loop
+    assert _untimed(_log(tmp_path / "d")) == _untimed(_log(tmp_path / "w"))
+    assert _log(tmp_path / "d")[-1]["total"] > 0
+    a = torch.load(by_worker, weights_only=True)["state_dict"]
+    b = torch.load(on_device, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_decode_on_may_change_on_resume(jpeg_shards, tmp_path, monkeypatch):
+    seen = _spy_decoded(monkeypatch)
+    run = tmp_path / "r"
+    device = TrainRunOptions(progress=False, max_iters=1)
+    settings = _BASE | {"decode_on": "device", "backbone": "osnet_x0_25"}
+    run_training(jpeg_shards, run, "baseline", settings, device)
+    resumed = TrainRunOptions(progress=False, resume=True)
+    run_training(jpeg_shards, run, "baseline", {"decode_on": "worker"}, resumed)
+    assert seen == [True, False, False, False] and _state(run)["step"] == 4
+    assert json.loads((run / "config.json").read_text())["decode_on"] == "worker"
+
+
+def test_decode_on_device_refuses_raw_shards(small_shards, tmp_path):
+    config = _config(small_shards, "baseline", decode_on="device")
+    with pytest.raises(ValueError, match=r"--decode-on device: .* has codec 'raw', no JPEG bytes"):
+        train(small_shards, tmp_path / "x", config, QUIET)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="--decode-on: unknown place 'gpu'"):
+        _config(small_shards, "baseline", decode_on="gpu")

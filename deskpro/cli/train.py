@@ -91,6 +91,13 @@ _SETTINGS = [
         help="DataLoader worker processes.",
     ),
     click.option(
+        "--decode-on",
+        type=click.Choice(["auto", "worker", "device"]),
+        help="Where JPEG shards are decoded: worker (the loader workers, on the CPU), device (the "
+        "workers read bytes, the training device decodes: nvjpeg on CUDA; raw shards are refused) or "
+        "auto (default: device on CUDA with JPEG shards, else worker).",
+    ),
+    click.option(
         "--backbone",
         type=click.Choice(BACKBONE_NAMES),
         help="OSNet variant of every stream: osnet_x1_0 (the official) or a narrower one "
@@ -120,7 +127,8 @@ SETTING_NAMES += (
     "csa_form",
     "backbone",
 )
-SETTING_NAMES += ("amp", "channels_last", "compile", "num_workers", "seed", "recipe", "teacher_mode")
+SETTING_NAMES += ("amp", "channels_last", "compile", "num_workers", "decode_on", "seed", "recipe")
+SETTING_NAMES += ("teacher_mode",)
 METHOD_NAMES = ("lam", "tau", "alpha", "eps")
 # Keys of a run's config.json that the shards or the command decide: checked, never set.
 FIXED_KEYS = ("dataset", "phase", "body_size", "face_size", "label_set")
@@ -166,7 +174,7 @@ _RUN_OPTIONS = [
         "--resume",
         is_flag=True,
         help="Continue RUN from RUN/train_state.pt with its saved settings; only --amp, "
-        "--channels-last, --compile and --workers may change.",
+        "--channels-last, --compile, --workers and --decode-on may change.",
     ),
     click.option(
         "--select-on-val",

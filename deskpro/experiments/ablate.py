@@ -54,7 +54,7 @@ def _config(shards, run: Run, settings: AblationSettings):
     return resolve_config(shards, run.phase, **{**settings.overrides, **extra})
 
 
-HOW_NOT_WHAT = ("num_workers",)  # config fields that do not change what a run learns
+HOW_NOT_WHAT = ("num_workers", "decode_on")  # config fields that do not change what a run learns
 
 
 def _plain(config) -> dict:

@@ -4,7 +4,8 @@
 decoding); `decode_batch` turns them into the uint8 NHWC tensors `read_many` would give, with
 `torchvision.io.decode_jpeg` on a list of tensors, which decodes the whole list in one batched call
 on CUDA (nvjpeg). On the CPU the same function runs torchvision's CPU decoder, so the code path is
-tested without a GPU. Faces of rows without one stay zeros, as in `read_many`.
+tested without a GPU. Faces of rows without one stay zeros, as in `read_many`. The byte buffers,
+parse and has_face may be numpy arrays (`read_jpeg_many`) or CPU tensors (a DataLoader batch).
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import torch
 from deskpro.shards.format import IMAGE_KEYS, ShardError
 
 
+def _tensor(data, dtype) -> torch.Tensor:
+    """A CPU tensor of `data` (numpy arrays are shared, tensors, e.g. pinned ones, kept as they are)."""
+    if isinstance(data, torch.Tensor):
+        return data
+    return torch.from_numpy(np.ascontiguousarray(data, dtype))
+
+
 def decode_batch(jpeg: dict, face_size: int, device: str | torch.device = "cuda") -> dict[str, torch.Tensor]:
     """`read_jpeg_many` output -> body, face_lr, face_hr uint8 [B,H,W,3], parse uint8 [B,H,W] and
     has_face bool [B], all on `device`; `face_size` is the reader's ``options["face_size"]``."""
@@ -22,15 +30,15 @@ def decode_batch(jpeg: dict, face_size: int, device: str | torch.device = "cuda"
 
     device = torch.device(device)
     out: dict[str, torch.Tensor] = {
-        "parse": torch.from_numpy(np.ascontiguousarray(jpeg["parse"])).to(device, non_blocking=True),
-        "has_face": torch.from_numpy(np.asarray(jpeg["has_face"], np.bool_)).to(device),
+        "parse": _tensor(jpeg["parse"], np.uint8).to(device, non_blocking=True),
+        "has_face": _tensor(jpeg["has_face"], np.bool_).to(device, non_blocking=True),
     }
     n = len(jpeg["body"])
     for key in IMAGE_KEYS:
         present = [i for i, data in enumerate(jpeg[key]) if data is not None and len(data)]
         if key == "body" and len(present) != n:
             raise ShardError(f"decode_batch: {n - len(present)} body rows hold no JPEG bytes")
-        buffers = [torch.from_numpy(np.asarray(jpeg[key][i], np.uint8)) for i in present]
+        buffers = [_tensor(jpeg[key][i], np.uint8) for i in present]
         if not buffers:  # no face in the whole batch
             out[key] = torch.zeros((n, face_size, face_size, 3), dtype=torch.uint8, device=device)
             continue

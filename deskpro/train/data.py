@@ -2,6 +2,9 @@
 
 The samplers yield whole batches (lists of dataset positions) and the dataset reads a batch with one
 `ShardReader.read_many` call in the loader worker, so HDF5 is opened lazily in each worker process.
+With `decode_on="device"` (`resolve_decode_on`) the worker reads the JPEG bytes only
+(`ShardDataset.read_jpeg`: one flat buffer per image kind) and the loop decodes each batch on the
+training device (`decoded`, `deskpro.shards.device_decode.decode_batch`: nvjpeg on CUDA).
 By default samples without a face stay in the batch: the body stream trains on them, and `has_face`
 lets the face terms skip them. `drop_faceless` drops them from the training set, as the official
 code does (its class count and epoch length follow).
@@ -22,6 +25,8 @@ import torch
 
 from deskpro.common.threads import apply_threads, worker_init
 from deskpro.shards import ShardReader
+from deskpro.shards.device_decode import decode_batch
+from deskpro.shards.format import IMAGE_KEYS, ShardError
 
 BATCH_KEYS = ("body", "parse", "face_lr", "face_hr", "has_face")
 CLASS_ORDERS = ("numeric", "official")
@@ -147,9 +152,82 @@ class ShardDataset(torch.utils.data.Dataset):
         arrays = self.reader.read_many(self.rows[positions])
         batch = {key: torch.from_numpy(np.ascontiguousarray(arrays[key])) for key in BATCH_KEYS}
         batch["has_face"] = batch["has_face"].bool()
-        batch["label"] = torch.from_numpy(self.labels[positions])
-        batch["position"] = torch.from_numpy(positions)
+        return batch | self._labels(positions)
+
+    def read_jpeg(self, positions) -> dict:
+        """The batch `self[positions]` with the images left JPEG (the decode_on=device worker's share).
+
+        batch["jpeg"][key] is (bytes, ends) per image kind: the rows' JPEG bytes in one flat uint8
+        tensor and each row's end offset (a faceless row's face is empty), so that a worker hands
+        over a few tensors, not one per image. `decoded` turns it into `self[positions]`.
+        """
+        positions = np.atleast_1d(np.asarray(positions, dtype=np.int64))
+        jpeg = self.reader.read_jpeg_many(self.rows[positions])
+        packed = {}
+        for key in IMAGE_KEYS:
+            ends = np.cumsum([len(data) for data in jpeg[key]], dtype=np.int64)
+            flat = np.concatenate(jpeg[key]) if jpeg[key] else np.zeros(0, np.uint8)
+            packed[key] = (torch.from_numpy(flat.astype(np.uint8, copy=False)), torch.from_numpy(ends))
+        batch = {
+            "jpeg": packed,
+            "parse": torch.from_numpy(np.ascontiguousarray(jpeg["parse"])),
+            "has_face": torch.from_numpy(np.asarray(jpeg["has_face"], np.bool_)),
+        }
+        return batch | self._labels(positions)
+
+    def _labels(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        return {"label": torch.from_numpy(self.labels[positions]), "position": torch.from_numpy(positions)}
+
+
+class JpegBatches(torch.utils.data.Dataset):
+    """A ShardDataset whose batches keep their JPEG bytes (`ShardDataset.read_jpeg`)."""
+
+    def __init__(self, dataset: ShardDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, positions) -> dict:
+        return self.dataset.read_jpeg(positions)
+
+
+def resolve_decode_on(decode_on: str, device, reader) -> str:
+    """Where the run decodes its JPEGs, "worker" or "device", from TrainConfig.decode_on.
+
+    auto: on the training device when it is CUDA and the shards are JPEG, else in the workers.
+    "device" with shards that hold no JPEG (codec raw) is refused in one line.
+    """
+    codec = reader.options.get("codec")
+    if decode_on == "auto":
+        return "device" if torch.device(device).type == "cuda" and codec == "jpeg" else "worker"
+    if decode_on == "device" and codec != "jpeg":
+        raise ValueError(
+            f"--decode-on device: {_where(reader)} has codec {codec!r}, no JPEG bytes to decode on the "
+            "device; use --decode-on worker (or auto)"
+        )
+    return decode_on
+
+
+def decoded(batch: dict, options: dict, device) -> dict:
+    """A loader batch with uint8 NHWC images: a `read_jpeg` batch decoded on `device` with
+    `decode_batch` (nvjpeg on CUDA, torchvision's CPU decoder otherwise), any other one unchanged.
+    `options` are the reader's (body_size, face_size), the shapes the images must have."""
+    if "jpeg" not in batch:
         return batch
+    jpeg = {key: _split(*batch["jpeg"][key]) for key in IMAGE_KEYS}
+    images = decode_batch(
+        jpeg | {"parse": batch["parse"], "has_face": batch["has_face"]}, options["face_size"], device
+    )
+    for key, want in (("body", tuple(options["body_size"])), ("face_hr", (options["face_size"],) * 2)):
+        if tuple(images[key].shape[1:3]) != want:
+            raise ShardError(f"decoded {key} images are {tuple(images[key].shape[1:3])}, the shards' {want}")
+    return {key: value for key, value in batch.items() if key != "jpeg"} | images
+
+
+def _split(flat: torch.Tensor, ends: torch.Tensor) -> list[torch.Tensor]:
+    bounds = [0, *ends.tolist()]
+    return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _labels_of(classes: np.ndarray, pids: np.ndarray) -> np.ndarray:
@@ -279,16 +357,22 @@ class OfficialIdentitySampler(PKBatchSampler):
 
 
 def make_loader(
-    dataset: ShardDataset, sampler: PKBatchSampler, *, workers: int = 2, pin_memory: bool = False
+    dataset: ShardDataset,
+    sampler: PKBatchSampler,
+    *,
+    workers: int = 2,
+    pin_memory: bool = False,
+    decode_on: str = "worker",
 ) -> torch.utils.data.DataLoader:
-    """A loader whose items are whole batches: each worker reads one batch with `read_many`.
+    """A loader whose items are whole batches: each worker reads one batch with `read_many`, or
+    with decode_on="device" its JPEG bytes (`read_jpeg`; the loop decodes them with `decoded`).
 
     Threads: each worker computes on one thread, and this process keeps the CPUs the workers leave
     (`deskpro.common.threads`; `--threads` overrides).
     """
     apply_threads(workers)
     return torch.utils.data.DataLoader(
-        dataset,
+        JpegBatches(dataset) if decode_on == "device" else dataset,
         sampler=sampler,
         batch_size=None,
         num_workers=workers,

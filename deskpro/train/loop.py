@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from deskpro.common.torch_utils import autocast_context, resolve_device
 from deskpro.config import TrainConfig
 from deskpro.train import recipe
-from deskpro.train.data import PKBatchSampler, make_loader, open_reader
+from deskpro.train.data import PKBatchSampler, decoded, make_loader, open_reader, resolve_decode_on
 from deskpro.train.phases import (
     PHASES,
     build_model,
@@ -103,8 +103,9 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
         config = resume_config(saved["config"], config, run.state)
 
     # -- setup: data, model, optimiser, schedule, sampler; then the saved state over them
-    dist = _setup_dist(options)
     reader = open_reader(shards_dir)
+    decode_on = resolve_decode_on(config.decode_on, _torch_device(options.device), reader)  # worker / device
+    dist = _setup_dist(options)
     teacher = recipe.teacher_file(config, options.teacher, options.trust_checkpoint)  # read once
     dataset = recipe.train_dataset(reader, config, teacher)  # faceless rows and the class table
     model = build_model(config, dataset.num_classes, imagenet=options.imagenet, teacher=teacher).to(
@@ -144,7 +145,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
 
     try:
         while epoch < config.epochs and not reached():
-            # -- one epoch (or the rest of one): P x K batches, augmented on the device
+            # -- one epoch (or the rest of one): P x K batches, (decoded and) augmented on the device
             model.train()
             sampler.set_epoch(epoch)
             epoch_length = len(sampler)
@@ -158,6 +159,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
                 _SkipBatches(sampler, batch),
                 workers=config.num_workers,
                 pin_memory=dist.device.type == "cuda",
+                decode_on=decode_on,
             )
             # Starting a loader draws its workers' seed from the global RNG; keeping that draw
             # off the global stream gives dropout the same draws on a fresh and a resumed epoch.
@@ -173,6 +175,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
             )
             start, timed_images, rate = time.perf_counter(), 0, 0.0
             for raw in batches:
+                raw = decoded(raw, reader.options, dist.device)  # decode_on=device: JPEG bytes decoded here
                 inputs = augment_batch(
                     raw,
                     settings=augment,

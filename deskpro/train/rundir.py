@@ -34,7 +34,7 @@ RUN_NAMES = frozenset({CONFIG_NAME, CHECKPOINT_NAME, BEST_NAME, STATE_NAME, LOG_
 # Settings that may change on resume without changing what is learnt (how, not what, is computed).
 # Everything else (epochs, warm-up, lr, P, K, seed, the losses...) shapes the schedule or the data
 # order, so a resume with a new value would silently train a different run: it is refused.
-RUNTIME_FIELDS = ("amp", "channels_last", "compile", "num_workers")
+RUNTIME_FIELDS = ("amp", "channels_last", "compile", "num_workers", "decode_on")
 TENSORBOARD_EXTRA = "deskpro[tensorboard]"
 
 
@@ -135,7 +135,8 @@ def resume_config(saved: dict, config: TrainConfig, state_path: Path) -> TrainCo
     if changed:
         raise ValueError(
             f"{state_path}: cannot resume with changed settings: {'; '.join(changed)} "
-            "(only amp, channels_last, compile and workers may change; start a new run with another -o)"
+            "(only amp, channels_last, compile, workers and decode_on may change; "
+            "start a new run with another -o)"
         )
     return dataclasses.replace(old, **{name: getattr(config, name) for name in RUNTIME_FIELDS})
 
