@@ -179,3 +179,18 @@ def test_how_not_what_settings_do_not_make_a_finished_run_stale() -> None:
     base = ablate._plain(TrainConfig())
     assert ablate._plain(TrainConfig(num_workers=7, decode_on="device")) == base
     assert ablate._plain(TrainConfig(seed=1)) != base
+
+
+@pytest.mark.slow
+def test_parallel_runs_give_the_sequential_table(tmp_path) -> None:
+    shards = write_tiny_shards(tmp_path / "shards", dataset="prcc", train_ids=4, per_id=4, test_ids=3)
+    tables = {}
+    for jobs in (1, 2):
+        root = tmp_path / f"jobs{jobs}"
+        args = ["ablate", str(shards), "-o", str(root), "--rows", "4,6,DeSKPro", "--jobs", str(jobs)]
+        result = CliRunner().invoke(main, args + ["--run-threads", "1"] + FAST)
+        assert result.exit_code == 0, result.output
+        tables[jobs] = json.loads((root / "ablation.json").read_text())["rows"]
+        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["deskpro", "student", "teacher"]
+    strip = [{k: v for k, v in row.items() if k != "checkpoint"} for row in tables[1]]
+    assert strip == [{k: v for k, v in row.items() if k != "checkpoint"} for row in tables[2]]

@@ -41,6 +41,19 @@ from deskpro.cli.group import main, progress_option, show_progress
     help="OSNet x1.0 ImageNet weights for every run (see `deskpro weights list`).",
 )
 @click.option("--from-scratch", is_flag=True, help="Random init instead of --imagenet (real datasets).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Runs trained at once, each in its own process (on a CPU: with --run-threads 1, about "
+    "--jobs times faster; a run needing the teacher waits for it). Results do not depend on it.",
+)
+@click.option(
+    "--run-threads",
+    type=click.IntRange(1),
+    help="Torch threads of each run's process (default: this process's choice).",
+)
 @progress_option()
 def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
     """Train (or reuse) and evaluate Table 3's rows on SHARDS; prints the table, writes JSON and Markdown."""
@@ -59,6 +72,8 @@ def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
         progress=show_progress(kw["progress"]),
         imagenet=kw["imagenet"],
         from_scratch=kw["from_scratch"],
+        jobs=kw["jobs"],
+        threads=kw["run_threads"],
     )
     chosen = [r for r in rows.split(",") if r.strip()] if rows else None
     run_ablation(shards, run_root, rows=chosen, settings=settings, echo=click.echo)

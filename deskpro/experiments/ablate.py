@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from deskpro.common.threads import ENV_OVERRIDE, set_thread_env
 from deskpro.common.torch_utils import resolve_device
 from deskpro.config import preset
 from deskpro.experiments.rows import RUNS, Row, Run, runs_for, select_rows
@@ -45,6 +49,8 @@ class AblationSettings:
     progress: bool = True
     imagenet: str | None = None  # OSNet ImageNet weights for every run (real datasets need them)
     from_scratch: bool = False  # or a random init, as `deskpro train --from-scratch`
+    jobs: int = 1  # runs trained at once, each in its own process (the teacher's dependants wait)
+    threads: int | None = None  # torch CPU threads of each run's process (None: as this process)
 
 
 def _config(shards, run: Run, settings: AblationSettings):
@@ -84,7 +90,8 @@ def train_run(shards, root: Path, run: Run, settings: AblationSettings, teacher:
         teacher=str(teacher) if run.needs_teacher else None,
         max_iters=settings.max_iters,
         resume=resume,
-        progress=settings.progress,
+        progress=settings.progress and settings.jobs == 1,
+        epoch_lines=settings.progress and settings.jobs > 1,  # bars of parallel runs would interleave
         imagenet=settings.imagenet,
         from_scratch=settings.from_scratch,
     )
@@ -160,6 +167,48 @@ def evaluate_rows(shards, rows, checkpoints: dict[str, Path], settings: Ablation
     return out
 
 
+def train_runs(shards, root: Path, runs: list[Run], settings: AblationSettings, echo) -> dict[str, Path]:
+    """Each run's final checkpoint, trained one after another, or `settings.jobs` at a time in
+    processes of their own (`settings.threads` torch threads each): a run that needs the teacher
+    starts once the teacher is done, before the runs listed after it.
+
+    One thread per process is also what makes parallel runs pay on a CPU: the networks are small,
+    so a second thread in one process gains little, and two such runs side by side gain nearly 2x.
+    A run's result does not depend on `jobs` (each process computes alone on its threads).
+    """
+    done: dict[str, Path] = {}
+    if settings.jobs <= 1 or len(runs) <= 1:
+        for run in runs:
+            done[run.name] = train_run(shards, root, run, settings, done.get("teacher"), echo)
+        return done
+    pending, running = list(runs), {}
+    context = multiprocessing.get_context("spawn")  # no fork of a process whose OpenMP has started
+    with ProcessPoolExecutor(
+        settings.jobs, mp_context=context, initializer=_init_job, initargs=(settings.threads,)
+    ) as pool:
+        while pending or running:
+            for run in [r for r in pending if not r.needs_teacher or "teacher" in done]:
+                if len(running) == settings.jobs:
+                    break
+                pending.remove(run)
+                args = (shards, root, run, settings, done.get("teacher"), print)
+                running[pool.submit(train_run, *args)] = run
+            if not running:
+                raise ValueError(f"runs {[r.name for r in pending]} need a teacher run, and none is listed")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[running.pop(future).name] = future.result()
+    return {run.name: done[run.name] for run in runs}
+
+
+def _init_job(threads: int | None) -> None:
+    """A run process: `threads` torch threads, also for the trainer's own thread choice."""
+    if threads is not None:
+        os.environ[ENV_OVERRIDE] = str(threads)
+        set_thread_env(threads, overwrite=True)
+        torch.set_num_threads(threads)
+
+
 def run_ablation(
     shards,
     run_root,
@@ -175,9 +224,7 @@ def run_ablation(
     settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     root = Path(run_root)
     root.mkdir(parents=True, exist_ok=True)
-    checkpoints: dict[str, Path] = {}
-    for run in runs_for(chosen):
-        checkpoints[run.name] = train_run(shards, root, run, settings, checkpoints.get("teacher"), echo)
+    checkpoints = train_runs(shards, root, runs_for(chosen), settings, echo)
     results = evaluate_rows(shards, chosen, checkpoints, settings)
     report = {
         "shards": str(shards),
@@ -193,4 +240,4 @@ def run_ablation(
     return report
 
 
-__all__ = ["RUNS", "AblationSettings", "evaluate_rows", "run_ablation", "train_run"]
+__all__ = ["RUNS", "AblationSettings", "evaluate_rows", "run_ablation", "train_run", "train_runs"]

@@ -167,6 +167,17 @@ def sample_outfits(rng: np.random.Generator, wardrobe: Wardrobe) -> tuple[Outfit
     return _dress(rng, first, wardrobe), _dress(rng, second, wardrobe)
 
 
+def extra_outfit(rng: np.random.Generator, wardrobe: Wardrobe, worn: tuple[Outfit, ...]) -> Outfit:
+    """One more outfit whose upper garment looks clearly different from every one in `worn` (the most
+    different one when none differs by MIN_OUTFIT_CONTRAST from all)."""
+    contrast = np.array(
+        [min(np.linalg.norm(g.mean_colour - o.upper.mean_colour) for o in worn) for g in wardrobe.uppers]
+    )
+    choices = np.flatnonzero(contrast > MIN_OUTFIT_CONTRAST)
+    upper = wardrobe.uppers[rng.choice(choices) if len(choices) else int(np.argmax(contrast))]
+    return _dress(rng, upper, wardrobe)
+
+
 def _dress(rng: np.random.Generator, upper: Garment, wardrobe: Wardrobe) -> Outfit:
     lower = None if upper.kind == "dress" else wardrobe.lowers[rng.integers(len(wardrobe.lowers))]
     return Outfit(upper=upper, lower=lower, short_sleeves=bool(rng.uniform() < 0.4))

@@ -2,9 +2,11 @@
 
 `generate(root)` draws pedestrians (numpy + OpenCV, see `appearance.py`, `figure.py`, `draw.py`)
 where identity is carried by face, hair colour and style, skin tone, height, build and shoes, and
-clothes change across cameras: cameras A and B show a person in one outfit, camera C in another
-whose upper garment has a clearly different colour. Garments come from one wardrobe shared by all
-people (fewer garments than people), so different people wear the same clothes. About 15% of
+clothes change across cameras: cameras A and B show a val or test person in one outfit, camera C
+in another whose upper garment has a clearly different colour (PRCC's protocol); a training
+person wears a third outfit at camera B, so that clothes explain no identity in training.
+Garments come from one wardrobe shared by all people (fewer garments than people), so different
+people wear the same clothes. About 15% of
 images show no face (back views, or an umbrella in front of the head). Faces are small (about
 1/10 of the image height).
 
@@ -49,7 +51,9 @@ from deskpro.synthetic import appearance, draw
 from deskpro.synthetic.appearance import Identity, Outfit, View
 from deskpro.synthetic.figure import FaceTruth, Window
 
-FORMAT_VERSION = 3  # 2: shared wardrobe, shoes and wider body cues belong to the person; 3: face_hr
+# 2: shared wardrobe, shoes and wider body cues belong to the person; 3: face_hr; 4: a third outfit
+# for the training identities (camera B)
+FORMAT_VERSION = 4
 CAMERAS = ("A", "B", "C")
 NO_FACE_RATE = 0.15
 JPEG_QUALITY = 92
@@ -180,8 +184,15 @@ def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bo
         person_rng = np.random.default_rng([seed, 2, pid])
         ident = appearance.sample_identity(person_rng)
         outfits = appearance.sample_outfits(person_rng, wardrobe)
+        # Training identities change clothes at every camera (as on Celeb-reID, where few images of
+        # a person share an outfit), so that clothes cannot explain who is who in training; the val
+        # and test identities keep PRCC's protocol (A and B: one outfit, C: another). Drawn last, so
+        # the val and test images do not change.
+        by_camera = {"A": outfits[0], "B": outfits[0], "C": outfits[1]}
+        if split == "train":
+            by_camera["B"] = appearance.extra_outfit(person_rng, wardrobe, outfits)
         for cam_index, camera in enumerate(CAMERAS):
-            outfit = outfits[1] if camera == "C" else outfits[0]
+            outfit = by_camera[camera]
             for k in range(per_camera):
                 rng = np.random.default_rng([seed, 3, pid, cam_index, k])
                 view = appearance.sample_view(rng, NO_FACE_RATE)

@@ -64,6 +64,7 @@ class TrainRunOptions:
     resume: bool = False
     select_on_val: bool = False
     progress: bool = True
+    epoch_lines: bool = False  # one printed line per epoch (where bars would interleave)
     tensorboard: bool = False
     distributed: bool = False  # init torch.distributed from torchrun's environment (env://)
     local_rank: int = 0
@@ -241,6 +242,12 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
                 run.save_state(state)
                 run.append_log(record)
                 logger.write(record)
+                if options.epoch_lines:  # instead of bars, e.g. several runs in parallel processes
+                    print(
+                        f"  {run.path.name}: epoch {epoch + 1}/{config.epochs}, loss "
+                        f"{record.get('total', float('nan')):.3f}, {rate:.0f} img/s",
+                        flush=True,
+                    )
             if complete:
                 epoch, batch, partial = epoch + 1, 0, {}
     finally:
