@@ -59,7 +59,7 @@ class DemoSettings:
     epochs: int
     warmup_epochs: int
     base_lr: float
-    backbone: str = "osnet_x0_25"  # the narrow OSNet: about 5x the images/s of x1.0 on 2 CPU cores
+    backbone: str = "osnet_x0_25"  # the narrow OSNet: about 3x the images/s of x1.0 on 2 CPU cores
     max_iters: int | None = None
     trials: int = 10
     threads: int = 1  # torch CPU threads of every process: fixed, so that results repeat

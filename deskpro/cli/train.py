@@ -101,7 +101,7 @@ _SETTINGS = [
         "--backbone",
         type=click.Choice(BACKBONE_NAMES),
         help="OSNet variant of every stream: osnet_x1_0 (the official) or a narrower one "
-        "(osnet_x0_25 is the demo's: about 5x faster on a CPU; docs/differences.md).",
+        "(osnet_x0_25 is the demo's: about 3x faster on a CPU; docs/differences.md).",
     ),
     click.option("--seed", type=click.IntRange(0), help="Seed of the init, sampler and augmentation."),
     click.option(

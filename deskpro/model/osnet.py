@@ -2,7 +2,7 @@
 
 Variants by name, as deep-person-reid's: ``osnet_x1_0`` (the official DeSKPro backbone, the default)
 and the narrower ``osnet_x0_75``, ``osnet_x0_5``, ``osnet_x0_25`` (every width scaled; the demo uses
-x0.25, which trains about 5x faster per image on a CPU: docs/differences.md).
+x0.25, which trains about 3x faster per image on a CPU: docs/differences.md).
 
 The module layout (and so every state-dict key) follows deep-person-reid's ``osnet_x1_0`` so that its
 ImageNet checkpoint (``osnet_x1_0_imagenet.pth``) loads unchanged; the 1000-class ``fc``/``classifier``
