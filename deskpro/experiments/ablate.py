@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from deskpro.common.threads import ENV_OVERRIDE, set_thread_env
+from deskpro.common.threads import ENV_OVERRIDE, apply_threads
 from deskpro.common.torch_utils import resolve_device
 from deskpro.config import preset
 from deskpro.experiments.rows import RUNS, Row, Run, runs_for, select_rows
@@ -202,11 +202,10 @@ def train_runs(shards, root: Path, runs: list[Run], settings: AblationSettings, 
 
 
 def _init_job(threads: int | None) -> None:
-    """A run process: `threads` torch threads, also for the trainer's own thread choice."""
+    """A run process: `threads` threads, as `--threads` gives them (the trainer's own choice too)."""
     if threads is not None:
         os.environ[ENV_OVERRIDE] = str(threads)
-        set_thread_env(threads, overwrite=True)
-        torch.set_num_threads(threads)
+        apply_threads()
 
 
 def run_ablation(

@@ -15,6 +15,7 @@ import torch
 from deskpro.config import OFFICIAL_WORKERS, TrainConfig
 from deskpro.model.checkpoint import TeacherFile, read_teacher
 from deskpro.train.data import OfficialIdentitySampler, PKBatchSampler, ShardDataset
+from deskpro.train.phases import FACE_INPUT
 from deskpro.train.transforms import AugmentSettings, EpochDraws, epoch_draws
 
 IMAGENET_FILE = "{backbone}_imagenet.pth"  # deep-person-reid's file name of each OSNet variant
@@ -57,7 +58,7 @@ def train_dataset(reader, config: TrainConfig, teacher: TeacherFile | None = Non
     one-line error (never a silent permutation of its classifier).
     """
     kwargs = {
-        "require_face": config.phase in ("teacher", "student") and not config.official,
+        "require_face": config.phase in FACE_INPUT and not config.official,  # the face-only phases
         "drop_faceless": config.official,
         "class_order": config.class_order,
     }
