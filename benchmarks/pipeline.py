@@ -4,7 +4,10 @@ Measures, on one machine:
 - per stage, images/s through Ray Data (decode tasks + an actor pool) and through the same stage
   class called in a plain loop (`--executor local`): Ray's overhead on one machine. Backends are the
   oracle/none ones (no model compute) and, with --net, a random-weight RetinaFace mobilenet0.25 so
-  that there is real compute per image (its detections mean nothing; only the speed is measured);
+  that there is real compute per image (its detections mean nothing; only the speed is measured),
+  with --parser-net a random-weight SCHP (about 10x mobilenet0.25's time per image);
+- with --net-images, the detector again on larger sets: Ray's fixed cost per run, its marginal rate,
+  and the set size from which Ray reaches 0.9x the loop;
 - `deskpro.shards.pack.pack` throughput and shard bytes per image against the source JPEGs;
 - peak RSS of the driver and all its descendant processes (the local Ray's workers) while a Ray
   stage runs over 1x and `--scale`x the data: a stage holds a bounded number of batches;
@@ -15,6 +18,8 @@ Every Ray/loop pair runs `--repeats` times, alternating, and the table gives the
 median. Other processes on the machine (say which) shift both sides of a pair alike.
 
     python benchmarks/pipeline.py --images 120 --net --nodes --json bench.json
+    python benchmarks/pipeline.py --net --net-only --images 240 --net-images 960 2400 --json ray-size.json
+    python benchmarks/pipeline.py --net-only --parser-net --images 240 --repeats 2
 """
 
 from __future__ import annotations
@@ -136,22 +141,39 @@ def random_retinaface(base: Path) -> str:
 # ---- runs
 
 
+def random_schp(base: Path) -> str:
+    import torch
+
+    from deskpro.pipeline.nets import schp
+
+    torch.manual_seed(0)  # a stand-in checkpoint in the official layout; speed only
+    path = base / "schp_lip_random.pth"
+    torch.save(schp.build("lip").state_dict(), path)
+    return str(path)
+
+
+PARSER_SIZE = 233  # SCHP's input side here: the CPU size of benchmarks/nets.py (official: 473)
+PARSER_LABEL = f"schp (random, {PARSER_SIZE}^2)"
+
+
+def parser_options(base: Path) -> dict:
+    return {"backend": "schp", "weights": random_schp(base), "input_size": PARSER_SIZE, "device": "cpu"}
+
+
+def net_options(base: Path) -> dict:
+    weights = random_retinaface(base)
+    return {"backend": "retinaface-mobilenet0.25", "weights": weights, "device": "cpu", **LOOSE}
+
+
+NET_LABEL = "retinaface-mobilenet0.25 (random)"
+
+
 def stage_plan(args, base: Path) -> list[tuple[str, str, dict]]:
-    plan = [(stage, options["backend"], options) for stage, options in ORACLE.items()]
+    plan = [] if args.net_only else [(stage, opts["backend"], opts) for stage, opts in ORACLE.items()]
     if args.net:
-        weights = random_retinaface(base)
-        plan.append(
-            (
-                "detect",
-                "retinaface-mobilenet0.25 (random)",
-                {
-                    "backend": "retinaface-mobilenet0.25",
-                    "weights": weights,
-                    "device": "cpu",
-                    **LOOSE,
-                },
-            )
-        )
+        plan.append(("detect", NET_LABEL, net_options(base)))
+    if args.parser_net:
+        plan.append(("parse", PARSER_LABEL, parser_options(base)))
     return plan
 
 
@@ -184,14 +206,19 @@ def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
     # The detect stage imports torch (seconds): a one-time cost of this process, which would
     # otherwise be billed to the first local detect run as if it were the loop's speed.
     import deskpro.pipeline.nets.retinaface  # noqa: F401
+    from deskpro.manifests import read_manifest
 
+    runs = [(stage, label, options, manifest) for stage, label, options in stage_plan(args, base)]
+    for size in args.net_images:  # the network stage again on larger sets: Ray's fixed cost per run
+        runs.append(("detect", NET_LABEL, net_options(base), make_set(base, size, f"net{size}")[1]))
     rows = []
-    for stage, label, options in stage_plan(args, base):
-        work = base / f"work-{stage}-{label.split()[0]}"
+    for stage, label, options, manifest in runs:
+        images = len(read_manifest(manifest))
+        work = base / f"work-{stage}-{label.split()[0]}-{images}"
         if stage == "restore":  # restore reads detect's outputs: make them once per work dir
             for executor in ("local", "ray"):
                 run_once("detect", manifest, work / executor, ORACLE["detect"], "local", args)
-        result = {"stage": stage, "backend": label, "local": [], "ray": []}
+        result = {"stage": stage, "backend": label, "images": images, "local": [], "ray": []}
         for _ in range(args.repeats):  # alternating, so that load from elsewhere hits both alike
             for executor in ("local", "ray"):
                 result[executor].append(run_once(stage, manifest, work / executor, options, executor, args))
@@ -201,7 +228,7 @@ def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
         result["ray_vs_local"] = {"min": ratios[0], "median": statistics.median(ratios), "all": ratios}
         rows.append(result)
         print(
-            f"  {stage:8s} {label:36s} local {_median(result['local']):8.1f} img/s   "
+            f"  {stage:8s} {label:36s} {images:6d} local {_median(result['local']):8.1f} img/s   "
             f"ray {_median(result['ray']):8.1f} img/s   "
             f"ray/local median {result['ray_vs_local']['median']:.2f}",
             flush=True,
@@ -211,6 +238,27 @@ def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
 
 def _median(runs: list[dict]) -> float:
     return statistics.median(r["images_per_s"] for r in runs)
+
+
+def fixed_cost(rows: list[dict], target: float = 0.9) -> dict | None:
+    """Ray's time per run as fixed + images / rate (least squares over the network stage's set sizes,
+    median seconds per size), the loop's rate, and the smallest set on which Ray reaches `target`x
+    the loop (None: never, its marginal rate is too low)."""
+    net = [r for r in rows if r["backend"] == NET_LABEL]
+    if len({r["images"] for r in net}) < 2:
+        return None
+    n = [r["images"] for r in net]
+    ray_s = [statistics.median(x["seconds"] for x in r["ray"]) for r in net]
+    slope, fixed = statistics.linear_regression(n, ray_s)
+    loop_rate = sum(n) / sum(statistics.median(x["seconds"] for x in r["local"]) for r in net)
+    gain = 1 / loop_rate - target * slope  # per image: the loop's time minus target x Ray's
+    return {
+        "ray_fixed_s": fixed,
+        "ray_images_per_s": 1 / slope,
+        "loop_images_per_s": loop_rate,
+        "target": target,
+        "break_even_images": target * fixed / gain if gain > 0 else None,
+    }
 
 
 # ---- a local multi-node cluster
@@ -262,7 +310,7 @@ def bench_scaling(args, base: Path, manifest: Path) -> list[dict]:
     import ray
     import torch
 
-    _, label, options = stage_plan(args, base)[-1]
+    label, options = NET_LABEL, net_options(base)
     out = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the loop on one CPU, as one actor has
@@ -349,15 +397,25 @@ def format_table(report: dict) -> str:
         f"part {report['part_size']}, {report['actors'] or 'default'} actor(s), {report['cpus']} CPUs; "
         f"Ray start {report['ray_start_s']:.1f} s (not in the figures)",
         "",
-        f"{'stage':8s} {'backend':36s} {'local img/s':>12s} {'ray img/s':>10s} "
+        f"{'stage':8s} {'backend':36s} {'images':>6s} {'local img/s':>12s} {'ray img/s':>10s} "
         f"{'ray/local min':>13s} {'median':>7s}",
     ]
     for r in report["stages"]:
         ratio = r["ray_vs_local"]
         lines.append(
-            f"{r['stage']:8s} {r['backend']:36s} {_median(r['local']):12.1f} {_median(r['ray']):10.1f} "
-            f"{ratio['min']:13.2f} {ratio['median']:7.2f}"
+            f"{r['stage']:8s} {r['backend']:36s} {r['images']:6d} {_median(r['local']):12.1f} "
+            f"{_median(r['ray']):10.1f} {ratio['min']:13.2f} {ratio['median']:7.2f}"
         )
+    fit = report.get("fixed_cost")
+    if fit:
+        even = fit["break_even_images"]
+        lines += [
+            "",
+            f"network stage, Ray = {fit['ray_fixed_s']:.1f} s per run + images / "
+            f"{fit['ray_images_per_s']:.1f} img/s; loop {fit['loop_images_per_s']:.1f} img/s; "
+            f"Ray reaches {fit['target']:g}x the loop from "
+            + (f"{even:.0f} images" if even else "no size (its marginal rate is too low)"),
+        ]
     if report.get("scaling"):
         lines += ["", "network stage on a local cluster of one-CPU nodes (median img/s over the repeats):"]
         one = _median(report["scaling"][0]["ray"])
@@ -375,6 +433,8 @@ def format_table(report: dict) -> str:
             f"shards {p['shard_bytes_per_image'] / 1024:.1f} KiB/image vs source JPEG "
             f"{p['source_bytes_per_image'] / 1024:.1f} KiB/image",
         ]
+    if not report.get("memory"):
+        return "\n".join(lines)
     lines += ["", "memory (PSS of driver + local Ray processes) during a Ray parse (oracle) run:"]
     for m in report["memory"]:
         lines.append(
@@ -401,6 +461,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Ray/loop pairs per stage")
     parser.add_argument("--nodes", action="store_true", help="with --net: scaling on 1 and 2 local nodes")
     parser.add_argument("--net", action="store_true", help="add a random-weight RetinaFace mobilenet0.25 run")
+    parser.add_argument(
+        "--net-images",
+        type=int,
+        nargs="*",
+        default=[],
+        help="with --net: the network stage again on sets of these sizes (Ray's fixed cost, break-even)",
+    )
+    parser.add_argument(
+        "--net-only", action="store_true", help="no light stages, memory or pack: only --net and --parser-net"
+    )
+    parser.add_argument(
+        "--parser-net", action="store_true", help=f"add a random-weight SCHP parse run ({PARSER_SIZE}^2)"
+    )
     parser.add_argument("--no-pack", action="store_true", help="skip the pack benchmark")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--dir", type=Path, default=None, help="scratch dir (default: a temporary one)")
@@ -428,11 +501,13 @@ def main() -> None:
                 "ray_start_s": ray_start,
                 "cpus": int(ray.cluster_resources().get("CPU", 0)),
             }
-            report["memory"] = bench_memory(args, base, (root, manifest))
+            if not args.net_only:
+                report["memory"] = bench_memory(args, base, (root, manifest))
             report["stages"] = bench_stages(args, base, manifest)
+            report["fixed_cost"] = fixed_cost(report["stages"])
         if args.nodes and args.net:
             report["scaling"] = bench_scaling(args, base, manifest)
-        if not args.no_pack:
+        if not (args.no_pack or args.net_only):
             report["pack"] = bench_pack(args, base, root, manifest)
     print(format_table(report))
     if args.json:

@@ -83,6 +83,19 @@ def test_layout_light_stages_are_tasks_networks_fill_the_free_cpus_or_the_gpus()
     assert layout(_Plan("oracle"), StageRunOptions(num_actors=2), cpus).kind == "cpu-actors"
 
 
+def test_pools_start_the_actors_that_fit_now_and_grow_to_the_rest():
+    # Every actor that fits starts at once (each takes seconds to start), at least one, never more
+    # than fit in the free resources (a pool waiting for CPUs that a previous stage still holds).
+    assert layout(_Plan("schp"), StageRunOptions(), {"CPU": 2.0}).initial == 2
+    explicit = layout(_Plan("schp"), StageRunOptions(num_actors=4), {"CPU": 2.0})
+    assert (explicit.actors, explicit.initial) == (4, 2)
+    busy = layout(_Plan("schp"), StageRunOptions(num_actors=2), {})
+    assert (busy.actors, busy.initial) == (2, 1)
+    gpu = layout(_Plan("schp"), StageRunOptions(), {"CPU": 3.0, "GPU": 4.0})
+    assert (gpu.actors, gpu.initial) == (4, 3)
+    assert layout(_Plan("schp"), StageRunOptions(num_gpus=0.5), {"CPU": 16.0, "GPU": 1.0}).initial == 2
+
+
 def test_a_stage_error_inside_ray_is_named_as_the_local_loop_names_it():
     local = ValueError("/w/bad.pth: cannot be read as a weights-only torch checkpoint: bad\nmore lines")
     text = (

@@ -1,11 +1,19 @@
-"""Thread budget: affinity, cgroup v2 / v1 quotas from faked files, workers, the override."""
+"""Thread budget: affinity, cgroup v2 / v1 quotas from faked files, busy neighbours, workers, the
+override."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
+from deskpro.common import threads
 from deskpro.common.threads import (
     available_cpus,
+    busy_cores_beside,
     cgroup_cpu_limit,
     choose_threads,
     requested_threads,
@@ -65,21 +73,72 @@ def test_a_tiny_quota_still_leaves_one_cpu(tmp_path):
 
 def test_workers_take_one_cpu_each_and_the_override_wins(monkeypatch):
     monkeypatch.delenv("DESKPRO_THREADS", raising=False)
-    assert choose_threads(0, cpus=8) == 8
-    assert choose_threads(3, cpus=8) == 5
-    assert choose_threads(12, cpus=8) == 1
-    assert choose_threads(3, cpus=8, requested=2) == 2
+    assert choose_threads(0, cpus=8, busy=0.0) == 8
+    assert choose_threads(3, cpus=8, busy=0.0) == 5
+    assert choose_threads(12, cpus=8, busy=0.0) == 1
+    assert choose_threads(3, cpus=8, busy=0.0, requested=2) == 2
     monkeypatch.setenv("DESKPRO_THREADS", "6")
-    assert requested_threads() == 6 and choose_threads(3, cpus=2) == 6
+    assert requested_threads() == 6 and choose_threads(3, cpus=2, busy=2.0) == 6
     monkeypatch.setenv("DESKPRO_THREADS", "zero")
     with pytest.raises(ValueError, match="DESKPRO_THREADS"):
         choose_threads(0, cpus=2)
 
 
-def test_child_environment_names_every_runtime():
+def test_cores_a_neighbour_keeps_busy_are_left_to_it(monkeypatch):
+    monkeypatch.delenv("DESKPRO_THREADS", raising=False)
+    assert choose_threads(0, cpus=2, busy=1.0) == 1  # the 2-core VM beside one busy process
+    assert choose_threads(0, cpus=2, busy=0.4) == 2  # background noise keeps its core
+    assert choose_threads(0, cpus=2, busy=0.6) == 1
+    assert choose_threads(2, cpus=8, busy=3.0) == 3
+    assert choose_threads(0, cpus=2, busy=2.0) == 1  # every core busy: still one thread
+
+
+def _fake_proc(root, cpus: dict[int, tuple[int, int]], procs: dict[int, tuple[int, int]]) -> None:
+    """/proc/stat with {cpu: (busy, idle) ticks} and /proc/PID/stat with {pid: (ppid, utime)}."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{c} {busy} 0 0 {idle} 0 0 0 0 0 0" for c, (busy, idle) in sorted(cpus.items())]
+    (root / "stat").write_text("\n".join(lines) + "\n")
+    for pid, (ppid, utime) in procs.items():
+        (root / str(pid)).mkdir(exist_ok=True)
+        fields = ["S", str(ppid)] + ["0"] * 9 + [str(utime), "0", "0", "0"] + ["0"] * 20
+        (root / str(pid) / "stat").write_text(f"{pid} (a (name) with spaces) " + " ".join(fields) + "\n")
+
+
+def test_busy_cores_count_other_processes_not_this_one_or_its_children(tmp_path, monkeypatch):
+    me, child, other = os.getpid(), 4_000_001, 4_000_002
+    _fake_proc(tmp_path, {0: (100, 100), 1: (100, 100)}, {me: (1, 50), child: (me, 50), other: (1, 50)})
+
+    def window(seconds):  # over the window: both cores busy, this process and its child one between them
+        _fake_proc(tmp_path, {0: (110, 100), 1: (110, 100)}, {me: (1, 55), child: (me, 55), other: (1, 60)})
+
+    monkeypatch.setattr(threads.time, "sleep", window)
+    assert busy_cores_beside(affinity={0, 1}, proc=tmp_path) == pytest.approx(1.0)
+    _fake_proc(tmp_path, {0: (100, 100), 1: (100, 100)}, {me: (1, 50), child: (me, 50), other: (1, 50)})
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)  # nothing moved: no measure
+    assert busy_cores_beside(affinity={0, 1}, proc=tmp_path) == 0.0
+    assert busy_cores_beside(proc=tmp_path / "absent") == 0.0  # no /proc: nothing known, nothing taken
+
+
+def test_a_real_busy_neighbour_is_seen(tmp_path):
+    # A spinning process that is not this one's descendant (the shell that started it has exited).
+    out = subprocess.run(
+        ["sh", "-c", f"{sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(out.stdout.strip())
+    try:
+        time.sleep(0.3)
+        assert busy_cores_beside(0.5) >= 0.5
+    finally:
+        os.kill(pid, 9)
+
+
+def test_child_environment_names_every_runtime_and_leaves_openmp_waiting_as_it_is():
     env = thread_env(3)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "3"
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in env  # passive waits cost small networks 1.3-2.6x on idle cores
 
 
 def test_cli_threads_option_reaches_the_environment(monkeypatch):

@@ -96,17 +96,17 @@ class _Group(click.Group):
     "--threads",
     type=click.IntRange(min=1),
     envvar="DESKPRO_THREADS",
-    help="Compute threads per process (default: the CPUs this process may use, less its workers).",
+    help="Compute threads per process (default: the CPUs this process may use, less the cores other "
+    "processes keep busy and its workers).",
 )
 def main(threads: int | None) -> None:
     """deskpro: reproducible DeSKPro for cloth-changing person re-identification."""
-    # Before torch loads (commands import it lazily): OpenMP waits passively, and the override
-    # reaches this process's thread choice and its children. Thread counts are applied where the
-    # workers are known (evaluate, the training loader, the stages).
+    # Before torch loads (commands import it lazily): the override reaches this process's thread
+    # choice and its children. Thread counts are applied where the workers are known (evaluate, the
+    # training loader, the stages).
     if threads is not None:
         os.environ[ENV_OVERRIDE] = str(threads)
         set_thread_env(threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _parse_hw(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:

@@ -4,8 +4,14 @@
 mask (taskset, Slurm, Ray) or a cgroup CPU quota (Docker --cpus, Kubernetes limits) gives it less.
 More compute threads than free cores is what hurts most: OpenMP threads spin at every barrier
 waiting for a thread that is not running, so one busy neighbour on a 2-core machine slowed
-training 6.7x. Hence the budget is the smaller of the affinity and the quota, the workers beside
-the process (DataLoader workers, actors) each take one CPU out of it, and OpenMP waits passively.
+training 6.7x. Hence the budget is the smaller of the affinity and the quota, less the cores that
+other processes keep busy at the moment of the choice (measured over a tenth of a second), less one
+CPU for each worker beside the process (DataLoader workers, actors). The trainer chooses again at
+every epoch, so a neighbour that comes or goes is followed within an epoch.
+
+OpenMP keeps its default waiting (a short spin, then sleep): with no more threads than free cores,
+spinning costs nothing, and sleeping at every barrier (OMP_WAIT_POLICY=PASSIVE, what 0.2 set) made
+small networks 1.3-2.6x slower on an idle machine (benchmarks/RESULTS.md, "Threads").
 
 `--threads N` on the command line (DESKPRO_THREADS=N) overrides the choice.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 ENV_OVERRIDE = "DESKPRO_THREADS"
@@ -89,9 +96,7 @@ def available_cpus(
 ) -> int:
     """CPUs this process may use: its affinity mask, capped by its cgroup quota (rounded up), >= 1."""
     if affinity is None:
-        affinity = (
-            os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-        )
+        affinity = _affinity()
     cpus = max(1, len(affinity))
     quota = cgroup_cpu_limit(cgroup_root, proc_cgroup)
     if quota is not None:
@@ -109,8 +114,84 @@ def requested_threads(environ=None) -> int | None:
     return int(value)
 
 
-def choose_threads(workers: int = 0, *, cpus: int | None = None, requested: int | None = None) -> int:
-    """Compute threads for this process: the override, else the CPUs left after one per worker.
+# Over this window the cores kept busy by other processes are measured: long enough for 10 clock
+# ticks per core at Linux's usual 100 Hz, short enough to go unnoticed once per command or epoch.
+BUSY_WINDOW_S = 0.1
+BUSY_FIELDS = slice(0, 8)  # user nice system idle iowait irq softirq steal: idle (3) and iowait (4) idle
+
+
+def _cpu_ticks(stat_text: str, cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) clock ticks so far of the CPUs in `cpus`, from /proc/stat's per-CPU lines."""
+    busy = total = 0
+    for line in stat_text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        ticks = [int(v) for v in rest.split()[BUSY_FIELDS]]
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def _process_tree_ticks(root: int = 0, proc: Path = Path("/proc")) -> int:
+    """CPU clock ticks so far of a process and its descendants: user + system, with those of the
+    children each has reaped (so that a worker ending inside the window does not look like a
+    neighbour's work)."""
+    root = root or os.getpid()
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        text = _read(entry / "stat")
+        if not text:
+            continue
+        fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        ticks[int(entry.name)] = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def busy_cores_beside(
+    window_s: float = BUSY_WINDOW_S, *, affinity: set[int] | None = None, proc: str | os.PathLike = "/proc"
+) -> float:
+    """Cores of this process's affinity set that other processes kept busy over `window_s` seconds.
+
+    This process and its descendants (its workers, a local Ray) do not count. 0.0 where /proc cannot
+    be read (not Linux).
+    """
+    proc = Path(proc)
+    cpus = affinity if affinity is not None else _affinity()
+    try:
+        busy0, total0 = _cpu_ticks((proc / "stat").read_text(), cpus)
+        own0 = _process_tree_ticks(proc=proc)
+        time.sleep(window_s)
+        busy1, total1 = _cpu_ticks((proc / "stat").read_text(), cpus)
+        own1 = _process_tree_ticks(proc=proc)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    if total1 <= total0:
+        return 0.0
+    cores = len(cpus) * (busy1 - busy0 - (own1 - own0)) / (total1 - total0)
+    return min(float(len(cpus)), max(0.0, cores))
+
+
+def _affinity() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
+
+
+def choose_threads(
+    workers: int = 0, *, cpus: int | None = None, busy: float | None = None, requested: int | None = None
+) -> int:
+    """Compute threads for this process: the override, else the CPUs left after the cores other
+    processes keep busy (`busy`, measured when None) and one per worker.
 
     With more workers than CPUs the process still gets one thread (the OS shares the cores).
     """
@@ -119,14 +200,14 @@ def choose_threads(workers: int = 0, *, cpus: int | None = None, requested: int 
     if requested is not None:
         return requested
     cpus = available_cpus() if cpus is None else cpus
-    return max(1, cpus - max(0, workers))
+    busy = busy_cores_beside() if busy is None else busy
+    free = cpus - math.floor(busy + 0.5)  # a neighbour using more than half a core takes it
+    return max(1, free - max(0, workers))
 
 
 def thread_env(threads: int) -> dict[str, str]:
     """Environment for the runtimes of this process (before they load) and of its children."""
-    env = {name: str(threads) for name in THREAD_ENV}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"  # a waiting OpenMP thread sleeps instead of spinning
-    return env
+    return {name: str(threads) for name in THREAD_ENV}
 
 
 def set_thread_env(threads: int, *, overwrite: bool = False) -> None:

@@ -211,6 +211,7 @@ class Layout:
     actors: int  # the pool's largest size (tasks: 0)
     gpus: float  # per actor
     cpus: float  # per actor or task
+    initial: int = 1  # actors started at once: as many as fit in the free resources now
 
     def describe(self) -> str:
         if self.kind == "tasks":
@@ -225,13 +226,17 @@ def layout(plan: StagePlan, opts: StageRunOptions, resources: dict) -> Layout:
     gpus = opts.num_gpus
     if gpus is None:
         gpus = 1.0 if wants_gpu(plan.kwargs) and resources.get("GPU", 0) > 0 else 0.0
+    fit = math.floor(resources.get("CPU", 0) / opts.num_cpus + 1e-9)
+    if gpus > 0:
+        fit = min(fit, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
     if opts.num_actors is not None:
         actors = opts.num_actors
     elif gpus > 0:
         actors = max(1, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
     else:
-        actors = max(1, math.floor(resources.get("CPU", 0) / opts.num_cpus + 1e-9))
-    return Layout("gpu-actors" if gpus > 0 else "cpu-actors", actors, gpus, opts.num_cpus)
+        actors = max(1, fit)
+    kind = "gpu-actors" if gpus > 0 else "cpu-actors"
+    return Layout(kind, actors, gpus, opts.num_cpus, initial=max(1, min(actors, fit)))
 
 
 def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
@@ -258,10 +263,11 @@ def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
             DecodingStage if fused else ArrowStage,
             fn_constructor_kwargs={**stage_args, "decode": plan.decode_kwargs} if fused else stage_args,
             batch_size=opts.batch_size,
-            # The pool starts with one actor and grows to `actors` as work queues (and as an
-            # autoscaling cluster adds nodes). A pool fixed at every CPU deadlocked a reused Ray whose
-            # previous stage's actors had not yet let go of their CPUs.
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors),
+            # The pool starts as many actors as the free resources hold (all of them start up, which
+            # takes seconds, at once), needs one to run, and grows to `actors` as work queues (and as
+            # an autoscaling cluster adds nodes). A pool fixed at every CPU deadlocked a reused Ray
+            # whose previous stage's actors had not yet let go of their CPUs.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors, initial_size=lay.initial),
             num_gpus=lay.gpus or None,
             num_cpus=lay.cpus,
             # No restarts, no retries: Ray Data's default (forever) loops on a batch that kills its
