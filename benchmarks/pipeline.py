@@ -5,7 +5,7 @@ Measures, on one machine:
   class called in a plain loop (`--executor local`): Ray's overhead on one machine. Backends are the
   oracle/none ones (no model compute) and, with --net, a random-weight RetinaFace mobilenet0.25 so
   that there is real compute per image (its detections mean nothing; only the speed is measured),
-  with --parser-net a random-weight SCHP (about 10x mobilenet0.25's time per image);
+  with --parser-net a random-weight SCHP (about 30x mobilenet0.25's time per image);
 - with --net-images, the detector again on larger sets: Ray's fixed cost per run, its marginal rate,
   and the set size from which Ray reaches 0.9x the loop;
 - `deskpro.shards.pack.pack` throughput and shard bytes per image against the source JPEGs;
@@ -212,16 +212,17 @@ def bench_stages(args, base: Path, manifest: Path) -> list[dict]:
     for size in args.net_images:  # the network stage again on larger sets: Ray's fixed cost per run
         runs.append(("detect", NET_LABEL, net_options(base), make_set(base, size, f"net{size}")[1]))
     rows = []
-    for stage, label, options, manifest in runs:
-        images = len(read_manifest(manifest))
+    for stage, label, options, run_manifest in runs:
+        images = len(read_manifest(run_manifest))
         work = base / f"work-{stage}-{label.split()[0]}-{images}"
         if stage == "restore":  # restore reads detect's outputs: make them once per work dir
             for executor in ("local", "ray"):
-                run_once("detect", manifest, work / executor, ORACLE["detect"], "local", args)
+                run_once("detect", run_manifest, work / executor, ORACLE["detect"], "local", args)
         result = {"stage": stage, "backend": label, "images": images, "local": [], "ray": []}
         for _ in range(args.repeats):  # alternating, so that load from elsewhere hits both alike
             for executor in ("local", "ray"):
-                result[executor].append(run_once(stage, manifest, work / executor, options, executor, args))
+                run = run_once(stage, run_manifest, work / executor, options, executor, args)
+                result[executor].append(run)
         ratios = sorted(
             r["images_per_s"] / max(lo["images_per_s"], 1e-9) for r, lo in zip(result["ray"], result["local"])
         )
@@ -250,6 +251,8 @@ def fixed_cost(rows: list[dict], target: float = 0.9) -> dict | None:
     n = [r["images"] for r in net]
     ray_s = [statistics.median(x["seconds"] for x in r["ray"]) for r in net]
     slope, fixed = statistics.linear_regression(n, ray_s)
+    if slope <= 0:  # noise on sets too close in size: no rate to speak of
+        return None
     loop_rate = sum(n) / sum(statistics.median(x["seconds"] for x in r["local"]) for r in net)
     gain = 1 / loop_rate - target * slope  # per image: the loop's time minus target x Ray's
     return {
@@ -466,7 +469,7 @@ def main() -> None:
         type=int,
         nargs="*",
         default=[],
-        help="with --net: the network stage again on sets of these sizes (Ray's fixed cost, break-even)",
+        help="the detector (as --net) again on sets of these sizes: Ray's fixed cost and break-even",
     )
     parser.add_argument(
         "--net-only", action="store_true", help="no light stages, memory or pack: only --net and --parser-net"

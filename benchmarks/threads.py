@@ -6,7 +6,7 @@ loads):
 - deskpro: what a `deskpro` command does: `apply_threads(workers)`, the CPUs this process may use,
   less the cores other processes keep busy at that moment, less the workers (none here); OpenMP's
   default waiting.
-- passive: what deskpro 0.2 and 0.3 did: OMP_WAIT_POLICY=PASSIVE before torch loads, and the CPUs
+- passive: what deskpro 0.2 and round 3 did: OMP_WAIT_POLICY=PASSIVE before torch loads, and the CPUs
   this process may use whatever else runs.
 - omp1: OMP_NUM_THREADS=1, the usual manual fix, for reference.
 - spinN (with --spin N): OpenMP's default waiting, but a waiting thread spins N times before it sleeps
@@ -115,7 +115,7 @@ def main(steps, repeats, kinds, backbone, batch, size, spins, json_path, child_a
     configs = CONFIGS + tuple(f"spin{n}" for n in spins)
     model_args = ["--backbone", backbone, "--batch", str(batch), "--size", size]
     runs: dict[tuple, list[float]] = {}
-    threads: dict[tuple, int] = {}  # (config, busy): the count the last such run chose
+    threads: dict[tuple, int] = {}  # (kind, config, busy): the count the last such run chose
     for _ in range(repeats):
         for kind in kinds:
             for busy in (False, True):
@@ -135,7 +135,7 @@ def main(steps, repeats, kinds, backbone, batch, size, spins, json_path, child_a
                     if out.returncode:
                         sys.exit(f"{config} {kind} failed: {out.stderr.strip().splitlines()[-1:]}")
                     result = json.loads(out.stdout.strip().splitlines()[-1])
-                    threads[(config, busy)] = result["threads"]
+                    threads[(kind, config, busy)] = result["threads"]
                     runs.setdefault((kind, config, busy), []).append(result["step_s"])
     rows = []
     for kind in kinds:
@@ -148,8 +148,8 @@ def main(steps, repeats, kinds, backbone, batch, size, spins, json_path, child_a
                 {
                     "kind": kind,
                     "config": config,
-                    "threads_alone": threads[(config, False)],
-                    "threads_busy": threads[(config, True)],
+                    "threads_alone": threads[(kind, config, False)],
+                    "threads_busy": threads[(kind, config, True)],
                     "alone_s_median": float(np.median(alone)),
                     "busy_s_median": float(np.median(busy)),
                     "slowdown_min": min(slow),

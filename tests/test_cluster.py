@@ -62,9 +62,14 @@ def test_ray_client_addresses_are_refused_with_what_to_use():
     check_address("10.0.0.1:6379")
 
 
+class _Images:
+    needs_images = True
+
+
 class _Plan:
-    def __init__(self, backend: str, device: str = "auto") -> None:
+    def __init__(self, backend: str, device: str = "auto", stage_class: type = _Images) -> None:
         self.kwargs = {"backend": backend, "device": device}
+        self.stage_class = stage_class
 
 
 def test_layout_light_stages_are_tasks_networks_fill_the_free_cpus_or_the_gpus():
@@ -91,9 +96,12 @@ def test_pools_start_the_actors_that_fit_now_and_grow_to_the_rest():
     assert (explicit.actors, explicit.initial) == (4, 2)
     busy = layout(_Plan("schp"), StageRunOptions(num_actors=2), {})
     assert (busy.actors, busy.initial) == (2, 1)
+    # GPU actors behind decoding tasks leave the decoding a CPU: 3 CPUs start 2 of the 4 actors.
     gpu = layout(_Plan("schp"), StageRunOptions(), {"CPU": 3.0, "GPU": 4.0})
-    assert (gpu.actors, gpu.initial) == (4, 3)
+    assert (gpu.actors, gpu.initial) == (4, 2)
     assert layout(_Plan("schp"), StageRunOptions(num_gpus=0.5), {"CPU": 16.0, "GPU": 1.0}).initial == 2
+    packed = layout(_Plan("schp"), StageRunOptions(num_gpus=0.25, num_actors=8), {"CPU": 8.0, "GPU": 2.0})
+    assert (packed.actors, packed.initial) == (8, 7)  # docs/cluster.md's example on an 8-CPU node
 
 
 def test_a_stage_error_inside_ray_is_named_as_the_local_loop_names_it():

@@ -62,7 +62,7 @@ def test_demo_threads_hold_through_the_trainers_thread_choice(monkeypatch) -> No
     from deskpro.demo import _torch_threads
 
     monkeypatch.delenv(ENV_OVERRIDE, raising=False)
-    for name in (*THREAD_ENV, "OMP_WAIT_POLICY"):  # apply_threads sets them: restored after the test
+    for name in THREAD_ENV:  # apply_threads sets them: restored after the test
         monkeypatch.setenv(name, os.environ.get(name, ""))
     before = torch.get_num_threads()
     with _torch_threads(1):

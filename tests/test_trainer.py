@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from deskpro.cli import main
 from deskpro.model import checkpoint
 from deskpro.train.evaluate import evaluate
-from deskpro.train.loop import TrainRunOptions, run_training, train
+from deskpro.train.loop import TrainRunOptions, run_threads, run_training, train
 from deskpro.train.phases import build_model
 from deskpro.train.rundir import RunDir
 from deskpro.train.schedule import lr_factor, warmup_cosine
@@ -104,6 +104,26 @@ def _log(run):
 
 def _untimed(records):
     return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+
+def test_a_cpu_run_keeps_its_thread_count_through_a_resume_whatever_the_load(
+    small_shards, tmp_path, monkeypatch
+):
+    from deskpro.common import threads
+    from deskpro.train import data
+
+    monkeypatch.delenv("DESKPRO_THREADS", raising=False)
+    config = _config(small_shards, "baseline")
+    run = tmp_path / "run"
+    train(small_shards, run, config, TrainRunOptions(progress=False, max_iters=1))
+    chosen = _state(run)["threads"]
+    assert chosen == threads.choose_threads(config.num_workers)  # chosen at the start, saved
+    monkeypatch.setattr(threads, "free_cores", lambda affinity=None: 0)  # now every core is busy
+    asked = []
+    monkeypatch.setattr(data, "apply_threads", lambda workers, requested=None: asked.append(requested))
+    train(small_shards, run, config, TrainRunOptions(progress=False, resume=True))
+    assert asked and set(asked) == {chosen} and _state(run)["threads"] == chosen
+    assert run_threads(config, torch.device("cuda"), None) is None  # on a GPU: each epoch's loader
 
 
 def test_max_iters_mid_epoch_then_resume_equals_an_uninterrupted_run(small_shards, tmp_path):
@@ -432,7 +452,8 @@ def test_decode_on_device_trains_exactly_as_decode_on_worker(jpeg_shards, tmp_pa
     """On the CPU the device path runs torchvision's decoder in the loop, the worker path PIL's in the
     worker; they agree bit for bit (test_train_data.py), so the loss logs and weights are equal."""
     seen = _spy_decoded(monkeypatch)
-    # fast: a narrow net, one epoch; the same workers (0), hence the same thread count
+    # fast: a narrow net, one epoch; the same workers (0), hence the same thread count (the suite's
+    # thread counts ignore the load: conftest.py)
     narrow = {"backbone": "osnet_x0_25", "epochs": 1, "warmup_epochs": 0}
     by_worker = train(jpeg_shards, tmp_path / "w", _config(jpeg_shards, phase, **narrow), QUIET)  # auto
     assert seen and not any(seen)  # auto on the CPU: the workers decoded

@@ -6,12 +6,14 @@ More compute threads than free cores is what hurts most: OpenMP threads spin at 
 waiting for a thread that is not running, so one busy neighbour on a 2-core machine slowed
 training 6.7x. Hence the budget is the smaller of the affinity and the quota, less the cores that
 other processes keep busy at the moment of the choice (measured over a tenth of a second), less one
-CPU for each worker beside the process (DataLoader workers, actors). The trainer chooses again at
-every epoch, so a neighbour that comes or goes is followed within an epoch.
+CPU for each worker beside the process (DataLoader workers, actors). The trainer on a GPU chooses
+again at every epoch, so a neighbour that comes or goes is followed within an epoch; on a CPU, where
+the count sets the rounding of float sums, it chooses once per run (deskpro.train.loop.run_threads).
 
 OpenMP keeps its default waiting (a short spin, then sleep): with no more threads than free cores,
 spinning costs nothing, and sleeping at every barrier (OMP_WAIT_POLICY=PASSIVE, what 0.2 set) made
-small networks 1.3-2.6x slower on an idle machine (benchmarks/RESULTS.md, "Threads").
+a training step 2.4-3.2x slower on an idle machine (benchmarks/RESULTS.md, "Threads, round 4").
+A neighbour that starts after the choice meets spinning threads until the next one.
 
 `--threads N` on the command line (DESKPRO_THREADS=N) overrides the choice.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ENV_OVERRIDE = "DESKPRO_THREADS"
@@ -158,7 +161,11 @@ def _process_tree_ticks(root: int = 0, proc: Path = Path("/proc")) -> int:
 
 
 def busy_cores_beside(
-    window_s: float = BUSY_WINDOW_S, *, affinity: set[int] | None = None, proc: str | os.PathLike = "/proc"
+    window_s: float = BUSY_WINDOW_S,
+    *,
+    affinity: set[int] | None = None,
+    proc: str | os.PathLike = "/proc",
+    sleep: Callable[[float], None] = time.sleep,
 ) -> float:
     """Cores of this process's affinity set that other processes kept busy over `window_s` seconds.
 
@@ -170,15 +177,28 @@ def busy_cores_beside(
     try:
         busy0, total0 = _cpu_ticks((proc / "stat").read_text(), cpus)
         own0 = _process_tree_ticks(proc=proc)
-        time.sleep(window_s)
+        sleep(window_s)
         busy1, total1 = _cpu_ticks((proc / "stat").read_text(), cpus)
         own1 = _process_tree_ticks(proc=proc)
     except (OSError, ValueError, IndexError):
         return 0.0
     if total1 <= total0:
         return 0.0
-    cores = len(cpus) * (busy1 - busy0 - (own1 - own0)) / (total1 - total0)
-    return min(float(len(cpus)), max(0.0, cores))
+    # A descendant reaped between the two scans can make the own ticks jump or drop: never more than
+    # all the busy ticks, never less than none.
+    own = min(max(0, own1 - own0), busy1 - busy0)
+    return min(float(len(cpus)), max(0.0, len(cpus) * (busy1 - busy0 - own) / (total1 - total0)))
+
+
+def cores_taken(busy: float) -> int:
+    """Whole cores that `busy` cores of other processes' work take: a core more than half used."""
+    return max(0, math.ceil(busy - 0.5))
+
+
+def free_cores(affinity: set[int] | None = None) -> int:
+    """Cores of the affinity set that other processes leave free now (measured over BUSY_WINDOW_S)."""
+    cpus = affinity if affinity is not None else _affinity()
+    return len(cpus) - cores_taken(busy_cores_beside(affinity=cpus))
 
 
 def _affinity() -> set[int]:
@@ -188,21 +208,23 @@ def _affinity() -> set[int]:
 
 
 def choose_threads(
-    workers: int = 0, *, cpus: int | None = None, busy: float | None = None, requested: int | None = None
+    workers: int = 0, *, cpus: int | None = None, free: int | None = None, requested: int | None = None
 ) -> int:
-    """Compute threads for this process: the override, else the CPUs left after the cores other
-    processes keep busy (`busy`, measured when None) and one per worker.
+    """Compute threads for this process: the override, else the smaller of its CPU budget (`cpus`:
+    affinity capped by the cgroup quota) and the cores of its affinity set that other processes
+    leave free (`free`, measured when None), less one per worker.
 
-    With more workers than CPUs the process still gets one thread (the OS shares the cores).
+    The two are apart because a quota is a share of time, not of cores: in a container limited to 4
+    CPUs on a busy 64-core node, the 32 cores others use still leave the 4. With more workers than
+    CPUs the process still gets one thread (the OS shares the cores).
     """
     if requested is None:
         requested = requested_threads()
     if requested is not None:
         return requested
     cpus = available_cpus() if cpus is None else cpus
-    busy = busy_cores_beside() if busy is None else busy
-    free = cpus - math.floor(busy + 0.5)  # a neighbour using more than half a core takes it
-    return max(1, free - max(0, workers))
+    free = free_cores() if free is None else free
+    return max(1, min(cpus, free) - max(0, workers))
 
 
 def thread_env(threads: int) -> dict[str, str]:

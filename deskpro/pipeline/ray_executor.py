@@ -226,7 +226,10 @@ def layout(plan: StagePlan, opts: StageRunOptions, resources: dict) -> Layout:
     gpus = opts.num_gpus
     if gpus is None:
         gpus = 1.0 if wants_gpu(plan.kwargs) and resources.get("GPU", 0) > 0 else 0.0
-    fit = math.floor(resources.get("CPU", 0) / opts.num_cpus + 1e-9)
+    cpus = resources.get("CPU", 0)
+    if gpus > 0 and getattr(plan.stage_class, "needs_images", True):
+        cpus -= DECODE_CPUS  # one decoding task in front of the GPU actors must find a CPU
+    fit = math.floor(cpus / opts.num_cpus + 1e-9)
     if gpus > 0:
         fit = min(fit, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
     if opts.num_actors is not None:
@@ -239,9 +242,17 @@ def layout(plan: StagePlan, opts: StageRunOptions, resources: dict) -> Layout:
     return Layout(kind, actors, gpus, opts.num_cpus, initial=max(1, min(actors, fit)))
 
 
-def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
+def actor_pool(lay: Layout):
+    """Ray Data's pool for `lay`; Ray before 2.50 has no initial size and starts one actor."""
     import ray.data
 
+    try:
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors, initial_size=lay.initial)
+    except TypeError:
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors)
+
+
+def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
     ds = ray_source(plan, opts.batch_size)
     # Each actor or task computes on the CPUs Ray gave it, not on every core of its node.
     stage_args = {"stage_class": plan.stage_class, "kwargs": plan.kwargs, "threads": max(1, int(lay.cpus))}
@@ -263,11 +274,11 @@ def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
             DecodingStage if fused else ArrowStage,
             fn_constructor_kwargs={**stage_args, "decode": plan.decode_kwargs} if fused else stage_args,
             batch_size=opts.batch_size,
-            # The pool starts as many actors as the free resources hold (all of them start up, which
-            # takes seconds, at once), needs one to run, and grows to `actors` as work queues (and as
-            # an autoscaling cluster adds nodes). A pool fixed at every CPU deadlocked a reused Ray
-            # whose previous stage's actors had not yet let go of their CPUs.
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors, initial_size=lay.initial),
+            # The pool starts as many actors as the free resources hold now (each takes seconds to
+            # start: together, not one after another), needs only one to run, and grows to `actors`
+            # as work queues and resources free up (a reused Ray whose previous stage still holds
+            # CPUs, an autoscaling cluster adding nodes).
+            compute=actor_pool(lay),
             num_gpus=lay.gpus or None,
             num_cpus=lay.cpus,
             # No restarts, no retries: Ray Data's default (forever) loops on a batch that kills its

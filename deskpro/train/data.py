@@ -363,14 +363,15 @@ def make_loader(
     workers: int = 2,
     pin_memory: bool = False,
     decode_on: str = "worker",
+    threads: int | None = None,
 ) -> torch.utils.data.DataLoader:
     """A loader whose items are whole batches: each worker reads one batch with `read_many`, or
     with decode_on="device" its JPEG bytes (`read_jpeg`; the loop decodes them with `decoded`).
 
-    Threads: each worker computes on one thread, and this process keeps the CPUs the workers leave
-    (`deskpro.common.threads`; `--threads` overrides).
+    Threads: each worker computes on one thread, and this process keeps `threads`, else the CPUs the
+    workers and the machine's load leave (`deskpro.common.threads`; `--threads` overrides).
     """
-    apply_threads(workers)
+    apply_threads(workers, requested=threads)
     return torch.utils.data.DataLoader(
         JpegBatches(dataset) if decode_on == "device" else dataset,
         sampler=sampler,

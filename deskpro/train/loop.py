@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deskpro.common.threads import choose_threads, requested_threads
 from deskpro.common.torch_utils import autocast_context, resolve_device
 from deskpro.config import TrainConfig
 from deskpro.train import recipe
@@ -70,6 +71,18 @@ class TrainRunOptions:
     local_rank: int = 0
     trust_checkpoint: bool = False
     from_scratch: bool = False  # a real-dataset run without --imagenet (recipe.check_init)
+
+
+def run_threads(config: TrainConfig, device: torch.device, saved: dict | None) -> int | None:
+    """The run's thread count on a CPU: `--threads`, else a resumed run's own, else chosen now.
+
+    On a CPU the count is part of what the run computes (it orders the float sums), so it is chosen
+    once and a resume keeps it: the resumed run equals the uninterrupted one whatever the load. On a
+    GPU it only paces the host's side: None, and each epoch's loader follows the load.
+    """
+    if device.type != "cpu":
+        return None
+    return requested_threads() or (saved or {}).get("threads") or choose_threads(config.num_workers)
 
 
 def run_training(
@@ -132,6 +145,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
         )
         epoch, batch, step = int(saved["epoch"]), int(saved.get("batch", 0)), int(saved["step"])
         best, partial = float(saved.get("best", -1.0)), saved.get("partial") or {}
+    threads = run_threads(config, dist.device, saved)
     if dist.main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(config)
@@ -161,6 +175,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
                 workers=config.num_workers,
                 pin_memory=dist.device.type == "cuda",
                 decode_on=decode_on,
+                threads=threads,
             )
             # Starting a loader draws its workers' seed from the global RNG; keeping that draw
             # off the global stream gives dropout the same draws on a fresh and a resumed epoch.
@@ -238,6 +253,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
                     scaler=scaler,
                     best=best,
                     partial=in_epoch,
+                    threads=threads,
                 )
                 run.save_state(state)
                 run.append_log(record)

@@ -191,12 +191,12 @@ class ScalarLogger:
 
 
 def training_state(
-    *, epoch, batch, step, config, model, optimizer, scheduler, sampler, scaler, best, partial
+    *, epoch, batch, step, config, model, optimizer, scheduler, sampler, scaler, best, partial, threads=None
 ):
     """The plain-data state a resume continues from: epoch `epoch` (0-based) after `batch` batches.
 
     `partial` holds what a resume mid-epoch also needs (the epoch's augmentation generator state and
-    its running loss sums); it is empty at an epoch's end.
+    its running loss sums); it is empty at an epoch's end. `threads`: a CPU run's thread count.
     """
     return {
         "epoch": epoch,
@@ -212,6 +212,7 @@ def training_state(
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "best": best,
         "partial": partial,
+        "threads": threads,
     }
 
 
