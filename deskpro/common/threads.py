@@ -4,11 +4,12 @@
 mask (taskset, Slurm, Ray) or a cgroup CPU quota (Docker --cpus, Kubernetes limits) gives it less.
 More compute threads than free cores is what hurts most: OpenMP threads spin at every barrier
 waiting for a thread that is not running, so one busy neighbour on a 2-core machine slowed
-training 6.7x. Hence the budget is the smaller of the affinity and the quota, less the cores that
-other processes keep busy at the moment of the choice (measured over a tenth of a second), less one
-CPU for each worker beside the process (DataLoader workers, actors). The trainer on a GPU chooses
-again at every epoch, so a neighbour that comes or goes is followed within an epoch; on a CPU, where
-the count sets the rounding of float sums, it chooses once per run (deskpro.train.loop.run_threads).
+training 6.7x. Hence the budget is the smallest of the affinity, the quota and the cores of the
+affinity that other processes leave free at the moment of the choice (measured over a tenth of a
+second), less one CPU for each worker beside the process (DataLoader workers, actors). The trainer
+on a GPU chooses again at every epoch, so a neighbour that comes or goes is followed within an
+epoch; on a CPU, where the count sets the rounding of float sums, it chooses once per run
+(deskpro.train.loop.run_threads).
 
 OpenMP keeps its default waiting (a short spin, then sleep): with no more threads than free cores,
 spinning costs nothing, and sleeping at every barrier (OMP_WAIT_POLICY=PASSIVE, what 0.2 set) made
