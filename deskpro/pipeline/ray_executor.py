@@ -227,7 +227,7 @@ def layout(plan: StagePlan, opts: StageRunOptions, resources: dict) -> Layout:
     if gpus is None:
         gpus = 1.0 if wants_gpu(plan.kwargs) and resources.get("GPU", 0) > 0 else 0.0
     cpus = resources.get("CPU", 0)
-    if gpus > 0 and getattr(plan.stage_class, "needs_images", True):
+    if gpus > 0 and plan.stage_class.needs_images:
         cpus -= DECODE_CPUS  # one decoding task in front of the GPU actors must find a CPU
     fit = math.floor(cpus / opts.num_cpus + 1e-9)
     if gpus > 0:
