@@ -211,7 +211,7 @@ class Layout:
     actors: int  # the pool's largest size (tasks: 0)
     gpus: float  # per actor
     cpus: float  # per actor or task
-    initial: int = 1  # actors started at once: as many as fit in the free resources now
+    initial: int = 1  # actors that fit in the free resources now (not used to start the pool: actor_pool)
 
     def describe(self) -> str:
         if self.kind == "tasks":
@@ -243,13 +243,14 @@ def layout(plan: StagePlan, opts: StageRunOptions, resources: dict) -> Layout:
 
 
 def actor_pool(lay: Layout):
-    """Ray Data's pool for `lay`; Ray before 2.50 has no initial size and starts one actor."""
+    """Ray Data's pool for `lay`: one actor at the start, growing to `lay.actors` as work queues.
+
+    Starting every actor that fits at once (initial_size) hung `deskpro preprocess` on a reused
+    local Ray twice in bare-clone suites (round 3 and round 4), cause unknown: not used.
+    """
     import ray.data
 
-    try:
-        return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors, initial_size=lay.initial)
-    except TypeError:
-        return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors)
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors)
 
 
 def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
@@ -274,10 +275,6 @@ def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
             DecodingStage if fused else ArrowStage,
             fn_constructor_kwargs={**stage_args, "decode": plan.decode_kwargs} if fused else stage_args,
             batch_size=opts.batch_size,
-            # The pool starts as many actors as the free resources hold now (each takes seconds to
-            # start: together, not one after another), needs only one to run, and grows to `actors`
-            # as work queues and resources free up (a reused Ray whose previous stage still holds
-            # CPUs, an autoscaling cluster adding nodes).
             compute=actor_pool(lay),
             num_gpus=lay.gpus or None,
             num_cpus=lay.cpus,
