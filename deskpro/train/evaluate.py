@@ -23,7 +23,13 @@ from deskpro.model import checkpoint
 from deskpro.model.deskpro import retrieval_distance, retrieval_features
 from deskpro.train.data import _where, open_reader
 from deskpro.train.metrics import Gallery, RankAccumulator, query_block, rank, rank_block
-from deskpro.train.protocols import Protocol, build_protocols, index_column, single_shot_columns
+from deskpro.train.protocols import (
+    DEFINITIONS,
+    Protocol,
+    build_protocols,
+    index_column,
+    single_shot_columns,
+)
 from deskpro.train.transforms import normalize_uint8
 
 __all__ = [
@@ -385,4 +391,8 @@ def format_report(report: dict) -> str:
     """The results table of an `evaluate` report."""
     rows = [ProtocolRow(**r) for r in report["results"]]
     title = f"{report['dataset']} ({report['split']}): {report['checkpoint']}"
-    return format_table(rows, title)
+    names = list(dict.fromkeys(r.protocol for r in rows))
+    defined = [f"  {n}: {DEFINITIONS[n].description}" for n in names if n in DEFINITIONS]
+    return "\n".join(
+        [format_table(rows, title), "protocols:", *defined] if defined else [format_table(rows, title)]
+    )
