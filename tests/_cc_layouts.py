@@ -214,3 +214,66 @@ def reference_last(root: Path) -> dict[str, tuple]:
             for p, pid, cam, clothes in rows:
                 out[_rel(p, root)] = (split, pid, cam, clothes)
     return out
+
+
+# ---- a synthetic set re-laid out in each benchmark's naming (for the end-to-end runs)
+
+
+def _target(dataset: str, row: dict, k: int) -> tuple[str, int | None]:
+    """(new path, DeepChange tracklet) of a synthetic row. Synthetic camid 0/1/2 = cameras A/B/C;
+    C shows the person's other outfit. Val people become train people where a set has no val."""
+    pid, cam, split, subset = row["pid"], row["camid"], row["split"], row["subset"]
+    outfit = 2 if cam == 2 else 1
+    if dataset in ("ltcc", "vc-clothes") and split == "val":
+        split = "train"
+    if dataset == "ltcc":
+        folder = {"train": "train", "query": "query", "gallery": "test"}[split]
+        return f"{folder}/{pid:03d}_{outfit}_c{cam + 1}_{k:06d}.png", None
+    if dataset == "vc-clothes":
+        vc_cam = {0: 3, 1: 2, 2: 4}[cam]  # gallery A -> camera 3: queries in 2 (same clothes) and 4
+        return f"{split}/{pid:04d}-{vc_cam:02d}-{outfit:02d}-{k:02d}.jpg", None
+    role = "query" if subset.startswith("query") else "gallery"
+    if dataset == "deepchange":
+        folder = {"train": "train-set", "val": f"val-set-{role}"}.get(split, f"test-set-{split}")
+        tracklet = pid * 10 + cam
+        return f"{folder}/P{pid:04d}_C{cam + 1:02d}_D{outfit:02d}_F{k:06d}.jpg", tracklet
+    folder = {"train": "train", "val": f"val/{role}"}.get(split, f"test/{split}")
+    by_person = folder == "train" or folder.endswith("gallery")
+    name = f"{pid:06d}_{k:03d}_{outfit}.jpg"
+    return (f"{folder}/{pid:06d}/{name}" if by_person else f"{folder}/{name}"), None
+
+
+def relayout_synthetic(src: Path, dst: Path, dataset: str) -> Path:
+    """Copy the synthetic set at `src` into `dst` in `dataset`'s layout, with its ground truth (parse
+    maps, faces.parquet) moved to the new paths so that the oracle backends serve it."""
+    import shutil
+
+    import cv2
+    import pyarrow.parquet as pq
+
+    from deskpro.manifests import scan
+
+    moved, lists = {}, {}
+    for k, row in enumerate(scan("synthetic", src).to_pylist()):
+        new, tracklet = _target(dataset, row, k)
+        moved[row["path"]] = new
+        (dst / new).parent.mkdir(parents=True, exist_ok=True)
+        if new.endswith(".png"):
+            cv2.imwrite(str(dst / new), cv2.imread(str(src / row["path"])))
+        else:
+            shutil.copyfile(src / row["path"], dst / new)
+        truth = dst / "truth" / "parse" / Path(new).with_suffix(".png")
+        truth.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / "truth" / "parse" / Path(row["path"]).with_suffix(".png"), truth)
+        if tracklet is not None:
+            folder, name = new.split("/", 1)
+            lists.setdefault(folder, []).append(f"{name},{tracklet}")
+    write_deepchange_lists(dst, lists)
+    faces = pq.read_table(src / "truth" / "faces.parquet").to_pydict()
+    faces["path"] = [moved[p] for p in faces["path"]]
+    table = pq.read_table(src / "truth" / "faces.parquet")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("path"), "path", [faces["path"]]),
+        dst / "truth" / "faces.parquet",
+    )
+    return dst
