@@ -159,3 +159,28 @@ def test_every_preset_names_known_protocols_and_describes_them() -> None:
     assert expand(("cc",)) == ["cc", "cc-single"]
     with pytest.raises(ValueError, match="unknown protocol 'xx'"):
         expand(("xx",))
+
+
+def test_the_report_says_what_each_protocol_is() -> None:
+    from deskpro.train.evaluate import format_report
+
+    row = {"stream": "body", "mode": "cc", "r1": 0.5, "r5": 1.0, "r10": 1.0, "mAP": 0.5}
+    row.update(queries=2, gallery=3, excluded=0, trials=1)
+    report = {"dataset": "ltcc", "split": "test", "checkpoint": "c.pt"}
+    report["results"] = [{**row, "protocol": "cc-all"}, {**row, "protocol": "sc-all", "mode": "sc"}]
+    text = format_report(report)
+    assert f"cc-all: {DEFINITIONS['cc-all'].description}" in text
+    assert f"sc-all: {DEFINITIONS['sc-all'].description}" in text and "standard:" not in text
+
+
+@pytest.mark.parametrize("dataset", ["ltcc", "vc-clothes", "deepchange", "last"])
+def test_published_sizes_in_the_docs_are_the_presets(dataset) -> None:
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/formats.md"):
+        row = next(
+            line for line in (repo / doc).read_text().splitlines() if line.startswith(f"| `{dataset}`")
+        )
+        for size in PRESETS[dataset].sizes:
+            assert f"{size.images:,}" in row and f"{size.ids:,}" in row, (doc, size)
