@@ -8,12 +8,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from deskpro.synthetic import generator
 from deskpro.cli import main
 from deskpro.config import preset
 from deskpro.manifests import build_manifest
 from deskpro.pipeline.runner import StageRunOptions, run_preprocess
 from deskpro.shards.pack import pack
+from deskpro.synthetic import generator
 from deskpro.train.protocols import DEFINITIONS, expand
 from tests._cc_layouts import relayout_synthetic
 
