@@ -23,7 +23,7 @@ def random_index(seed: int, n: int = 160, clothes_known: bool = True) -> pa.Tabl
     return pa.table(
         {
             "pid": pa.array(rng.integers(0, 8, n)),
-            "camid": pa.array(rng.integers(0, 4, n)),
+            "camid": pa.array(rng.integers(-1, 4, n)),  # -1: no camera label
             "clothes_id": pa.array(clothes),
             "split": list(split),
             "subset": list(subset),
@@ -59,7 +59,7 @@ def dropped(q: dict, g: dict, exclusion: str) -> bool:
     """Whether a gallery image leaves query q's ranking: only images of the query's person."""
     if g["pid"] != q["pid"] or exclusion == "any-camera":
         return False
-    same_cam = g["camid"] == q["camid"]
+    same_cam = g["camid"] == q["camid"] and q["camid"] >= 0  # -1: no camera label
     if exclusion == "cc":
         return same_cam or g["clothes_id"] == q["clothes_id"]
     if exclusion == "sc":

@@ -154,8 +154,8 @@ def rank_block(block, q_pids, q_camids, q_clothes, gallery: Gallery) -> QuerySco
         raise ValueError("rank: the distance matrix has NaN entries")
     if gallery.mode == "any-camera":  # datasets without camera labels (LaST): no same-camera rule
         junk = np.zeros(len(cols), bool)
-    else:
-        junk = gallery.cams[cols] == q_camids[rows]
+    else:  # camid -1 is no camera label: never the query's camera
+        junk = (gallery.cams[cols] == q_camids[rows]) & (q_camids[rows] >= 0)
     if gallery.mode in CLOTHES_MODES:
         same_clothes = gallery.clothes[cols] == q_clothes[rows]
         junk |= same_clothes if gallery.mode == "cc" else ~same_clothes
@@ -268,7 +268,7 @@ def rank(
     """(cmc, mAP): `cmc[k]` is the rank-(k+1) accuracy, over the queries with a true match.
 
     Modes decide which gallery items a query ignores: "standard" drops items with the same pid
-    and camera; "cc" (cloth-changing) also drops items with the same pid and clothes; "sc"
+    and camera (camid -1, no camera label, is never the same camera); "cc" (cloth-changing) also drops items with the same pid and clothes; "sc"
     (same-clothes) also drops items with the same pid and other clothes, so only same-clothes
     true matches count; "any-camera" drops nothing (datasets without camera labels: every
     same-pid gallery item is a true match). A query left with no true match is excluded from the averages
