@@ -268,10 +268,11 @@ def rank(
     """(cmc, mAP): `cmc[k]` is the rank-(k+1) accuracy, over the queries with a true match.
 
     Modes decide which gallery items a query ignores: "standard" drops items with the same pid
-    and camera (camid -1, no camera label, is never the same camera); "cc" (cloth-changing) also drops items with the same pid and clothes; "sc"
-    (same-clothes) also drops items with the same pid and other clothes, so only same-clothes
-    true matches count; "any-camera" drops nothing (datasets without camera labels: every
-    same-pid gallery item is a true match). A query left with no true match is excluded from the averages
+    and camera (camid -1, no camera label, is never the same camera); "cc" (cloth-changing) also
+    drops items with the same pid and clothes; "sc" (same-clothes) also drops items with the same
+    pid and other clothes, so only same-clothes true matches count; "any-camera" drops nothing
+    (datasets without camera labels: every same-pid gallery item is a true match). A query left
+    with no true match is excluded from the averages
     (`rank_result` counts them). Ties keep gallery order. `distmat` may be a numpy array or a
     torch tensor (ranked on its device).
     """
