@@ -48,13 +48,36 @@ def test_preprocess_pack_train_evaluate(synthetic_set, tmp_path, dataset) -> Non
     shards = tmp_path / "shards"
     pack(tmp_path / "work", shards, body_size=(32, 16), face_size=16, codec="raw", progress=False)
     run = tmp_path / "run"
-    args = ["train", shards, "-o", run, "--baseline", "--from-scratch", "--backbone", "osnet_x0_25"]
+    # One torch thread: the runs are tiny, and a second thread only contends on a busy machine.
+    args = [
+        "--threads",
+        "1",
+        "train",
+        shards,
+        "-o",
+        run,
+        "--baseline",
+        "--from-scratch",
+        "--backbone",
+        "osnet_x0_25",
+    ]
     args += ["--epochs", "1", "--warmup-epochs", "0", "--p", "2", "--k", "2", "--max-iters", "2"]
     args += ["--workers", "0", "--device", "cpu", "--no-progress"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     report_file = tmp_path / "report.json"
-    args = ["evaluate", shards, "--checkpoint", run / "checkpoint.pt", "--device", "cpu", "--trials", "1"]
+    args = [
+        "--threads",
+        "1",
+        "evaluate",
+        shards,
+        "--checkpoint",
+        run / "checkpoint.pt",
+        "--device",
+        "cpu",
+        "--trials",
+        "1",
+    ]
     result = CliRunner().invoke(main, [str(a) for a in [*args, "--json", report_file, "--no-progress"]])
     assert result.exit_code == 0, result.output
     report = json.loads(report_file.read_text())

@@ -281,10 +281,17 @@ def test_table_cli_and_its_one_line_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "dataset, files",
-    [("ltcc", ltcc_files()), ("vc-clothes", vc_files()), ("last", last_files())],
+    [
+        ("ltcc", ltcc_files()),
+        ("vc-clothes", vc_files()),
+        ("deepchange", deepchange_files(deepchange_lists())),
+        ("last", last_files()),
+    ],
 )
 def test_cli_reads_each_layout(tmp_path: Path, dataset: str, files: list[str]) -> None:
     root = make_tree(tmp_path / "data", files)
+    if dataset == "deepchange":
+        write_deepchange_lists(root, deepchange_lists())
     out = tmp_path / "m.parquet"
     run = CliRunner().invoke(cli.main, ["manifest", dataset, str(root), "-o", str(out)])
     assert run.exit_code == 0, run.output

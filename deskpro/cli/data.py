@@ -57,7 +57,8 @@ def manifest(
     force: bool,
     progress: bool | None,
 ) -> None:
-    """Scan DATASET's folder layout in ROOT into a manifest (synthetic: generate it into ROOT first)."""
+    """Scan DATASET's folder layout in ROOT into a manifest (synthetic: generate it into ROOT first;
+    table: the images under ROOT listed in --labels)."""
     from deskpro import synthetic
     from deskpro.common.files import check_output_path
     from deskpro.manifests import ManifestError, build_manifest, format_stats, is_manifest_file
