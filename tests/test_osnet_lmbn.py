@@ -183,6 +183,9 @@ def test_repeat_conv2a_updates_running_statistics_as_two_official_calls(momentum
     x = torch.randn(4, 32, 8, 4, generator=gen) * 3 + 1
     ours_out, official_out = block.train()(x), _official_osblock_forward(official.train(), x)
     torch.testing.assert_close(ours_out, official_out, rtol=0, atol=0)
+    ours_out.square().sum().backward()  # the extra update must not upset autograd's saved tensors
+    official_out.square().sum().backward()
+    torch.testing.assert_close(block.conv2a.conv1.weight.grad, official.conv2a.conv1.weight.grad)
     bn = block.conv2a.bn
     assert int(bn.num_batches_tracked) == 5 and int(block.conv2c[0].bn.num_batches_tracked) == 4
     for (key, mine), (_, theirs) in zip(block.state_dict().items(), official.state_dict().items()):

@@ -89,10 +89,11 @@ class LightConv3x3(nn.Module):
     def forward(self, x: torch.Tensor, bn_updates: int = 1) -> torch.Tensor:
         """bn_updates > 1: update the BatchNorm's running statistics as that many calls on x would."""
         pre = self.conv2(self.conv1(x))
-        out = self.relu(self.bn(pre))
         if bn_updates > 1 and self.training and self.bn.track_running_stats:
+            # before the BatchNorm call: its backward keeps the running statistics it saw (an update after
+            # it would fail autograd's version check); the same update twice commutes
             repeat_running_update(self.bn, pre, bn_updates - 1)
-        return out
+        return self.relu(self.bn(pre))
 
 
 def repeat_running_update(bn: nn.BatchNorm2d, pre: torch.Tensor, times: int) -> None:
@@ -100,6 +101,8 @@ def repeat_running_update(bn: nn.BatchNorm2d, pre: torch.Tensor, times: int) -> 
 
     A second train-mode call on the same batch normalises with the same batch statistics (same output)
     and moves the running mean / variance towards them once more; this does that without the call.
+    Call it before the module's own call (the updates commute; with ``momentum=None`` the counts run in
+    the same order).
     """
     with torch.no_grad():
         pre = pre.float()
