@@ -25,6 +25,7 @@ stops it. Everything stops by itself within --max-seconds plus a few seconds of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -150,13 +151,14 @@ def child(args: argparse.Namespace) -> None:
     with ray_session(num_cpus=args.cpus):  # started once, reused by every stage (the test's fixture)
         import ray
 
-        round_seconds = 0.0
+        round_seconds, work = 0.0, args.base
         for n in range(args.rounds):
             if time.monotonic() + round_seconds > end:  # the next round would not end in time
                 break
-            work = Path(tempfile.mkdtemp(prefix=f"round{n}-", dir=args.base))
+            again = n > 0 and args.repeat == "restore"  # restore alone, over the first round's detect
+            work = work if again else Path(tempfile.mkdtemp(prefix=f"round{n}-", dir=args.base))
             start = time.monotonic()
-            for stage in STAGES:
+            for stage in ("restore",) if again else STAGES:
                 if args.settle:  # the previous stage's actors gone: every CPU free, as on a quiet cluster
                     settle_end = time.monotonic() + 60
                     while (
@@ -166,7 +168,8 @@ def child(args: argparse.Namespace) -> None:
                         time.sleep(0.2)
                 current.update(stage=f"round {n} {stage}", since=time.monotonic())
                 free = ray.available_resources().get("CPU", 0.0)
-                summary = run_stage(stage, args.manifest, work, ORACLE[stage], opts, flag_prefix=f"{stage}-")
+                run = dataclasses.replace(opts, overwrite=again)
+                summary = run_stage(stage, args.manifest, work, ORACLE[stage], run, flag_prefix=f"{stage}-")
                 emit(
                     {
                         "round": n,
@@ -199,6 +202,8 @@ def run_child(args: argparse.Namespace, start: str, manifest: Path, base: Path, 
         str(args.actors),
         "--cpus",
         str(args.cpus),
+        "--repeat",
+        args.repeat,
         *(["--settle"] if args.settle else []),
         "--manifest",
         str(manifest),
@@ -243,7 +248,7 @@ def with_ray_gone(pgid: int) -> None:
 
 def summarise(result: dict) -> str:
     rows = result["stages"]
-    rounds = len({s["round"] for s in rows if s["stage"] == "restore"})
+    rounds = len([s for s in rows if s["stage"] == "restore"])
     slow = max((s["seconds"] for s in rows), default=0.0)
     verdict = f"HANG in {result['hang']['hang']}" if result["hang"] else "no hang"
     cells = [
@@ -272,6 +277,12 @@ def main() -> None:
         help="before each stage, wait (up to 60 s) until the previous stage's actors let go of every CPU",
     )
     ap.add_argument(
+        "--repeat",
+        choices=["all", "restore"],
+        default="all",
+        help="what rounds after the first run: all three stages in a new work dir, or restore alone again",
+    )
+    ap.add_argument(
         "--code",
         type=Path,
         default=Path(__file__).resolve().parents[1],
@@ -293,7 +304,9 @@ def main() -> None:
         share = args.max_seconds / len(args.start)
         for start in args.start:
             results.append(run_child(args, start, manifest, Path(tmp), share))
-    print("\n| deskpro code | pool start | rounds done | stages done | slowest stage s | wall s | verdict |")
+    print(
+        "\n| deskpro code | pool start | restores done | stages done | slowest stage s | wall s | verdict |"
+    )
     print("|---|---|---|---|---|---|---|")
     for result in results:
         print(summarise(result))

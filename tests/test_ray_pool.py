@@ -3,6 +3,7 @@ that no other operator needs a CPU that the pool holds; the slow test is the han
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -112,10 +113,18 @@ def test_restore_on_a_reused_ray_whose_pool_holds_every_cpu_completes(tmp_path, 
     for stage in BACKENDS:
         run_stage(stage, manifest, tmp_path / "loop", BACKENDS[stage], local)
         if stage != "restore":
-            run_stage(stage, manifest, tmp_path / "ray", BACKENDS[stage], local)
-    started = []
-    pool = ray_executor.actor_pool
+            for work in ("ray", "tasks"):
+                run_stage(stage, manifest, tmp_path / work, BACKENDS[stage], local)
+    started, operators = [], []
+    pool, build = ray_executor.actor_pool, ray_executor.build_dataset
     monkeypatch.setattr(ray_executor, "actor_pool", lambda lay: started.append(lay.initial) or pool(lay))
+
+    def build_and_list(*args):
+        ds = build(*args)
+        operators.extend(op.name for op in ds._logical_plan.dag.post_order_iter())  # Ray's own plan
+        return ds
+
+    monkeypatch.setattr(ray_executor, "build_dataset", build_and_list)
     with ray_executor.ray_session(num_cpus=2):  # or the suite's Ray, reused
         cpus = int(ray.cluster_resources()["CPU"])
         deadline = time.monotonic() + 60  # a previous test's actors letting go of their CPUs
@@ -127,7 +136,14 @@ def test_restore_on_a_reused_ray_whose_pool_holds_every_cpu_completes(tmp_path, 
         try:
             ray_options = StageRunOptions(part_size=4, batch_size=2, progress=False, num_actors=cpus)
             run_stage("restore", manifest, tmp_path / "ray", BACKENDS["restore"], ray_options)
+            # Without --actors the light backend runs as plain tasks, which read their slices too.
+            tasks = dataclasses.replace(ray_options, num_actors=None, overwrite=True)
+            run_stage("restore", manifest, tmp_path / "tasks", BACKENDS["restore"], tasks)
         finally:
             ctx.execution_no_progress_timeout_s = saved
     assert started == [cpus]  # every actor at once: the pool held every CPU of the Ray
-    assert read_stage(tmp_path / "ray", "restore").equals(read_stage(tmp_path / "loop", "restore"))
+    # Nothing but the pool asks for a CPU: the rows' slices come from the driver, no read operator.
+    assert operators[:2] == ["FromArrow", "MapBatches(SliceReadingStage)"], operators
+    assert operators[2:] == ["FromArrow", "MapBatches(light_batch)"], operators
+    for work in ("ray", "tasks"):
+        assert read_stage(tmp_path / work, "restore").equals(read_stage(tmp_path / "loop", "restore")), work
