@@ -7,6 +7,10 @@ How a stage is laid out on the cluster (`layout`):
   CPUs (separate decoding tasks would compete with them for the same CPUs);
 - a network on GPUs: decoding tasks on the CPUs feed an autoscaling pool of GPU actors.
 
+A stage that reads an upstream stage's parts (restore) gets slices of them and its workers read the
+rows (deskpro.pipeline.part_slices): then no operator but the stage's own asks for a CPU, and a pool
+may start every actor that fits at once without starving anything it needs.
+
 Ray is imported only inside these functions: the in-process executor (deskpro.pipeline.plan) needs none.
 """
 
@@ -24,13 +28,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from deskpro.common import images
+from deskpro.pipeline.part_slices import read_slices, slice_tables
 from deskpro.pipeline.plan import (
     ArrowStage,
     PartCollector,
     StageError,
     StagePlan,
     StageRunOptions,
-    part_path,
     source_tables,
 )
 from deskpro.pipeline.stages import NO_NET_BACKENDS
@@ -172,17 +176,17 @@ def ray_session(
 
 
 def ray_source(plan: StagePlan, batch_size: int):
-    """The input dataset: manifest rows (ids and paths, small) from the driver; restore's input, which
-    holds the face crops, read from detect's part files by the workers so that it streams."""
+    """The input dataset, from the driver: manifest rows (ids and paths, small), or for restore, slices
+    of detect's part files (file, first row, rows) whose rows, the face crops, the workers read.
+
+    Not ray.data.read_parquet: its listing task and footer-reading actors each need a free CPU, which
+    an actor pool holding every CPU never leaves (issue 25: restore hung).
+    """
     import ray.data
 
     if plan.upstream_dir is None:
         return ray.data.from_arrow(list(source_tables(plan, batch_size)))
-    files = [str(part_path(plan.upstream_dir, i)) for i in plan.missing]
-    # Reading takes no CPU of its own: a CPU actor pool holds every CPU, and read tasks that waited
-    # for one would never run.
-    columns = list(plan.stage_class.input_columns)
-    return ray.data.read_parquet(files, num_cpus=0).select_columns(columns)
+    return ray.data.from_arrow(slice_tables(plan, batch_size))
 
 
 class DecodingStage(ArrowStage):
@@ -196,9 +200,25 @@ class DecodingStage(ArrowStage):
         return super().__call__(images.decode_batch(batch, **self.decode))
 
 
-def light_batch(batch, *, stage_class: type, kwargs: dict, decode: dict, threads: int | None = None):
-    """A light stage as a plain task: decode (when it reads images) and run, built per batch."""
-    if stage_class.needs_images:
+class SliceReadingStage(ArrowStage):
+    """An actor that reads its batch's rows from an upstream part file (a slice) before the stage."""
+
+    def __init__(self, stage_class: type, kwargs: dict, threads: int | None = None) -> None:
+        super().__init__(stage_class, kwargs, threads)
+        self.columns = tuple(stage_class.input_columns)
+
+    def __call__(self, batch):
+        return super().__call__(read_slices(batch, self.columns))
+
+
+def light_batch(
+    batch, *, stage_class: type, kwargs: dict, decode: dict, slices: bool = False, threads: int | None = None
+):
+    """A light stage as a plain task: read its rows (`slices` of an upstream part) or decode its
+    images, when it needs either, and run, built per batch."""
+    if slices:
+        batch = read_slices(batch, tuple(stage_class.input_columns))
+    elif stage_class.needs_images:
         batch = images.decode_batch(batch, **decode)
     return ArrowStage(stage_class, kwargs, threads)(batch)
 
@@ -211,7 +231,7 @@ class Layout:
     actors: int  # the pool's largest size (tasks: 0)
     gpus: float  # per actor
     cpus: float  # per actor or task
-    initial: int = 1  # actors that fit in the free resources now (not used to start the pool: actor_pool)
+    initial: int = 1  # actors started at once: as many as fit in the free resources now
 
     def describe(self) -> str:
         if self.kind == "tasks":
@@ -243,38 +263,47 @@ def layout(plan: StagePlan, opts: StageRunOptions, resources: dict) -> Layout:
 
 
 def actor_pool(lay: Layout):
-    """Ray Data's pool for `lay`: one actor at the start, growing to `lay.actors` as work queues.
+    """Ray Data's pool for `lay`: every actor that fits in the free resources starts at once (their
+    start-up, seconds each, overlaps), one is enough to run, and it grows to `lay.actors` as work
+    queues and resources free up (a reused Ray whose previous stage still holds CPUs).
 
-    Starting every actor that fits at once (initial_size) hung `deskpro preprocess` on a reused
-    local Ray twice in bare-clone suites (round 3 and round 4), cause unknown: not used.
+    Safe because no other operator of the dataset needs a CPU (ray_source; GPU actors' decoding tasks
+    are left DECODE_CPUS by `layout`). With restore's input read by Ray Data's Parquet reader, whose
+    listing task needs a CPU, this start hung restore (issue 25; benchmarks/ray_pool_stress.py).
     """
     import ray.data
 
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors)
+    try:
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors, initial_size=lay.initial)
+    except TypeError:  # Ray before 2.50 has no initial size: one actor at the start
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=lay.actors)
 
 
 def build_dataset(plan: StagePlan, opts: StageRunOptions, lay: Layout):
     ds = ray_source(plan, opts.batch_size)
+    slices = plan.upstream_dir is not None  # one input row per batch: a slice of an upstream part
+    batch_size = 1 if slices else opts.batch_size
     # Each actor or task computes on the CPUs Ray gave it, not on every core of its node.
     stage_args = {"stage_class": plan.stage_class, "kwargs": plan.kwargs, "threads": max(1, int(lay.cpus))}
     if lay.kind == "tasks":
         return ds.map_batches(
             light_batch,
-            fn_kwargs={**stage_args, "decode": plan.decode_kwargs},
-            batch_size=opts.batch_size,
+            fn_kwargs={**stage_args, "decode": plan.decode_kwargs, "slices": slices},
+            batch_size=batch_size,
             num_cpus=lay.cpus,
         )
     if lay.kind == "gpu-actors" and plan.stage_class.needs_images:
         decode = {"fn_kwargs": plan.decode_kwargs, "num_cpus": DECODE_CPUS}
         ds = ds.map_batches(images.decode_batch, batch_size=opts.batch_size, **decode)
     fused = lay.kind == "cpu-actors" and plan.stage_class.needs_images
+    actor_class = DecodingStage if fused else SliceReadingStage if slices else ArrowStage
     with warnings.catch_warnings():
         # Ray 2.60 names no parameter for actor restarts and deprecates the keyword that sets them.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         return ds.map_batches(
-            DecodingStage if fused else ArrowStage,
+            actor_class,
             fn_constructor_kwargs={**stage_args, "decode": plan.decode_kwargs} if fused else stage_args,
-            batch_size=opts.batch_size,
+            batch_size=batch_size,
             compute=actor_pool(lay),
             num_gpus=lay.gpus or None,
             num_cpus=lay.cpus,
