@@ -6,9 +6,10 @@ DataLoader forks its workers), in a ``__del__``, in a callback Python calls with
 ignored". That is how a Ctrl-C some tens of milliseconds after an epoch ended used to be lost: it
 arrived while the next epoch's loader forked. `StopSignals` therefore records every signal in a
 flag and also raises `Interrupted`; loops call `check()` at safe points (after each batch, after
-starting a loader), so a swallowed exception is raised again there. Inside `deferred()` a first
-signal only sets the flag (a training step is finished, and its state kept); a second one raises at
-once.
+starting a loader), so a swallowed exception is raised again there. While the process forks, the
+handler only sets the flag (Python would print the swallowed exception's traceback). Inside
+`deferred()` (or between `hold()` and `release()`) a first signal only sets the flag (a training
+step is finished, and its state kept); a second one raises at once.
 
 SIGTERM is handled as SIGINT, so ``kill`` unwinds a command as Ctrl-C does: ``finally`` blocks
 run, temporary files are removed, locks released.
@@ -17,11 +18,29 @@ run, temporary files are removed, locks released.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_forking = [0]  # > 0 while this process forks: its at-fork callbacks would swallow an exception
+
+
+def _fork_begins() -> None:
+    _forking[0] += 1
+
+
+def _fork_ends() -> None:
+    _forking[0] = max(0, _forking[0] - 1)
+
+
+def _fork_child() -> None:
+    _forking[0] = 0
+
+
+# Registered last, so its "before" runs first and its "after" last around the other callbacks.
+os.register_at_fork(before=_fork_begins, after_in_parent=_fork_ends, after_in_child=_fork_child)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -63,6 +82,8 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         first = self.received is None
         self.received = signum
+        if _forking[0]:
+            return  # raised by the next check(): an exception here would be swallowed, with a traceback
         if self._depth == 0 or not first:
             raise Interrupted(signum=signum)
 
