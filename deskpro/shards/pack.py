@@ -35,7 +35,7 @@ from deskpro.manifests import manifest_info, read_manifest
 from deskpro.pipeline.plan import manifest_fingerprint, stage_dir
 from deskpro.shards.format import CATALOG_NAME, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, DEFAULT_PARSE_COMPRESSION
 from deskpro.shards.format import ShardError as ShardError  # noqa: PLC0414 (pack raises it too)
-from deskpro.shards.staging import check_pack_output, staged_output
+from deskpro.shards.staging import check_pack_output, recover, staged_output
 from deskpro.shards.writer import ShardWriter
 
 # Columns each stage must provide (the shared stage-output interface); the light ones are read for
@@ -296,6 +296,7 @@ def pack(
         "parse_compression": parse_compression,
     }
     with output_lock(out_dir, what="shard set", flag="-o"), StopSignals():  # SIGTERM unwinds as Ctrl-C
+        recover(out_dir, CATALOG_NAME)  # a set a killed pack left beside out_dir, put back first
         check_pack_output(work_dir, out_dir, Path(info["root"]), force, overwrite)
         return _pack(work_dir, out_dir, manifest, info, options, progress)
 
