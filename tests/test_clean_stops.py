@@ -241,3 +241,23 @@ def test_a_second_training_into_one_run_directory_is_refused(shards, tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_evaluate_and_visualize_refuse_shards_packed_at_other_sizes(finished, tmp_path):
+    from deskpro.experiments.visualize import attention_picture, ranks_picture
+    from deskpro.model.checkpoint import CheckpointError
+    from deskpro.train.evaluate import evaluate
+
+    other = write_tiny_shards(
+        tmp_path / "small", train_ids=4, per_id=2, test_ids=2, body_size=(32, 16), face_size=16
+    )
+    ckpt = finished / "checkpoint.pt"
+    expected = rf"{ckpt}: trained on 64x32 bodies and 32 px faces, but {other} is packed at 32x16 and 16 px"
+    for call in (
+        lambda: evaluate(other, ckpt, progress=False),
+        lambda: attention_picture(ckpt, other, tmp_path / "pictures"),
+        lambda: ranks_picture(ckpt, other, tmp_path / "pictures"),
+    ):
+        with pytest.raises(CheckpointError, match=expected):
+            call()
+    assert not (tmp_path / "pictures").exists()

@@ -247,11 +247,9 @@ def _check_values(table: pa.Table, path: Path) -> None:
                 + f"; allowed: {', '.join(allowed)}"
             )
     for column, lowest in MIN_VALUES.items():
-        values = table.column(column)
-        if len(values) and pc.min(values).as_py() < lowest:
-            raise ManifestError(
-                f"{path}: column {column!r} holds {pc.min(values).as_py()}; ids are >= {lowest}"
-            )
+        smallest = pc.min(table.column(column)).as_py()
+        if smallest is not None and smallest < lowest:
+            raise ManifestError(f"{path}: column {column!r} holds {smallest}; its values are >= {lowest}")
     for rel in table.column("path").to_pylist():
         parts = PurePosixPath(rel or "").parts
         if not parts or parts[0] == "/" or ".." in parts:
