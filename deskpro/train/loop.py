@@ -179,7 +179,7 @@ def _train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions, s
     def reached() -> bool:
         return options.max_iters is not None and step >= options.max_iters
 
-    saved_step = step  # the step train_state.pt is at
+    saved_step, stepped = step, False  # the step train_state.pt is at; the scheduler moved past it
 
     def save(complete: bool, with_val: bool = True) -> None:
         """Bookkeeping (rank 0): checkpoint, val score, train state, then the log line."""
@@ -293,15 +293,16 @@ def _train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions, s
             complete = batch == epoch_length
             if complete:
                 scheduler.step()  # the schedule is per epoch: only a whole epoch moves it
+                stepped = True  # until the epoch's state is saved: no partial save in between
 
             # -- bookkeeping (rank 0): checkpoint, val score, train state, then the log line
             if dist.main:
                 save(complete)
             if complete:
-                epoch, batch, partial = epoch + 1, 0, {}
+                epoch, batch, partial, stepped = epoch + 1, 0, {}, False
             stops.release()
     except Interrupted as stop:
-        if dist.main and step > saved_step:  # steps since the last save: keep them (a boundary)
+        if dist.main and step > saved_step and not stepped:  # keep the steps since the last save
             save(False, with_val=False)
         raise Interrupted(interrupted_message(stop, config, run, epoch, step), stop.signum) from None
     finally:
