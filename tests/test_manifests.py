@@ -291,6 +291,34 @@ def test_read_manifest_errors(prcc_root: Path, tmp_path: Path) -> None:
         read_manifest(tmp_path / "nometa.parquet")
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("split", "Train", r"column 'split' holds 'Train'; allowed: train, val, query, gallery"),
+        ("subset", "query-diff", r"column 'subset' holds 'query-diff'; allowed: train, val"),
+        ("pid", -3, r"column 'pid' holds -3; its values are >= 0"),
+        ("clothes_id", -2, r"column 'clothes_id' holds -2; its values are >= -1"),
+        ("path", "../outside/a.jpg", r"column 'path' holds '../outside/a.jpg'; paths are relative"),
+    ],
+)
+def test_unknown_values_in_closed_columns_are_refused_naming_file_column_and_value(
+    prcc_root: Path, tmp_path: Path, column: str, value, message: str
+) -> None:
+    table = scan("prcc", prcc_root)
+    values = table.column(column).to_pylist()
+    values[3] = value  # one bad row among good ones
+    bad = table.set_column(table.schema.get_field_index(column), table.schema.field(column), [values])
+    write_manifest(bad, tmp_path / "bad.parquet")
+    with pytest.raises(ManifestError, match=rf"bad.parquet: {message}"):
+        read_manifest(tmp_path / "bad.parquet")
+    read_manifest(write_and_return(table, tmp_path / "good.parquet"))  # the scan's own values pass
+
+
+def write_and_return(table: pa.Table, path: Path) -> Path:
+    write_manifest(table, path)
+    return path
+
+
 def parse_stats(text: str) -> dict[tuple[str, str], list[str]]:
     """(split, subset) -> [ids, images, clothes] from format_stats' fixed columns."""
     table, split = {}, ""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from deskpro.common.locks import output_lock
+from deskpro.common.stops import StopSignals
 from deskpro.common.threads import ENV_OVERRIDE, apply_threads
 from deskpro.common.torch_utils import resolve_device
 from deskpro.config import preset
@@ -196,7 +198,12 @@ def train_runs(shards, root: Path, runs: list[Run], settings: AblationSettings, 
                 running[pool.submit(train_run, *args)] = run
             if not running:
                 raise ValueError(f"runs {[r.name for r in pending]} need a teacher run, and none is listed")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            try:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:  # SIGINT / SIGTERM: each run saves its place and stops too
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                raise
             for future in finished:
                 done[running.pop(future).name] = future.result()
     return {run.name: done[run.name] for run in runs}
@@ -223,6 +230,11 @@ def run_ablation(
     chosen = select_rows(rows)
     settings = dataclasses.replace(settings, device=resolve_device(settings.device))
     root = Path(run_root)
+    with output_lock(root, what="ablation", flag="RUN_ROOT"), StopSignals():  # one ablation per root
+        return _ablation(shards, root, chosen, settings, echo, title)
+
+
+def _ablation(shards, root: Path, chosen, settings: AblationSettings, echo, title) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     checkpoints = train_runs(shards, root, runs_for(chosen), settings, echo)
     results = evaluate_rows(shards, chosen, checkpoints, settings)

@@ -9,7 +9,6 @@ The panel arrays are returned with the file, so that tests can check what was dr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from deskpro.common.files import atomic_path
 from deskpro.config import preset
 from deskpro.model.deskpro import retrieval_distance
 from deskpro.model.losses import cloth_irrelevant_mask
+from deskpro.train import rundir
 from deskpro.train.evaluate import build_protocols, extract_features
 from deskpro.train.transforms import normalize_uint8
 
@@ -148,7 +148,7 @@ def read_log(run_dir) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log (not a run directory?)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = rundir.read_log(path)  # a torn last line (a kill while appending) is left out
     if not records:
         raise ValueError(f"{path}: empty training log (no epoch finished)")
     return records

@@ -12,11 +12,12 @@ from deskpro.model import checkpoint
 from deskpro.train.data import open_reader
 
 
-def _load(checkpoint_path, device):
+def _load(checkpoint_path, device, reader):
 
     model = checkpoint.load(checkpoint_path).to(device)
     if not hasattr(model, "nocloth_net"):
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (no attention, no body)")
+    checkpoint.check_shard_sizes(model.checkpoint_meta, reader.options, checkpoint_path, reader.shards_dir)
     return model
 
 
@@ -47,7 +48,7 @@ def sample_positions(reader, count: int) -> np.ndarray:
 def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, device="cpu") -> Path:
 
     reader = open_reader(shards)
-    model = _load(checkpoint_path, device)
+    model = _load(checkpoint_path, device, reader)
     cloth_labels, eps = _method(model, reader)
     panels = pictures.attention_panels(
         model, reader, sample_positions(reader, samples), cloth_labels=cloth_labels, eps=eps, device=device
@@ -58,7 +59,7 @@ def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, dev
 def ranks_picture(checkpoint_path, shards, out_dir, *, queries: int = 3, topk: int = 5, device="cpu") -> Path:
 
     reader = open_reader(shards)
-    model = _load(checkpoint_path, device)
+    model = _load(checkpoint_path, device, reader)
     meta = getattr(model, "checkpoint_meta", None) or {}
     stream = "body" if (meta.get("config") or {}).get("phase") == "baseline" else "both"
     lists = pictures.rank_lists(model, reader, queries=queries, topk=topk, stream=stream, device=device)

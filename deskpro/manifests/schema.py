@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deskpro.common.files import atomic_path
@@ -36,6 +37,12 @@ SCHEMA = pa.schema(
     ]
 )
 SPLITS = ("train", "val", "query", "gallery")
+SUBSETS = ("train", "val", "query", "gallery", "query_same", "query_diff")
+# Columns whose values come from a closed set: anything else is refused when a manifest is read
+# (a split "Train" would be packed, then never used by any step).
+CLOSED_COLUMNS = {"split": SPLITS, "subset": SUBSETS}
+# Smallest value of the integer columns (clothes_id -1: the layout has no clothes labels).
+MIN_VALUES = {"pid": 0, "camid": 0, "clothes_id": -1}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # How many offending names an error message quotes.
 EXAMPLES_SHOWN = 3
@@ -223,8 +230,32 @@ def read_manifest(path: str | os.PathLike) -> pa.Table:
     except (pa.ArrowException, OSError) as e:
         raise ManifestError(f"{path}: not a readable Parquet file ({e})") from None
     _check_schema(table, path)
+    _check_values(table, path)
     _raise_on_duplicates(table.column("sample_id").to_pylist(), path)
     return table
+
+
+def _check_values(table: pa.Table, path: Path) -> None:
+    """Refuse values outside a closed column's set, negative ids and paths that leave the root."""
+    for column, allowed in CLOSED_COLUMNS.items():
+        values = set(table.column(column).unique().to_pylist())
+        unknown = sorted(values - set(allowed), key=str)
+        if unknown:
+            raise ManifestError(
+                f"{path}: column {column!r} holds {unknown[0]!r}"
+                + (f" (and {len(unknown) - 1} more unknown values)" if len(unknown) > 1 else "")
+                + f"; allowed: {', '.join(allowed)}"
+            )
+    for column, lowest in MIN_VALUES.items():
+        smallest = pc.min(table.column(column)).as_py()
+        if smallest is not None and smallest < lowest:
+            raise ManifestError(f"{path}: column {column!r} holds {smallest}; its values are >= {lowest}")
+    for rel in table.column("path").to_pylist():
+        parts = PurePosixPath(rel or "").parts
+        if not parts or parts[0] == "/" or ".." in parts:
+            raise ManifestError(
+                f"{path}: column 'path' holds {rel!r}; paths are relative to the root, without .."
+            )
 
 
 def _check_schema(table: pa.Table, path: Path) -> None:

@@ -274,6 +274,26 @@ def load(path: str | Path, *, trust: bool = False) -> nn.Module:
     return model
 
 
+def check_shard_sizes(meta: Mapping, shard_options: Mapping, checkpoint_path, shards_dir) -> None:
+    """Refuse (CheckpointError, one line) shards packed at other image sizes than the checkpoint was
+    trained on: the network would run, on images it never saw at that scale, and say nothing.
+    `meta`: `load_with_meta`'s; `shard_options`: the shard set's catalog options. Official files
+    record no sizes and are not checked."""
+    if (meta.get("extra") or {}).get("official"):
+        return
+    trained = meta.get("preprocessing") or {}
+    want = (list(trained.get("body_size") or []), trained.get("face_size"))
+    have = (list(shard_options.get("body_size") or []), shard_options.get("face_size"))
+    if None in want or not want[0] or want == have:
+        return
+    (wh, ww), (hh, hw) = want[0], have[0]
+    raise CheckpointError(
+        f"{checkpoint_path}: trained on {wh}x{ww} bodies and {want[1]} px faces, but {shards_dir} is "
+        f"packed at {hh}x{hw} and {have[1]} px; use shards packed at its sizes "
+        f"(deskpro pack --body-size {wh}x{ww} --face-size {want[1]})"
+    )
+
+
 @dataclass(frozen=True)
 class TeacherFile:
     """A teacher checkpoint, read: its face LightMBN state and what its classes are.

@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from deskpro.common.locks import output_lock
+from deskpro.common.stops import StopSignals
 from deskpro.common.torch_utils import resolve_device
 from deskpro.manifests import manifest_info, read_manifest, write_manifest
 from deskpro.pipeline import backends
@@ -231,6 +233,12 @@ def run_stage(
     options = stage_options(stage, backend_options or {}, flag_prefix)
     if stage_class is None and not checked:
         check_stage(stage, options, flag_prefix, device_here=_device_here(run_options))
+    # One writer per stage folder; SIGTERM unwinds as Ctrl-C (parts are written atomically).
+    with output_lock(stage_dir(work_dir, stage), what=f"{stage} stage", flag="-o"), StopSignals():
+        return _run_stage(stage, manifest_path, work_dir, options, run_options, stage_class)
+
+
+def _run_stage(stage, manifest_path, work_dir, options, run_options, stage_class) -> StageSummary:
     plan, fingerprint = _plan(stage, manifest_path, work_dir, options, run_options, stage_class)
     info = {
         "format_version": FORMAT_VERSION,

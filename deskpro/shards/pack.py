@@ -27,14 +27,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from deskpro.common.files import OutputPathError, check_output_path
 from deskpro.common.images import ImageDecodeError, decode_image_bytes, decode_png, read_image_rgb
+from deskpro.common.locks import output_lock
+from deskpro.common.stops import StopSignals
 from deskpro.manifests import SCHEMA as MANIFEST_SCHEMA
 from deskpro.manifests import manifest_info, read_manifest
 from deskpro.pipeline.plan import manifest_fingerprint, stage_dir
 from deskpro.shards.format import CATALOG_NAME, DEFAULT_CODEC, DEFAULT_JPEG_QUALITY, DEFAULT_PARSE_COMPRESSION
 from deskpro.shards.format import ShardError as ShardError  # noqa: PLC0414 (pack raises it too)
-from deskpro.shards.writer import ShardWriter, is_ours
+from deskpro.shards.staging import check_pack_output, recover, staged_output
+from deskpro.shards.writer import ShardWriter
 
 # Columns each stage must provide (the shared stage-output interface); the light ones are read for
 # every sample up front, the payload ones a part at a time.
@@ -266,34 +268,6 @@ def _faces(
 # ---------------------------------------------------------------- pack
 
 
-def check_pack_output(work_dir: Path, out_dir: Path, root: Path, force: bool, overwrite: bool) -> None:
-    """Refuse an output that is an input (the work dir, the dataset root, or inside them), or that
-    is a file/folder pack did not create, unless force; complete shards need overwrite."""
-    out = out_dir.resolve()
-    for item, what in ((work_dir, "the work directory"), (root, "the dataset root")):
-        item = item.resolve()
-        if out == item or item in out.parents or out in item.parents:
-            raise OutputPathError(
-                f"-o {out_dir}: is (inside) {what}, an input of pack; choose another folder"
-            )
-    if out_dir.exists() and not out_dir.is_dir():
-        check_output_path(out_dir, force=force, flag="-o")  # a file: refused unless --force
-        if force:
-            out_dir.unlink()
-        return
-    if out_dir.is_dir():
-        foreign = [p.name for p in out_dir.iterdir() if not (p.is_file() and is_ours(p))]
-        if foreign and not force:
-            raise OutputPathError(
-                f"-o {out_dir}: holds files pack did not write (e.g. {foreign[0]});"
-                " pass --force to pack there"
-            )
-        if (out_dir / CATALOG_NAME).exists() and not overwrite:
-            raise ShardError(
-                f"{out_dir}: already holds complete shards ({CATALOG_NAME}); pass --overwrite to replace"
-            )
-
-
 def pack(
     work_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -313,8 +287,23 @@ def pack(
     manifest_path = work_dir / "manifest.parquet"
     manifest = read_manifest(manifest_path)
     info = manifest_info(manifest)
+    options = {  # the writer's
+        "body_size": (int(body_size[0]), int(body_size[1])),
+        "face_size": face_size,
+        "codec": codec,
+        "jpeg_quality": jpeg_quality,
+        "shard_size": shard_size,
+        "parse_compression": parse_compression,
+    }
+    with output_lock(out_dir, what="shard set", flag="-o"), StopSignals():  # SIGTERM unwinds as Ctrl-C
+        recover(out_dir, CATALOG_NAME)  # a set a killed pack left beside out_dir, put back first
+        check_pack_output(work_dir, out_dir, Path(info["root"]), force, overwrite)
+        return _pack(work_dir, out_dir, manifest, info, options, progress)
+
+
+def _pack(work_dir: Path, out_dir: Path, manifest, info: dict, options: dict, progress: bool) -> PackSummary:
+    body_size, face_size = options["body_size"], options["face_size"]
     root = Path(info["root"])
-    check_pack_output(work_dir, out_dir, root, force, overwrite)
     sample_ids = manifest.column("sample_id").to_pylist()
     positions = {sid: i for i, sid in enumerate(sample_ids)}
     stages: dict[str, _Stage | None] = {}
@@ -336,22 +325,11 @@ def pack(
         "face_hr_source": "restore" if stages["restore"] is not None else "face_lr",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    body_size = (int(body_size[0]), int(body_size[1]))
     skipped = {"parse": 0, "detect": 0, "image": 0}
     missing_images: list[str] = []
     faces_dropped = 0
     columns = manifest.select(MANIFEST_SCHEMA.names)
-    with ShardWriter(
-        out_dir,
-        body_size=body_size,
-        face_size=face_size,
-        codec=codec,
-        jpeg_quality=jpeg_quality,
-        shard_size=shard_size,
-        meta=meta,
-        parse_compression=parse_compression,
-        overwrite=True,  # checked above; the writer clears only its own files
-    ) as writer:
+    with staged_output(out_dir) as stage, ShardWriter(stage, **options, meta=meta, overwrite=True) as writer:
         i = -1  # manifest position of the current row
         for batch in tqdm(columns.to_batches(1024), desc="pack", unit="batch", disable=not progress):
             for row in batch.to_pylist():

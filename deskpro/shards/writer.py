@@ -145,6 +145,7 @@ class ShardWriter:
         self._seen: set[str] = set()
         self._shards: list[dict] = []
         self._file: h5py.File | None = None
+        self._file_path: Path | None = None
         self._pending: list[dict] = []
         self._rows_in_shard = 0
         self._closed = False
@@ -247,9 +248,12 @@ class ShardWriter:
     def abort(self) -> None:
         """Stop without writing catalog.json (the directory stays incomplete); drop the open shard."""
         if self._file is not None:
-            path = Path(self._file.filename)
-            self._file.close()
-            self._file = None
+            # The path kept at open: after a failed write (a full disk) h5py's `filename` segfaults.
+            f, path, self._file = self._file, self._file_path, None
+            try:
+                f.close()
+            except (OSError, RuntimeError, ValueError):
+                pass  # the shard is deleted anyway
             path.unlink(missing_ok=True)
         self._closed = self._aborted = True
 
@@ -297,6 +301,7 @@ class ShardWriter:
         shard = len(self._shards)
         path = self.out_dir / (shard_file_name(shard) + ".tmp")
         f = h5py.File(path, "w", libver=_LIBVER, track_order=False)
+        self._file_path = path
         attrs = {
             ATTR_DESCRIPTION: FILE_DESCRIPTION,
             "format_version": FORMAT_VERSION,
@@ -347,7 +352,7 @@ class ShardWriter:
         f = self._file
         rows = f["has_face"].shape[0]
         f.attrs["rows"] = rows
-        tmp = Path(f.filename)
+        tmp = self._file_path
         f.close()
         self._file = None
         final = tmp.with_name(tmp.name.removesuffix(".tmp"))

@@ -334,6 +334,7 @@ def evaluate(
     model = checkpoint.load(checkpoint_path, trust=trust).to(device)
     if not hasattr(model, "nocloth_net"):
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (evaluate needs one)")
+    checkpoint.check_shard_sizes(model.checkpoint_meta, reader.options, checkpoint_path, shards_dir)
     streams = tuple(streams) if streams else default_streams(model)
     rows = evaluate_model(
         model,

@@ -15,8 +15,10 @@ weights and log as one uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deskpro.common.locks import output_lock
+from deskpro.common.stops import Interrupted, StopSignals
 from deskpro.common.threads import choose_threads, requested_threads
-from deskpro.common.torch_utils import autocast_context, resolve_device
+from deskpro.common.torch_utils import autocast_context
 from deskpro.config import TrainConfig
 from deskpro.train import recipe
 from deskpro.train.data import PKBatchSampler, decoded, make_loader, open_reader, resolve_decode_on
+from deskpro.train.halts import interrupted_message, nonfinite_loss_error
+from deskpro.train.parallel import setup_dist, torch_device, wrap_module
 from deskpro.train.phases import (
     PHASES,
     build_model,
@@ -41,7 +47,9 @@ from deskpro.train.phases import (
 from deskpro.train.rundir import (
     RunDir,
     ScalarLogger,
+    check_same_data,
     check_tensorboard,
+    data_record,
     restore_training_state,
     resume_config,
     save_checkpoint,
@@ -95,7 +103,7 @@ def run_training(
     """Resolve the config (`planned_config`) and train; returns the final checkpoint."""
     config = planned_config(shards_dir, run_dir if options.resume else None, phase, overrides)
     amp_given = (overrides or {}).get("amp") is not None
-    config = recipe.recipe_amp(config, _torch_device(options.device), amp_given)  # official: fp16 on GPU
+    config = recipe.recipe_amp(config, torch_device(options.device), amp_given)  # official: fp16 on GPU
     return train(shards_dir, run_dir, config, options)
 
 
@@ -103,11 +111,21 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
     """Train one phase from the shards into run_dir; returns the path of the final checkpoint.
 
     The final checkpoint is RUN/checkpoint.pt (the latest model), or RUN/best.pt with select_on_val.
+    The run directory is locked while training (a second run into it is refused, naming this one).
+    SIGINT / SIGTERM stop the run within a batch: the place is saved (train_state.pt) and
+    `Interrupted` raised; resume continues exactly there.
     """
+    writes = not options.distributed or int(os.environ.get("RANK", "0")) == 0  # rank 0 writes
+    lock = output_lock(run_dir, what="training run", flag="-o") if writes else contextlib.nullcontext()
+    with lock, StopSignals() as stops:
+        return _train(shards_dir, run_dir, config, options, stops)
+
+
+def _train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions, stops: StopSignals) -> Path:
     # -- checks: everything that can be refused is refused before anything is written
     check_settings(config, options)
     recipe.check_init(config, options.imagenet, options.from_scratch)
-    _amp_context(config.amp, _torch_device(options.device))  # an amp the device cannot run
+    _amp_context(config.amp, torch_device(options.device))  # an amp the device cannot run
     if options.tensorboard:
         check_tensorboard()
     run = RunDir(run_dir)
@@ -115,13 +133,16 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
     saved = run.load_state() if options.resume else None
     if saved is not None:
         config = resume_config(saved["config"], config, run.state)
+        run.check_finished(saved, config.epochs, options.select_on_val)
 
     # -- setup: data, model, optimiser, schedule, sampler; then the saved state over them
     reader = open_reader(shards_dir)
-    decode_on = resolve_decode_on(config.decode_on, _torch_device(options.device), reader)  # worker / device
-    dist = _setup_dist(options)
+    decode_on = resolve_decode_on(config.decode_on, torch_device(options.device), reader)  # worker / device
+    dist = setup_dist(options.distributed, options.device, options.local_rank)
     teacher = recipe.teacher_file(config, options.teacher, options.trust_checkpoint)  # read once
     dataset = recipe.train_dataset(reader, config, teacher)  # faceless rows and the class table
+    data = data_record(reader, dataset.classes)
+    check_same_data((saved or {}).get("data"), data, run.state, shards_dir)  # before the model
     model = build_model(config, dataset.num_classes, imagenet=options.imagenet, teacher=teacher).to(
         dist.device
     )
@@ -149,14 +170,59 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
     if dist.main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_config(config)
-        run.trim_log(step)
+        run.trim_log(step, (saved or {}).get("log_record"))
     module = trained_module(model, config.phase)  # what the checkpoints hold
-    forward_model = _wrap(module, config, dist)
+    forward_model = wrap_module(module, config.compile, dist)
     augment = recipe.augment_settings(config)
     logger = ScalarLogger(run, options.tensorboard) if dist.main else None
 
     def reached() -> bool:
         return options.max_iters is not None and step >= options.max_iters
+
+    saved_step, stepped = step, False  # the step train_state.pt is at; the scheduler moved past it
+
+    def save(complete: bool, with_val: bool = True) -> None:
+        """Bookkeeping (rank 0): checkpoint, val score, train state, then the log line."""
+        nonlocal best, saved_step
+        record = {"epoch": epoch + 1, "step": step, "lr": lr, "images_per_s": rate}
+        record |= {k: v / max(batch, 1) for k, v in sums.items()}
+        if not complete:
+            record |= {"partial": True, "batches": batch}
+        extra = {"epoch": epoch + 1, "step": step, "phase": config.phase, "complete": complete}
+        save_checkpoint(run.checkpoint, module, config, dataset, reader, extra)
+        if options.select_on_val and with_val:
+            score = val_score(model, reader, config, dist.device, options.progress)
+            record["val_mAP"] = score
+            if score > best:
+                best = score
+                save_checkpoint(run.best, module, config, dataset, reader, extra)
+        in_epoch = {} if complete else {"generator": generator.get_state(), "sums": sums, "images": images}
+        state = training_state(
+            epoch=epoch + int(complete),
+            batch=0 if complete else batch,
+            step=step,
+            config=config,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            sampler=sampler,
+            scaler=scaler,
+            best=best,
+            partial=in_epoch,
+            threads=threads,
+            data=data,
+            log_record=record,
+        )
+        run.save_state(state)
+        saved_step = step
+        run.append_log(record)
+        logger.write(record)
+        if options.epoch_lines:  # instead of bars, e.g. several runs in parallel processes
+            print(
+                f"  {run.path.name}: epoch {epoch + 1}/{config.epochs}, loss "
+                f"{record.get('total', float('nan')):.3f}, {rate:.0f} img/s",
+                flush=True,
+            )
 
     try:
         while epoch < config.epochs and not reached():
@@ -181,6 +247,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
             # off the global stream gives dropout the same draws on a fresh and a resumed epoch.
             with torch.random.fork_rng(devices=[]):
                 batches = iter(loader)
+            stops.check()  # a signal whose exception a fork callback swallowed (common/stops.py)
             lr = optimizer.param_groups[0]["lr"]
             bar = tqdm(
                 total=epoch_length,
@@ -191,6 +258,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
             )
             start, timed_images, rate = time.perf_counter(), 0, 0.0
             for raw in batches:
+                stops.hold()  # a first signal waits for the end of the step
                 raw = decoded(raw, reader.options, dist.device)  # decode_on=device: JPEG bytes decoded here
                 inputs = augment_batch(
                     raw,
@@ -203,7 +271,7 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
                     terms = loss_terms(forward_model, inputs, config)
                 values = {k: float(v.detach()) for k, v in terms.items()}
                 if not math.isfinite(values["total"]):
-                    raise FloatingPointError(f"{config.phase} epoch {epoch + 1}: loss is {values['total']}")
+                    raise nonfinite_loss_error(values["total"], config, run, epoch, step + 1, saved_step)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(terms["total"]).backward()
                 scaler.step(optimizer)
@@ -217,55 +285,26 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
                     {k: f"{v:.3f}" for k, v in values.items() if k in SHOWN_TERMS} | {"img/s": f"{rate:.1f}"}
                 )
                 bar.update()
+                stops.release()
                 if reached():
                     break
+            stops.hold()  # the epoch's end, scheduler step and bookkeeping are not cut short
             bar.close()
             complete = batch == epoch_length
             if complete:
                 scheduler.step()  # the schedule is per epoch: only a whole epoch moves it
+                stepped = True  # until the epoch's state is saved: no partial save in between
 
             # -- bookkeeping (rank 0): checkpoint, val score, train state, then the log line
             if dist.main:
-                record = {"epoch": epoch + 1, "step": step, "lr": lr, "images_per_s": rate}
-                record |= {k: v / max(batch, 1) for k, v in sums.items()}
-                if not complete:
-                    record |= {"partial": True, "batches": batch}
-                extra = {"epoch": epoch + 1, "step": step, "phase": config.phase, "complete": complete}
-                save_checkpoint(run.checkpoint, module, config, dataset, reader, extra)
-                if options.select_on_val:
-                    score = val_score(model, reader, config, dist.device, options.progress)
-                    record["val_mAP"] = score
-                    if score > best:
-                        best = score
-                        save_checkpoint(run.best, module, config, dataset, reader, extra)
-                in_epoch = (
-                    {} if complete else {"generator": generator.get_state(), "sums": sums, "images": images}
-                )
-                state = training_state(
-                    epoch=epoch + int(complete),
-                    batch=0 if complete else batch,
-                    step=step,
-                    config=config,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    sampler=sampler,
-                    scaler=scaler,
-                    best=best,
-                    partial=in_epoch,
-                    threads=threads,
-                )
-                run.save_state(state)
-                run.append_log(record)
-                logger.write(record)
-                if options.epoch_lines:  # instead of bars, e.g. several runs in parallel processes
-                    print(
-                        f"  {run.path.name}: epoch {epoch + 1}/{config.epochs}, loss "
-                        f"{record.get('total', float('nan')):.3f}, {rate:.0f} img/s",
-                        flush=True,
-                    )
+                save(complete)
             if complete:
-                epoch, batch, partial = epoch + 1, 0, {}
+                epoch, batch, partial, stepped = epoch + 1, 0, {}, False
+            stops.release()
+    except Interrupted as stop:
+        if dist.main and step > saved_step and not stepped:  # keep the steps since the last save
+            save(False, with_val=False)
+        raise Interrupted(interrupted_message(stop, config, run, epoch, step), stop.signum) from None
     finally:
         if logger is not None:
             logger.close()
@@ -273,7 +312,10 @@ def train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions = T
             from torch import distributed
 
             distributed.destroy_process_group()
-    return run.best if options.select_on_val else run.checkpoint
+    final = run.best if options.select_on_val else run.checkpoint
+    if dist.main and not final.is_file():
+        raise FileNotFoundError(f"{final}: missing after training; the run directory was changed meanwhile")
+    return final
 
 
 def check_settings(config: TrainConfig, options: TrainRunOptions) -> None:
@@ -302,51 +344,6 @@ class _SkipBatches(torch.utils.data.Sampler):
 
 
 # ---------------------------------------------------------------- setup helpers
-
-
-def _torch_device(device: str) -> torch.device:
-    """`resolve_device` (auto -> cuda when available, else cpu) as a torch.device."""
-    return torch.device(resolve_device(device))
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False  # this call initialised torch.distributed, so it tears it down
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_dist(options: TrainRunOptions) -> _Dist:
-    if not options.distributed:
-        return _Dist(device=_torch_device(options.device))
-    import torch.distributed as dist
-
-    cuda = _torch_device(options.device).type == "cuda"
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
-    device = torch.device("cuda", options.local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return _Dist(dist.get_rank(), dist.get_world_size(), device, owns)
-
-
-def _wrap(module: torch.nn.Module, config: TrainConfig, dist: _Dist):
-    """The callable that runs the phase's forward: DDP-wrapped and/or compiled as configured."""
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-        # Batches without faces leave the student unused: DDP must tolerate unused parameters.
-        module = DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
-    if config.compile:
-        module = torch.compile(module)
-    return module
 
 
 def _amp_context(amp: str | None, device: torch.device):

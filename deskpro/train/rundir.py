@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ RUN_NAMES = frozenset({CONFIG_NAME, CHECKPOINT_NAME, BEST_NAME, STATE_NAME, LOG_
 # order, so a resume with a new value would silently train a different run: it is refused.
 RUNTIME_FIELDS = ("amp", "channels_last", "compile", "num_workers", "decode_on")
 TENSORBOARD_EXTRA = "deskpro[tensorboard]"
+_log = logging.getLogger(__name__)
 
 
 def check_tensorboard() -> None:
@@ -87,6 +89,15 @@ class RunDir:
                 f"{self.path}: exists and is not a deskpro run (holds {shown}); give a new or empty folder"
             )
 
+    def check_finished(self, saved: dict, epochs: int, select_on_val: bool) -> None:
+        """A resume of a finished run whose final checkpoint is gone: refused (nothing to train)."""
+        final = self.best if select_on_val else self.checkpoint
+        if int(saved["epoch"]) >= epochs and not final.is_file():
+            raise FileNotFoundError(
+                f"{final}: missing, and the run had finished ({epochs} epochs): nothing to resume; "
+                f"start a new run with another -o"
+            )
+
     def load_state(self) -> dict:
         """RUN/train_state.pt, loaded with weights_only=True; a clear error when absent."""
         if not self.state.is_file():
@@ -105,18 +116,81 @@ class RunDir:
         with open(self.log, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
-    def trim_log(self, step: int) -> None:
+    def trim_log(self, step: int, last: dict | None = None) -> None:
         """Keep the log lines a resume from `step` continues: complete epochs up to that step.
 
         The line of an epoch that max_iters cut short is dropped; the resumed run writes the whole
-        epoch's line, so the log reads as that of an uninterrupted run.
+        epoch's line, so the log reads as that of an uninterrupted run. A torn last line (a kill
+        during an append) is dropped too, with a warning; `last`, the line the saved state was
+        written for (train_state.pt holds it), is put back when it is missing.
         """
-        if not self.log.is_file():
-            return
-        records = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        records = read_log(self.log) if self.log.is_file() else []
         kept = [r for r in records if not r.get("partial") and r["step"] <= step]
+        if (
+            last
+            and not last.get("partial")
+            and last["step"] <= step
+            and last["step"] not in {r["step"] for r in kept}
+        ):
+            kept.append(last)
+        if not kept and not self.log.is_file():
+            return
         with atomic_path(self.log) as tmp:
             Path(tmp).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+def read_log(path) -> list[dict]:
+    """The records of a log.jsonl. A torn last line (the process was killed while appending it) is
+    left out with a warning; a bad line before the last is a ValueError naming the file and line."""
+    path = Path(path)
+    lines = path.read_text(errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record or "epoch" not in record:
+                raise ValueError("not a log record")
+        except ValueError:
+            if all(not rest.strip() for rest in lines[number:]):
+                _log.warning(f"{path}: line {number} is torn (a kill while it was written); left out")
+                continue
+            raise ValueError(f"{path}: line {number} is not a log record; the log is damaged") from None
+        records.append(record)
+    return records
+
+
+def data_record(reader, classes) -> dict:
+    """What a run trains on, kept in its train_state.pt: the shard set's catalog checksum, class
+    table (class -> pid) and image sizes."""
+    return {
+        "catalog_checksum": reader.catalog.get("checksum"),
+        "classes": [int(pid) for pid in classes],
+        "body_size": [int(v) for v in reader.options["body_size"]],
+        "face_size": int(reader.options["face_size"]),
+        "rows": len(reader),
+    }
+
+
+def check_same_data(saved: dict | None, current: dict, state_path: Path, shards_dir) -> None:
+    """Refuse, in one line, a resume on other shards than the run trained on (a state written
+    before runs kept this record is not checked)."""
+    if not saved:
+        return
+    diffs = []
+    for key, what in (("body_size", "body size"), ("face_size", "face size")):
+        if saved.get(key) != current[key]:
+            diffs.append(f"{what} {saved.get(key)} -> {current[key]}")
+    if saved.get("classes") != current["classes"]:
+        diffs.append(f"class table of {len(saved.get('classes') or [])} ids -> {len(current['classes'])} ids")
+    if not diffs and saved.get("catalog_checksum") != current["catalog_checksum"]:
+        diffs.append("another catalog (checksum differs)")
+    if diffs:
+        raise ValueError(
+            f"{state_path}: this run trained on other shards than {shards_dir} ({'; '.join(diffs)}); "
+            "resume it on the shards it was trained on, or start a new run with another -o"
+        )
 
 
 def resume_config(saved: dict, config: TrainConfig, state_path: Path) -> TrainConfig:
@@ -191,12 +265,27 @@ class ScalarLogger:
 
 
 def training_state(
-    *, epoch, batch, step, config, model, optimizer, scheduler, sampler, scaler, best, partial, threads=None
+    *,
+    epoch,
+    batch,
+    step,
+    config,
+    model,
+    optimizer,
+    scheduler,
+    sampler,
+    scaler,
+    best,
+    partial,
+    threads=None,
+    data=None,
+    log_record=None,
 ):
     """The plain-data state a resume continues from: epoch `epoch` (0-based) after `batch` batches.
 
     `partial` holds what a resume mid-epoch also needs (the epoch's augmentation generator state and
     its running loss sums); it is empty at an epoch's end. `threads`: a CPU run's thread count.
+    `data`: `data_record` of the shards; `log_record`: the log line this state is saved for.
     """
     return {
         "epoch": epoch,
@@ -213,6 +302,8 @@ def training_state(
         "best": best,
         "partial": partial,
         "threads": threads,
+        "data": data,
+        "log_record": log_record,
     }
 
 
