@@ -89,7 +89,7 @@ class EmbedStage:
 
     @torch.no_grad()
     def features(self, body: np.ndarray, face: np.ndarray, has_face: np.ndarray) -> dict[str, np.ndarray]:
-        """retrieval_features of uint8 RGB body [B,H,W,3] and face [B,F,F,3] crops at the checkpoint's sizes."""
+        """retrieval_features of uint8 RGB body [B,H,W,3] and face [B,F,F,3] at the checkpoint's sizes."""
         feats = retrieval_features(
             self.model,
             self._inputs(body),
