@@ -57,3 +57,21 @@ def test_a_bad_image_is_an_error_row_and_arrays_are_accepted(packed, tmp_path) -
     assert np.isnan(out.body[0]).all() and np.isnan(out.body[2]).all()
     # the oracle has no truth for an array: an error row naming why, not an exception
     assert out.error[1] is not None and "no ground-truth face" in out.error[1]
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
+def test_exported_model_matches_the_eager_features(packed, tmp_path, suffix) -> None:
+    from deskpro.inference.export import export_model, run_exported, sample_inputs
+    from deskpro.inference.extractor import EmbedStage
+
+    summary = export_model(packed["checkpoint"], tmp_path / f"model{suffix}")
+    assert summary.max_abs_diff is not None and summary.max_abs_diff < 1e-4
+    # against the extractor's own path (retrieval_features), on a batch size never traced
+    stage = EmbedStage(str(packed["checkpoint"]), root=str(packed["root"]), device="cpu")
+    body, face, has_face = (t.numpy() for t in sample_inputs(stage.settings, 4, seed=7))
+    eager = stage.features(body, face, has_face)
+    got = run_exported(summary.path, body, face, has_face)
+    width = eager["face"].shape[1] * eager["face"].shape[2]
+    np.testing.assert_allclose(got[:, :width], eager["face"].reshape(4, -1), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[:, width:], eager["body"].reshape(4, -1), atol=1e-4, rtol=0)
+    assert not got[~has_face, :width].any()

@@ -62,6 +62,7 @@ class EmbedStage:
     name = "embed"
     schema = SCHEMA
     needs_images = True
+    uses_detector = True
 
     def __init__(
         self,
@@ -79,8 +80,8 @@ class EmbedStage:
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.settings = inference_settings.resolve(meta, detector, detect_weights, device, detect_options)
-        self.detect = DetectStage(self.settings.detect, root=root)
-        if self.model.feat_dim != 512 and type(self).schema is SCHEMA:
+        self.detect = DetectStage(self.settings.detect, root=root) if self.uses_detector else None
+        if self.model.feat_dim != 512 and type(self).schema is SCHEMA:  # a table of its width
             self.schema = features_schema(self.model.feat_dim)
 
     def _inputs(self, array: np.ndarray) -> torch.Tensor:
