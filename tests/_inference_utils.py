@@ -30,7 +30,8 @@ def packed_synthetic(base: Path, with_parse: bool = True) -> dict[str, Path]:
     if with_parse:
         run_stage("parse", manifest, work, {"backend": "oracle"}, LOCAL)
     shards = base / "shards"
-    pack(work, shards, body_size=BODY_SIZE, face_size=FACE_SIZE, codec="raw", progress=False)
+    summary = pack(work, shards, body_size=BODY_SIZE, face_size=FACE_SIZE, codec="raw", progress=False)
+    assert with_parse or "no parse stage: no parse maps written" in summary.format()
     return {"root": root, "manifest": manifest, "work": work, "shards": shards}
 
 

@@ -75,3 +75,26 @@ def test_exported_model_matches_the_eager_features(packed, tmp_path, suffix) -> 
     np.testing.assert_allclose(got[:, :width], eager["face"].reshape(4, -1), atol=1e-4, rtol=0)
     np.testing.assert_allclose(got[:, width:], eager["body"].reshape(4, -1), atol=1e-4, rtol=0)
     assert not got[~has_face, :width].any()
+
+
+def test_a_test_set_packs_without_parse_maps_for_inference_but_not_for_training(packed, tmp_path) -> None:
+    from deskpro.config import TrainConfig
+    from deskpro.shards import verify
+    from deskpro.train.loop import train
+
+    data = packed_synthetic(tmp_path, with_parse=False)
+    reader = open_reader(data["shards"])
+    assert reader.options["parse_maps"] is False and verify(data["shards"], progress=False).ok
+    model = checkpoint.load(packed["checkpoint"])
+    positions = np.arange(len(reader))
+    without = extract_features(model, reader, positions, batch_size=8, progress=False)
+    with_parse = extract_features(
+        model, open_reader(packed["shards"]), positions, batch_size=8, progress=False
+    )
+    for key in ("body", "face", "has_face"):
+        np.testing.assert_array_equal(without[key].numpy(), with_parse[key].numpy())
+    config = TrainConfig.for_dataset("synthetic", body_size=(64, 32), face_size=32)
+    with pytest.raises(
+        ValueError, match=r"packed without parse maps; training needs them: run `deskpro parse`"
+    ):
+        train(data["shards"], tmp_path / "run", config)
