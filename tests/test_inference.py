@@ -59,6 +59,7 @@ def test_a_bad_image_is_an_error_row_and_arrays_are_accepted(packed, tmp_path) -
     assert out.error[1] is not None and "no ground-truth face" in out.error[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".onnx", ".pt"])
 def test_exported_model_matches_the_eager_features(packed, tmp_path, suffix) -> None:
     from deskpro.inference.export import export_model, run_exported, sample_inputs

@@ -122,3 +122,51 @@ def test_search_refuses_a_table_of_another_checkpoint(embedded, tmp_path) -> Non
     _run("embed", embedded["shards"], "--checkpoint", other, "-o", tmp_path / "other.parquet", *LOCAL)
     result = CliRunner().invoke(main, ["search", str(embedded["raw"]), str(tmp_path / "other.parquet")])
     assert result.exit_code != 0 and "made with another checkpoint" in result.output
+
+
+def test_an_interrupted_embed_resumes_from_its_parts(embedded, tmp_path, monkeypatch) -> None:
+    from deskpro.inference import embed as embed_module
+    from deskpro.pipeline.options import StageRunOptions
+
+    out = tmp_path / "f.parquet"
+    run = StageRunOptions(executor="local", part_size=7, progress=False)
+
+    def crash(*args, **kwargs):
+        raise ConnectionError("simulated crash after the parts were written")
+
+    monkeypatch.setattr(embed_module, "_join_parts", crash)
+    with pytest.raises(ConnectionError):
+        embed_module.run_embed(embedded["shards"], embedded["checkpoint"], out, run_options=run)
+    assert len(list(out.with_name("f.parquet.parts").glob("part-*.parquet"))) == 3 and not out.exists()
+    monkeypatch.undo()
+    summary = embed_module.run_embed(embedded["shards"], embedded["checkpoint"], out, run_options=run)
+    assert (summary.parts_written, summary.parts_skipped, summary.rows_computed) == (0, 3, 0)
+    resumed, whole = (arrays_of(pq.read_table(p)) for p in (out, embedded["packed"]))
+    assert list(resumed["sample_id"]) == list(whole["sample_id"])
+    np.testing.assert_allclose(resumed["body"], whole["body"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_embed_on_ray_equals_the_local_loop(embedded, tmp_path) -> None:
+    out = tmp_path / "ray.parquet"
+    _run(
+        "embed",
+        embedded["manifest"],
+        "--checkpoint",
+        embedded["checkpoint"],
+        "-o",
+        out,
+        "--executor",
+        "ray",
+        "--actors",
+        "1",
+        "--part-size",
+        "7",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    )
+    ray_rows, local = (arrays_of(pq.read_table(p)) for p in (out, embedded["raw"]))
+    assert list(ray_rows["sample_id"]) == list(local["sample_id"])
+    np.testing.assert_array_equal(ray_rows["has_face"], local["has_face"])
+    np.testing.assert_allclose(ray_rows["body"], local["body"], atol=1e-6, rtol=0)
