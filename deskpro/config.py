@@ -16,7 +16,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # What `--recipe` chooses where deskpro deliberately differs from the official code (docs/differences.md).
 RECIPES = ("deskpro", "official")
-TEACHER_MODES = ("train", "eval")  # the teacher's BatchNorm / drop block during distillation
+TEACHER_MODES = ("train", "eval")
+# How the L_att target is built (deskpro.model.losses.attention_target): "official" (OpenCV bilinear
+# resize of the binary mask, then eps on the cells exactly 0) or "paper" (Eq. 3's eps, then area).
+ATT_TARGETS = ("official", "paper")  # the teacher's BatchNorm / drop block during distillation
 OFFICIAL_WORKERS = 4  # the official DataLoader's workers: one augmentation configuration each
 # Where a batch's JPEG images are decoded: the loader worker (CPU), the training device
 # (`deskpro.shards.device_decode`, nvjpeg on CUDA), or auto (device on CUDA with JPEG shards).
@@ -44,20 +47,92 @@ class MethodSettings:
 
 
 @dataclass(frozen=True)
+class SplitSize:
+    """A split's published size: identities and images (the dataset's paper or README)."""
+
+    split: str
+    ids: int
+    images: int
+
+
+@dataclass(frozen=True)
 class DatasetPreset:
-    """What differs between datasets: evaluation protocols and the method's settings."""
+    """What differs between datasets: evaluation protocols, the method's settings, the schedule,
+    and the published split sizes of the cloth-changing benchmarks added with LTCC (docs/formats.md)."""
 
     name: str
     protocols: tuple[str, ...]
     method: MethodSettings = MethodSettings()
     label_set: str = "lip"
+    epochs: int = 140  # the paper's schedule (Sec. 4.2); it reports no other for any dataset
+    warmup_epochs: int = 10
+    sizes: tuple[SplitSize, ...] = ()
 
 
+def _sizes(*rows: tuple[str, int, int]) -> tuple[SplitSize, ...]:
+    return tuple(SplitSize(*row) for row in rows)
+
+
+# The paper gives loss weights for Celeb-reID (MethodSettings' defaults) and PRCC only. The other
+# cloth-changing sets use Celeb-reID's: like Celeb-reID (and unlike PRCC, two outfits per person
+# under fixed cameras) they have many outfits per person across many cameras.
 PRESETS: dict[str, DatasetPreset] = {
-    "celeb-reid": DatasetPreset("celeb-reid", protocols=("standard",)),
-    "celeb-reid-light": DatasetPreset("celeb-reid-light", protocols=("standard",)),
-    "prcc": DatasetPreset("prcc", protocols=("cc", "sc"), method=MethodSettings(tau=1.0, alpha=0.8)),
-    "market1501": DatasetPreset("market1501", protocols=("standard",)),
+    "celeb-reid": DatasetPreset(
+        "celeb-reid",
+        protocols=("standard",),
+    ),
+    "celeb-reid-light": DatasetPreset(
+        "celeb-reid-light",
+        protocols=("standard",),
+    ),
+    "prcc": DatasetPreset(
+        "prcc",
+        protocols=("cc", "sc"),
+        method=MethodSettings(tau=1.0, alpha=0.8),
+    ),
+    "market1501": DatasetPreset(
+        "market1501",
+        protocols=("standard",),
+    ),
+    # LTCC (Qian et al., ACCV 2020): 152 ids, 478 outfits, 12 cameras; test/ is the gallery.
+    "ltcc": DatasetPreset(
+        "ltcc",
+        protocols=("standard", "cc-all", "sc-all"),
+        sizes=_sizes(("train", 77, 9576), ("query", 75, 493), ("gallery", 75, 7050)),
+    ),
+    # VC-Clothes (Wang et al., CVPR-W 2020): 512 ids, 4 cameras, 19,060 images.
+    "vc-clothes": DatasetPreset(
+        "vc-clothes",
+        protocols=("standard", "cam2-3", "cam3-4"),
+        sizes=_sizes(("train", 256, 9449), ("query", 256, 1020), ("gallery", 256, 8591)),
+    ),
+    # DeepChange (Xu and Zhu, 2021): 1,121 ids, 17 cameras, 178,407 images; camid = tracklet.
+    "deepchange": DatasetPreset(
+        "deepchange",
+        protocols=("standard",),
+        sizes=_sizes(
+            ("train", 450, 75083),
+            ("val query", 150, 4976),
+            ("val gallery", 150, 17865),
+            ("query", 521, 17527),
+            ("gallery", 521, 62956),
+        ),
+    ),
+    # LaST (Shu et al., TCSVT 2022): README split totals; query/gallery counts from the paper.
+    "last": DatasetPreset(
+        "last",
+        protocols=("any-camera",),
+        sizes=_sizes(
+            ("train", 5000, 71248),
+            ("val query", 56, 100),
+            ("val gallery", 56, 21279),
+            ("query", 5806, 10176),
+            ("gallery", 5806, 125353),
+        ),
+    ),
+    # A user's own labelled images (`deskpro manifest table`): cc-all / sc-all where every query and
+    # gallery row has a clothes id, else standard alone.
+    "table": DatasetPreset("table", protocols=("standard", "cc-all", "sc-all")),
     # The synthetic set is written in the PRCC layout and evaluated like PRCC.
     "synthetic": DatasetPreset(
         "synthetic", protocols=("cc", "sc"), method=MethodSettings(tau=1.0, alpha=0.8)
@@ -99,6 +174,7 @@ class TrainConfig:
     method: MethodSettings = MethodSettings()
     label_set: str = "lip"
     csa_form: str = "official"  # "official" (two 1x1 convs) or "paper" (one point-wise conv)
+    att_target: str = "official"  # ATT_TARGETS: how the L_att target is built
     backbone: str = "osnet_x1_0"  # OSNet variant of every stream (deskpro.model.osnet.BACKBONES)
     amp: str = "none"  # "none", "bf16", "fp16"
     channels_last: bool = False
@@ -119,6 +195,10 @@ class TrainConfig:
         if self.decode_on not in DECODE_ON:
             raise ValueError(
                 f"--decode-on: unknown place {self.decode_on!r}; expected one of {', '.join(DECODE_ON)}"
+            )
+        if self.att_target not in ATT_TARGETS:
+            raise ValueError(
+                f"--att-target: unknown target {self.att_target!r}; expected one of {', '.join(ATT_TARGETS)}"
             )
         if self.teacher_mode not in TEACHER_MODES:
             raise ValueError(
@@ -151,6 +231,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d.pop("translate_pad", None)  # written by deskpro 0.1 (a pad-crop shift); now translate_scale
+        d.setdefault("att_target", "paper")  # runs saved before the switch built the target the paper's way
         if isinstance(d.get("method"), dict):
             d["method"] = MethodSettings(**d["method"])
         if "body_size" in d:
@@ -160,4 +241,11 @@ class TrainConfig:
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> TrainConfig:
         p = preset(dataset)
-        return dataclasses.replace(cls(dataset=dataset, method=p.method, label_set=p.label_set), **overrides)
+        base = cls(
+            dataset=dataset,
+            method=p.method,
+            label_set=p.label_set,
+            epochs=p.epochs,
+            warmup_epochs=p.warmup_epochs,
+        )
+        return dataclasses.replace(base, **overrides)

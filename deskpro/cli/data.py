@@ -8,7 +8,18 @@ import click
 
 from deskpro.cli.group import _parse_hw, main, progress_option, show_progress
 
-MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "synthetic")
+MANIFEST_DATASETS = (
+    "prcc",
+    "celeb-reid",
+    "celeb-reid-light",
+    "market1501",
+    "ltcc",
+    "vc-clothes",
+    "deepchange",
+    "last",
+    "synthetic",
+    "table",
+)
 
 
 @main.command()
@@ -22,6 +33,12 @@ MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "sy
     type=click.Path(dir_okay=False, path_type=Path),
     help="Manifest file to write (Parquet).",
 )
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="table: CSV of path, pid, camid, clothes_id, split (paths relative to ROOT).",
+)
 @click.option("--identities", type=int, default=None, help="synthetic: number of people (default 120).")
 @click.option("--images-per-camera", type=int, default=None, help="synthetic: images per person, camera (3).")
 @click.option("--image-size", callback=_parse_hw, default=None, help="synthetic: HxW (default 384x128).")
@@ -32,6 +49,7 @@ def manifest(
     dataset: str,
     root: Path,
     output: Path,
+    labels,
     identities,
     images_per_camera,
     image_size,
@@ -39,7 +57,8 @@ def manifest(
     force: bool,
     progress: bool | None,
 ) -> None:
-    """Scan DATASET's folder layout in ROOT into a manifest (synthetic: generate it into ROOT first)."""
+    """Scan DATASET's folder layout in ROOT into a manifest (synthetic: generate it into ROOT first;
+    table: the images under ROOT listed in --labels)."""
     from deskpro import synthetic
     from deskpro.common.files import check_output_path
     from deskpro.manifests import ManifestError, build_manifest, format_stats, is_manifest_file
@@ -56,13 +75,12 @@ def manifest(
     # An image, the synthetic ground truth or any other file is never replaced by a manifest.
     # A file inside ROOT that is not a manifest is an input (an image, the ground truth): never.
     inside = output.exists() and root.resolve() in output.resolve().parents and not is_manifest_file(output)
-    check_output_path(
-        output, inputs=[output] if inside else [], is_ours=is_manifest_file, force=force, flag="-o"
-    )
+    inputs = ([output] if inside else []) + ([labels] if labels else [])  # never over the labels file
+    check_output_path(output, inputs=inputs, is_ours=is_manifest_file, force=force, flag="-o")
     try:
         if dataset == "synthetic":
             synthetic.prepare(root, options, progress=show_progress(progress))
-        table = build_manifest(dataset, root, output)
+        table = build_manifest(dataset, root, output, labels=labels)
     except (ManifestError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(format_stats(table))

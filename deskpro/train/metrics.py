@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODES = ("standard", "cc", "sc")
+MODES = ("standard", "cc", "sc", "any-camera")
+CLOTHES_MODES = ("cc", "sc")  # the modes that read clothes ids
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,9 @@ class Gallery:
         self.pids = np.asarray(g_pids).reshape(-1)
         n = self.pids.shape[0]
         self.cams = _as_1d("g_camids", g_camids, n)
-        if mode != "standard" and g_clothes is None:
+        if mode in CLOTHES_MODES and g_clothes is None:
             raise ValueError(f"rank: mode {mode!r} needs q_clothes and g_clothes")
-        self.clothes = None if mode == "standard" else _as_1d("g_clothes", g_clothes, n)
+        self.clothes = _as_1d("g_clothes", g_clothes, n) if mode in CLOTHES_MODES else None
         self.mode = mode
         self.size = n
         self.order = np.argsort(self.pids, kind="stable")  # candidates in gallery order per pid
@@ -151,8 +152,11 @@ def rank_block(block, q_pids, q_camids, q_clothes, gallery: Gallery) -> QuerySco
         place = np.zeros(0, np.int64)
     if _has_nan(block):
         raise ValueError("rank: the distance matrix has NaN entries")
-    junk = gallery.cams[cols] == q_camids[rows]
-    if gallery.mode != "standard":
+    if gallery.mode == "any-camera":  # datasets without camera labels (LaST): no same-camera rule
+        junk = np.zeros(len(cols), bool)
+    else:  # camid -1 is no camera label: never the query's camera
+        junk = (gallery.cams[cols] == q_camids[rows]) & (q_camids[rows] >= 0)
+    if gallery.mode in CLOTHES_MODES:
         same_clothes = gallery.clothes[cols] == q_clothes[rows]
         junk |= same_clothes if gallery.mode == "cc" else ~same_clothes
     # Candidates of each row in ranking order; count the junk and the matches above each one.
@@ -236,11 +240,11 @@ def rank_result(
     if distmat.ndim != 2:
         raise ValueError(f"rank: distance matrix must be 2-D, got shape {tuple(distmat.shape)}")
     nq, ng = distmat.shape
-    if mode != "standard" and (q_clothes is None or g_clothes is None):
+    if mode in CLOTHES_MODES and (q_clothes is None or g_clothes is None):
         raise ValueError(f"rank: mode {mode!r} needs q_clothes and g_clothes")
     gallery = Gallery(_as_1d("g_pids", g_pids, ng), g_camids, g_clothes, mode=mode)
     q_pids, q_camids = _as_1d("q_pids", q_pids, nq), _as_1d("q_camids", q_camids, nq)
-    q_clothes = None if mode == "standard" else _as_1d("q_clothes", q_clothes, nq)
+    q_clothes = _as_1d("q_clothes", q_clothes, nq) if mode in CLOTHES_MODES else None
     total = RankAccumulator(max_rank, ng)
     block = block or query_block(ng)
     for start in range(0, nq, block):
@@ -264,9 +268,11 @@ def rank(
     """(cmc, mAP): `cmc[k]` is the rank-(k+1) accuracy, over the queries with a true match.
 
     Modes decide which gallery items a query ignores: "standard" drops items with the same pid
-    and camera; "cc" (cloth-changing) also drops items with the same pid and clothes; "sc"
-    (same-clothes) also drops items with the same pid and other clothes, so only same-clothes
-    true matches count. A query left with no true match is excluded from the averages
+    and camera (camid -1, no camera label, is never the same camera); "cc" (cloth-changing) also
+    drops items with the same pid and clothes; "sc" (same-clothes) also drops items with the same
+    pid and other clothes, so only same-clothes true matches count; "any-camera" drops nothing
+    (datasets without camera labels: every same-pid gallery item is a true match). A query left
+    with no true match is excluded from the averages
     (`rank_result` counts them). Ties keep gallery order. `distmat` may be a numpy array or a
     torch tensor (ranked on its device).
     """
