@@ -92,6 +92,16 @@ def _nets(sizes: Sizes):
     nets.append(
         ("deskpro", f"body {h}x{w} + face {sizes.face}", Embed, [(3, h, w), (3, sizes.face, sizes.face)])
     )
+
+    def exported():  # `deskpro export`'s module: uint8 crops in, flip-summed normalised embedding out
+        from deskpro.inference.export import RetrievalModel
+        from deskpro.inference.settings import resolve
+
+        meta = {"preprocessing": {"body_size": [h, w], "face_size": sizes.face}}
+        return RetrievalModel(DeSKPro(num_classes=150), resolve(meta, device="cpu"))
+
+    label = f"uint8 body {h}x{w} + face {sizes.face}, flip"
+    nets.append(("deskpro-export", label, exported, [(h, w, 3), (sizes.face, sizes.face, 3), ()]))
     return nets
 
 
@@ -146,7 +156,10 @@ def bench_nets(device: torch.device, sizes: Sizes, peak_tflops: float, log, only
             for channels_last in (False, True):
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 net = set_memory_format(net, fmt)
-                inputs = [x.to(device).contiguous(memory_format=fmt) for x in cpu_inputs]
+                inputs = [
+                    x.to(device).contiguous(memory_format=fmt) if x.dim() == 4 else x.to(device)
+                    for x in cpu_inputs
+                ]
                 if gflops is None:
                     gflops = _count_gflops(net, inputs)
                 for precision in sizes.precisions:

@@ -27,6 +27,7 @@ LAYERS = (
     ("deskpro.shards", 4),
     ("deskpro.model", 4),
     ("deskpro.train", 5),
+    ("deskpro.inference", 5),
     ("deskpro.experiments", 6),
     ("deskpro.demo", 6),
     ("deskpro.cli", 7),

@@ -7,7 +7,7 @@ size, rows in manifest order. A stage must be complete and made from this manife
 from the current detect output (stage.json fingerprints), or pack refuses, naming the stage to
 rerun. A sample whose parse or detect row has an ``error`` is skipped and counted; an image that can
 no longer be read is skipped, counted and named; a sample missing from a stage is an error naming
-the stage. Without a restore stage the restored face is the low-res face (``meta.face_hr_source``).
+the stage. Without a restore stage the restored face is the low-res face (``meta.face_hr_source``);
 Memory is flat in the dataset size: only ids, errors and flags are held for the whole dataset;
 image bytes are read one part file at a time (``_PARTS_CACHED`` per stage).
 """
@@ -46,7 +46,7 @@ STAGE_COLUMNS = {
     "restore": ("sample_id", "face_hr_jpg", "error"),
 }
 PAYLOAD_COLUMNS = {"parse": ("parse_png",), "detect": ("face_lr_png",), "restore": ("face_hr_jpg",)}
-REQUIRED_STAGES = ("parse", "detect")
+REQUIRED_STAGES = ("detect",)  # without parse: no parse maps (evaluate and embed need none; train refuses)
 EXAMPLES_SHOWN = 3
 _PARTS_CACHED = 1  # parts come in manifest order: one part per stage in memory
 
@@ -68,6 +68,7 @@ class PackSummary:
     skipped: dict[str, int] = field(default_factory=dict)  # stage (or "image") -> samples left out
     faces_dropped: int = 0  # detect found a face but restore failed on it: packed without a face
     missing_images: list[str] = field(default_factory=list)  # "path: why", images gone since preprocess
+    parse_maps: bool = True  # False: no parse stage, no parse dataset (training refuses the shards)
 
     def format(self) -> str:
         skipped = ", ".join(f"{stage} {n}" for stage, n in self.skipped.items() if n) or "none"
@@ -75,7 +76,7 @@ class PackSummary:
             f"{self.out_dir}: {self.rows} samples ({self.with_face} with a face) in {self.shards} shards, "
             f"{self.bytes / 2**20:.1f} MiB; skipped for errors: {skipped}; "
             f"faces dropped by restore errors: {self.faces_dropped}; face_hr from {self.face_hr_source}"
-        )
+        ) + ("" if self.parse_maps else "\nno parse stage: no parse maps written (train refuses them)")
         shown = self.missing_images[:EXAMPLES_SHOWN]
         if shown:
             more = len(self.missing_images) - len(shown)
@@ -203,9 +204,6 @@ def _label_set(parse: _Stage) -> str | None:
     return values.pop() if values else None
 
 
-# ---------------------------------------------------------------- per-sample image work
-
-
 def _resize(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
     """To (H, W): nearest for label maps; area when shrinking (no aliasing), linear when enlarging."""
     h, w = hw
@@ -320,7 +318,7 @@ def _pack(work_dir: Path, out_dir: Path, manifest, info: dict, options: dict, pr
         "dataset": info["dataset"],
         "root": info["root"],
         "scan_time": info["scan_time"],
-        "label_set": _label_set(stages["parse"]),
+        "label_set": _label_set(stages["parse"]) if stages["parse"] else None,
         "stages": {name: (s.info if s is not None else None) for name, s in stages.items()},
         "face_hr_source": "restore" if stages["restore"] is not None else "face_lr",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -329,12 +327,16 @@ def _pack(work_dir: Path, out_dir: Path, manifest, info: dict, options: dict, pr
     missing_images: list[str] = []
     faces_dropped = 0
     columns = manifest.select(MANIFEST_SCHEMA.names)
-    with staged_output(out_dir) as stage, ShardWriter(stage, **options, meta=meta, overwrite=True) as writer:
-        i = -1  # manifest position of the current row
+    parse_maps = stages["parse"] is not None
+    with (
+        staged_output(out_dir) as stage,
+        ShardWriter(stage, **options, meta=meta, parse_maps=parse_maps, overwrite=True) as writer,
+    ):
+        i, used = -1, [n for n in ("parse", "detect") if stages[n] is not None]  # i: manifest position
         for batch in tqdm(columns.to_batches(1024), desc="pack", unit="batch", disable=not progress):
             for row in batch.to_pylist():
                 i, sid = i + 1, row["sample_id"]
-                failed = next((n for n in REQUIRED_STAGES if stages[n].value("error", i) is not None), None)
+                failed = next((n for n in used if stages[n].value("error", i) is not None), None)
                 if failed is not None:
                     skipped[failed] += 1
                     continue
@@ -344,7 +346,8 @@ def _pack(work_dir: Path, out_dir: Path, manifest, info: dict, options: dict, pr
                     skipped["image"] += 1
                     missing_images.append(str(e).replace(str(root / row["path"]), row["path"], 1))
                     continue
-                parse = _parse_map(stages["parse"].value("parse_png", i), image.shape[:2], body_size, sid)
+                png = stages["parse"].value("parse_png", i) if used[0] == "parse" else None
+                parse = None if png is None else _parse_map(png, image.shape[:2], body_size, sid)
                 face_lr, face_hr, dropped = _faces(stages, i, sid, face_size)
                 faces_dropped += dropped
                 writer.add(
@@ -375,4 +378,5 @@ def _pack(work_dir: Path, out_dir: Path, manifest, info: dict, options: dict, pr
         skipped=skipped,
         faces_dropped=faces_dropped,
         missing_images=missing_images,
+        parse_maps=stages["parse"] is not None,
     )

@@ -166,7 +166,8 @@ class ShardReader:
         raw = self.options["codec"] == "raw"
         has_face = np.asarray(self._dense(f, shard, "has_face", rows), dtype=np.bool_)
         out["has_face"][where] = has_face[inverse]
-        out["parse"][where] = self._dense(f, shard, "parse", rows)[inverse]
+        if self.options.get("parse_maps", True):  # else no parse dataset: the maps stay zeros
+            out["parse"][where] = self._dense(f, shard, "parse", rows)[inverse]
         for key in IMAGE_KEYS:
             if raw:
                 out[key][where] = self._dense(f, shard, key, rows)[inverse]

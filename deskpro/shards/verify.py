@@ -55,10 +55,9 @@ def _expected_shapes(options: dict, rows: int) -> dict[str, tuple[tuple[int, ...
     h, w = options["body_size"]
     fs = options["face_size"]
     ragged = ragged_keys(options["codec"])
-    shapes: dict[str, tuple[tuple[int, ...], str]] = {
-        "has_face": ((rows,), "b1"),
-        "parse": ((rows, h, w), "u1"),
-    }
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {"has_face": ((rows,), "b1")}
+    if options.get("parse_maps", True):  # packed without a parse stage: no parse dataset
+        shapes["parse"] = ((rows, h, w), "u1")
     for key in IMAGE_KEYS:
         shapes[key] = ((rows, h, w, 3) if key == "body" else (rows, fs, fs, 3), "u1")
     for key in ragged:

@@ -108,6 +108,7 @@ class ShardWriter:
         meta: Mapping[str, Any] | None = None,
         parse_compression: str = DEFAULT_PARSE_COMPRESSION,
         overwrite: bool = False,
+        parse_maps: bool = True,
     ) -> None:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
@@ -131,6 +132,9 @@ class ShardWriter:
             "shard_size": int(shard_size),
             "parse_compression": parse_compression,
         }
+        if not parse_maps:  # a test set packed without a parse stage: inference needs none
+            self.options["parse_maps"] = False
+        self._row_keys = ROW_KEYS if parse_maps else tuple(k for k in ROW_KEYS if k != "parse")
         self.meta = dict(meta or {})  # may be updated until close(); must stay JSON-serialisable
         try:
             json.dumps(self.meta, sort_keys=True)
@@ -175,7 +179,7 @@ class ShardWriter:
         split: str,
         subset: str,
         body: np.ndarray,
-        parse: np.ndarray,
+        parse: np.ndarray | None,
         face_lr: np.ndarray | None = None,
         face_hr: np.ndarray | None = None,
     ) -> None:
@@ -191,7 +195,9 @@ class ShardWriter:
             "sample_id": np.frombuffer(str(sample_id).encode("utf-8"), np.uint8),
             "has_face": has_face,
             "body": self._encode(_check_image("body", body, self._body_shape)),
-            "parse": _check_image("parse", parse, self._parse_shape),
+            "parse": None
+            if "parse" not in self._row_keys
+            else _check_image("parse", parse, self._parse_shape),
             "face_lr": self._encode_face("face_lr", face_lr),
             "face_hr": self._encode_face("face_hr", face_hr),
         }
@@ -319,13 +325,14 @@ class ShardWriter:
         compression = self.options["parse_compression"]
         self._row_dataset(f, "sample_id", ())
         self._row_dataset(f, "has_face", ())
-        self._row_dataset(
-            f,
-            "parse",
-            self._parse_shape,
-            compression=None if compression == "none" else compression,
-            compression_opts=GZIP_LEVEL if compression == "gzip" else None,
-        )
+        if "parse" in self._row_keys:
+            self._row_dataset(
+                f,
+                "parse",
+                self._parse_shape,
+                compression=None if compression == "none" else compression,
+                compression_opts=GZIP_LEVEL if compression == "gzip" else None,
+            )
         for key in IMAGE_KEYS:
             self._row_dataset(f, key, self._body_shape if key == "body" else self._face_shape)
             f[key].attrs["layout"] = CODEC_LAYOUT[self.options["codec"]]
@@ -336,7 +343,7 @@ class ShardWriter:
         if not self._pending:
             return
         f = self._file
-        for name in ROW_KEYS:
+        for name in self._row_keys:
             values = [row[name] for row in self._pending]
             if name in self._ragged:
                 _append_ragged(f, name, values)

@@ -137,6 +137,10 @@ def _train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions, s
 
     # -- setup: data, model, optimiser, schedule, sampler; then the saved state over them
     reader = open_reader(shards_dir)
+    if reader.options.get("parse_maps", True) is False:
+        raise ValueError(
+            f"{shards_dir}: packed without parse maps; training needs them: run `deskpro parse`, then pack"
+        )
     decode_on = resolve_decode_on(config.decode_on, torch_device(options.device), reader)  # worker / device
     dist = setup_dist(options.distributed, options.device, options.local_rank)
     teacher = recipe.teacher_file(config, options.teacher, options.trust_checkpoint)  # read once
