@@ -43,11 +43,12 @@ def test_print_config_resolves_for_the_shards_and_the_flags(shards):
     printed = _printed(
         _invoke("train", shards, "--baseline", "--print-config", "--epochs", "7", "--lam", "3")
     )
-    assert printed == resolve_config(shards, "baseline", epochs=7).to_dict() | {
+    assert printed == resolve_config(shards, "baseline", epochs=7, warmup_epochs=6).to_dict() | {
         "body_size": [64, 32],
         "method": printed["method"],
     }
-    assert printed["dataset"] == "synthetic" and printed["epochs"] == 7 and printed["warmup_epochs"] == 10
+    # the preset's warm-up (10) is not below 7 epochs: epochs - 1, what the schedule can run
+    assert printed["dataset"] == "synthetic" and printed["epochs"] == 7 and printed["warmup_epochs"] == 6
     assert printed["method"] == {
         "eps": 0.1,
         "lam": 3.0,
@@ -69,14 +70,14 @@ def test_printed_config_and_run_config_json_come_back_as_config(shards, tmp_path
     assert again == yaml.safe_load(printed.output)
     flags_win = _printed(
         _invoke(
-            "train", shards, "--baseline", "--print-config", "--config", tmp_path / "c.yaml", "--epochs", "5"
+            "train", shards, "--baseline", "--print-config", "--config", tmp_path / "c.yaml", "--epochs", "15"
         )
     )
-    assert flags_win["epochs"] == 5 and flags_win["p"] == 3 and flags_win["seed"] == 4
+    assert flags_win["epochs"] == 15 and flags_win["p"] == 3 and flags_win["seed"] == 4
     # A run's config.json (written by the trainer) is accepted as it is.
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    run.write_config(resolve_config(shards, "baseline", epochs=11, k=3, base_lr=1e-3))
+    run.write_config(resolve_config(shards, "baseline", epochs=11, warmup_epochs=3, k=3, base_lr=1e-3))
     from_run = _printed(_invoke("train", shards, "--baseline", "--print-config", "--config", run.config))
     assert (from_run["epochs"], from_run["k"], from_run["base_lr"]) == (11, 3, 1e-3)
     # Option spellings work as keys: long names with - or _, and aliases.
@@ -101,7 +102,11 @@ def test_printed_config_and_run_config_json_come_back_as_config(shards, tmp_path
         ("- 1\n- 2\n", "expected a mapping"),
         ("epochs: [1\n", "not valid YAML"),
         ("dataset: prcc\n", "dataset is 'prcc' but this run's is 'synthetic'"),
-        ("phase: teacher\n", "phase is 'teacher'"),
+        ("epochs: 2.7\n", "key 'epochs': 2.7 is not a whole number"),
+        ("epochs: true\n", "key 'epochs': True is not a number"),
+        ("lr: true\n", "key 'lr': True is not a number"),
+        ("compile: 1\n", "key 'compile': 1 is not true or false"),
+        ("actors: 2\n", "known: alpha, amp"),
         ("print_config: true\n", "unknown key 'print_config'"),
     ],
 )
@@ -138,11 +143,66 @@ def test_numeric_options_are_range_checked(shards, tmp_path, args):
     assert not (tmp_path / "r").exists()
 
 
-def test_warmup_must_be_below_epochs(shards, tmp_path):
-    result = _invoke("train", shards, "-o", tmp_path / "r", "--baseline", "--epochs", "5")
+def test_a_given_warmup_must_be_below_epochs(shards, tmp_path):
+    result = _invoke(
+        "train", shards, "-o", tmp_path / "r", "--baseline", "--epochs", "5", "--warmup-epochs", "5"
+    )
     assert result.exit_code == 1
-    assert "--warmup-epochs 10 must be below --epochs 5" in _error_line(result)
+    assert "--warmup-epochs 5 must be below --epochs 5" in _error_line(result)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_presets_warmup_fits_a_short_run_and_says_so(shards, tmp_path):
+    run = tmp_path / "r"
+    args = ("--epochs", "2", "--p", "2", "--k", "2", "--workers", "0", "--max-iters", "1", "--no-progress")
+    result = _invoke("train", shards, "-o", run, "--baseline", "--backbone", "osnet_x0_25", *args)
+    assert result.exit_code == 0, result.output
+    assert "warm-up: 1 epoch(s), the preset's 10 not being below --epochs 2" in result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["epochs"], saved["warmup_epochs"]) == (2, 1)
+    # the run's config.json is accepted back, also by another phase (the command decides the phase)
+    again = _invoke("train", shards, "--baseline", "--print-config", "--config", run / "config.json")
+    assert _printed(again)["warmup_epochs"] == 1
+
+
+def test_a_phase_in_a_config_file_is_the_commands(shards, tmp_path):
+    path = tmp_path / "deskpro.yaml"
+    path.write_text("phase: deskpro\nepochs: 12\n")
+    printed = _printed(_invoke("train", shards, "--baseline", "--print-config", "--config", path))
+    assert printed["phase"] == "baseline" and printed["epochs"] == 12
+
+
+def test_too_few_identities_name_the_flag_and_what_fits(shards, tmp_path):
+    args = ("--epochs", "2", "--p", "5", "--workers", "0", "--no-progress")
+    result = _invoke("train-teacher", shards, "-o", tmp_path / "r", "--backbone", "osnet_x0_25", *args)
+    line = _error_line(result)
+    assert "--p 5: the train split has 4 identities" in line and "give --p 4 or fewer" in line
+    assert "PKBatchSampler" not in line
+
+
+def test_every_training_setting_shows_its_default():
+    for command in ("train", "train-teacher"):
+        result = _invoke(command, "--help")
+        assert result.exit_code == 0
+        text = " ".join(result.output.split())
+        for flag, shown in [
+            ("--epochs INTEGER", "[default: 140]"),
+            ("--p, --ids", "[default: 5]"),
+            ("--k, --images", "[default: 6]"),
+        ]:
+            assert shown in text.split(flag, 1)[1][:400], (command, flag)
+        assert "[default: 0.0006]" in text and "[default: 7.0" in text
+
+
+def test_preset_cpu_sets_the_demos_settings_below_the_flags(shards, tmp_path):
+    printed = _printed(_invoke("train", shards, "--baseline", "--preset", "cpu", "--print-config"))
+    assert (printed["backbone"], printed["epochs"], printed["p"], printed["k"]) == ("osnet_x0_25", 20, 8, 4)
+    teacher = _printed(_invoke("train-teacher", shards, "--preset", "cpu", "--print-config", "--k", "3"))
+    assert (teacher["epochs"], teacher["k"]) == (30, 3)
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 5\n")
+    for order in (("--config", path, "--preset", "cpu"), ("--preset", "cpu", "--config", path)):
+        assert _printed(_invoke("train", shards, "--baseline", "--print-config", *order))["epochs"] == 5
 
 
 def test_tensorboard_without_the_package_names_the_extra(shards, tmp_path, monkeypatch):
@@ -236,11 +296,11 @@ def test_every_trainconfig_field_is_an_option_or_fixed(command):
     """So that any run's config.json comes back as --config (a new field needs an option)."""
     import dataclasses
 
-    from deskpro.cli.train import FIXED_KEYS
+    from deskpro.cli.train_options import COMMAND_KEYS, FIXED_KEYS
     from deskpro.config import MethodSettings, TrainConfig
 
     cmd = main.get_command(click.Context(main), command)
     names = {p.name for p in cmd.params}
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
     fields |= {f.name for f in dataclasses.fields(MethodSettings)}
-    assert fields - names - set(FIXED_KEYS) == set()
+    assert fields - names - set(FIXED_KEYS) - set(COMMAND_KEYS) == set()

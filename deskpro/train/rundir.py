@@ -191,12 +191,26 @@ class ScalarLogger:
 
 
 def training_state(
-    *, epoch, batch, step, config, model, optimizer, scheduler, sampler, scaler, best, partial, threads=None
+    *,
+    epoch,
+    batch,
+    step,
+    config,
+    model,
+    optimizer,
+    scheduler,
+    sampler,
+    scaler,
+    best,
+    partial,
+    threads=None,
+    inputs=None,
 ):
     """The plain-data state a resume continues from: epoch `epoch` (0-based) after `batch` batches.
 
     `partial` holds what a resume mid-epoch also needs (the epoch's augmentation generator state and
     its running loss sums); it is empty at an epoch's end. `threads`: a CPU run's thread count.
+    `inputs`: the shards and teacher paths, so that `--resume` needs neither repeated.
     """
     return {
         "epoch": epoch,
@@ -213,6 +227,7 @@ def training_state(
         "best": best,
         "partial": partial,
         "threads": threads,
+        "inputs": inputs or {},
     }
 
 
