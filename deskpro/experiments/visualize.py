@@ -11,13 +11,15 @@ from deskpro.config import CLOTH_LABELS, TrainConfig
 from deskpro.experiments import pictures
 from deskpro.model import checkpoint
 from deskpro.train.data import open_reader
+from deskpro.train.evaluate import check_sizes
 
 
-def _load(checkpoint_path, device):
+def _load(checkpoint_path, device, reader):
 
     model = checkpoint.load(checkpoint_path).to(resolve_device(device))
     if not hasattr(model, "nocloth_net"):
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (no attention, no body)")
+    check_sizes(model, reader, checkpoint_path)
     return model
 
 
@@ -49,7 +51,7 @@ def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, dev
 
     reader = open_reader(shards)
     device = resolve_device(device)
-    model = _load(checkpoint_path, device)
+    model = _load(checkpoint_path, device, reader)
     cloth_labels, eps = _method(model, reader)
     panels = pictures.attention_panels(
         model, reader, sample_positions(reader, samples), cloth_labels=cloth_labels, eps=eps, device=device
@@ -61,7 +63,7 @@ def ranks_picture(checkpoint_path, shards, out_dir, *, queries: int = 3, topk: i
 
     reader = open_reader(shards)
     device = resolve_device(device)
-    model = _load(checkpoint_path, device)
+    model = _load(checkpoint_path, device, reader)
     meta = getattr(model, "checkpoint_meta", None) or {}
     stream = "body" if (meta.get("config") or {}).get("phase") == "baseline" else "both"
     lists = pictures.rank_lists(model, reader, queries=queries, topk=topk, stream=stream, device=device)

@@ -330,6 +330,9 @@ def evaluate(
     if json_path is not None:
         inputs = [checkpoint_path, *(p for p in Path(shards_dir).iterdir() if p.is_file())]
         json_path = check_output_path(json_path, inputs=inputs, is_ours=is_report, force=force, flag="--json")
+        json_path.parent.mkdir(
+            parents=True, exist_ok=True
+        )  # before the work: a folder it cannot make fails now
     device = torch.device(resolve_device(str(device)))
     apply_threads(0)  # ranking and CPU inference: the CPUs this process may use (or --threads)
     reader = open_reader(shards_dir)
@@ -339,6 +342,7 @@ def evaluate(
     model = checkpoint.load(checkpoint_path, trust=trust).to(device)
     if not hasattr(model, "nocloth_net"):
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (evaluate needs one)")
+    check_sizes(model, reader, checkpoint_path)
     streams = tuple(streams) if streams else default_streams(model)
     rows = evaluate_model(
         model,
@@ -366,6 +370,28 @@ def evaluate(
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
     return report
+
+
+def check_sizes(model, reader, checkpoint_path) -> None:
+    """A checkpoint of ours runs only on shards of the sizes it was trained at (ValueError otherwise):
+    a model trained on 64x32 bodies gives meaningless features on 384x128 ones. Official files do
+    not record their sizes and are not checked."""
+    config = (getattr(model, "checkpoint_meta", None) or {}).get("config") or {}
+    trained = {"body": config.get("body_size"), "face": config.get("face_size")}
+    packed = {"body": reader.options.get("body_size"), "face": reader.options.get("face_size")}
+    for what in ("body", "face"):
+        if trained[what] is None or packed[what] is None:
+            continue
+        if _size(trained[what]) != _size(packed[what]):
+            raise ValueError(
+                f"{checkpoint_path}: trained on {_size(trained[what])} {what} images, but "
+                f"{reader.shards_dir} holds {_size(packed[what])}; pack the shards at the checkpoint's "
+                f"sizes (deskpro pack --body-size / --face-size) or evaluate a checkpoint trained on them"
+            )
+
+
+def _size(value) -> str:
+    return "x".join(str(int(v)) for v in value) if isinstance(value, (list, tuple)) else f"{int(value)}px"
 
 
 def is_report(path: Path) -> bool:
