@@ -22,10 +22,17 @@ MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "sy
     type=click.Path(dir_okay=False, path_type=Path),
     help="Manifest file to write (Parquet).",
 )
-@click.option("--identities", type=int, default=None, help="synthetic: number of people (default 120).")
-@click.option("--images-per-camera", type=int, default=None, help="synthetic: images per person, camera (3).")
+@click.option(
+    "--identities", type=click.IntRange(2), default=None, help="synthetic: number of people (default 120)."
+)
+@click.option(
+    "--images-per-camera",
+    type=click.IntRange(1),
+    default=None,
+    help="synthetic: images per person, camera (3).",
+)
 @click.option("--image-size", callback=_parse_hw, default=None, help="synthetic: HxW (default 384x128).")
-@click.option("--seed", type=int, default=None, help="synthetic: random seed (default 0).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="synthetic: random seed (default 0).")
 @click.option("--force", is_flag=True, help="Replace an existing -o file that is not a manifest.")
 @progress_option()
 def manifest(
