@@ -79,7 +79,9 @@ def prepare(example: Example, argv: list[str], sandbox: Path, stand_ins: StandIn
         elif path.parts[:1] == ("runs",) and len(path.parts) >= 2:
             run = sandbox / "runs" / path.parts[1]
             teacher = "teacher" in path.parts[1] or (resume and command == ("train-teacher",))
-            _copy(stand_ins.run("teacher" if teacher else "deskpro"), run)
+            narrow = "--preset" in argv or "osnet_x0_25" in argv  # a teacher of the student's widths
+            kind = ("teacher-narrow" if narrow else "teacher") if teacher else "deskpro"
+            _copy(stand_ins.run(kind), run)
     if command == ("restore",):  # restore reads the detect stage of its work dir
         from deskpro.pipeline.runner import StageRunOptions, run_stage
 

@@ -160,6 +160,9 @@ def test_the_presets_warmup_fits_a_short_run_and_says_so(shards, tmp_path):
     assert "warm-up: 1 epoch(s), the preset's 10 not being below --epochs 2" in result.output
     saved = json.loads((run / "config.json").read_text())
     assert (saved["epochs"], saved["warmup_epochs"]) == (2, 1)
+    logged = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert {"total", "ce_body", "triplet"} <= set(logged)
+    assert not {"att", "fkp", "ce_face", "triplet_face"} & set(logged)  # a baseline trains none of them
     # the run's config.json is accepted back, also by another phase (the command decides the phase)
     again = _invoke("train", shards, "--baseline", "--print-config", "--config", run / "config.json")
     assert _printed(again)["warmup_epochs"] == 1
@@ -304,3 +307,54 @@ def test_every_trainconfig_field_is_an_option_or_fixed(command):
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
     fields |= {f.name for f in dataclasses.fields(MethodSettings)}
     assert fields - names - set(FIXED_KEYS) - set(COMMAND_KEYS) == set()
+
+
+def _saved_run(path, shards, *, epoch: int, phase: str = "baseline", teacher=None):
+    """A run directory whose train_state.pt says how far it got (what --resume reads first)."""
+    import torch
+
+    from deskpro.config import TrainConfig
+
+    path.mkdir()
+    config = TrainConfig(phase=phase, epochs=2, warmup_epochs=1)
+    inputs = {"shards": str(shards.resolve()), "teacher": teacher}
+    torch.save(
+        {"config": config.to_dict(), "epoch": epoch, "batch": 0, "step": 4, "inputs": inputs},
+        path / "train_state.pt",
+    )
+    for name in ("config.json", "log.jsonl", "checkpoint.pt"):
+        (path / name).write_text(f"{name} as the run left it\n")
+    return path
+
+
+def test_resume_of_a_finished_run_says_so_and_writes_nothing(shards, tmp_path):
+    run = _saved_run(tmp_path / "r", shards, epoch=2)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
+    result = _invoke("train", "-o", run, "--resume")  # no SHARDS, no phase flag
+    assert result.exit_code == 0, result.output
+    assert f"{run}: finished (2 of 2 epochs); nothing to resume" in result.output
+    assert f"checkpoint: {run / 'checkpoint.pt'}" in result.output
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()} == before
+    (run / "checkpoint.pt").unlink()
+    gone = _invoke("train-teacher", "-o", run, "--resume")
+    assert gone.exit_code == 1 and "checkpoint.pt is missing" in _error_line(gone)
+
+
+def test_resume_reads_the_phase_and_shards_from_the_run(shards, tmp_path):
+    from deskpro.train.resume import resume_inputs, saved_run
+
+    saved = saved_run(_saved_run(tmp_path / "r", shards, epoch=1))
+    assert not saved.finished
+    assert resume_inputs(saved, None, None, None) == ("baseline", shards.resolve(), None)
+    with pytest.raises(ValueError, match="is a baseline run, not teacher; drop the phase flag"):
+        resume_inputs(saved, "teacher", None, None)
+    line = _error_line(_invoke("train-teacher", "-o", tmp_path / "r", "--resume"))
+    assert "is a baseline run, not teacher" in line
+    printed = _printed(_invoke("train", "-o", tmp_path / "r", "--resume", "--print-config"))
+    assert printed["phase"] == "baseline" and printed["epochs"] == 2
+
+
+def test_select_on_val_without_a_val_split_is_refused_before_training(shards, tmp_path):
+    result = _invoke("train", shards, "-o", tmp_path / "r", "--baseline", "--select-on-val")
+    assert "--select-on-val" in _error_line(result) and "no val split" in _error_line(result)
+    assert not (tmp_path / "r").exists()
