@@ -331,3 +331,27 @@ def test_a_read_only_or_full_output_folder_is_one_line_naming_the_path(
     complete = {"catalog.json", "m.parquet", "e.json", "c.png", "checkpoint.pt"}
     left = {p.name for p in out.rglob("*")}
     assert not (complete & left), left
+
+
+class _Payload:  # an object weights_only=True refuses: a file that would run code when unpickled
+    pass
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--teacher"])
+def test_a_checkpoint_with_code_names_the_flag_the_file_and_trust_checkpoint(tmp_path, flag):
+    import torch
+    from _train_utils import write_tiny_shards
+
+    shards = write_tiny_shards(tmp_path / "s", train_ids=3, per_id=2, test_ids=2)
+    bad = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {}, "cfg": _Payload()}, bad)
+    if flag == "--checkpoint":
+        args = ["evaluate", shards, "--checkpoint", bad]
+    else:
+        args = ["train", shards, "-o", tmp_path / "r", "--teacher", bad, "--p", "2", "--workers", "0"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert line.startswith(f"Error: {flag} {bad}: cannot be read as a checkpoint: holds Python objects")
+    assert "--trust-checkpoint" in line and "weights_only=False" not in line and len(line.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

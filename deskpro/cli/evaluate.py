@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from deskpro.cli.group import device_option, main, progress_option, show_progress
+from deskpro.cli.train import flagged
 
 
 @main.command("evaluate")
@@ -78,20 +79,23 @@ def evaluate_cmd(
 
     if verify_shards:  # shards helper: --verify
         verify_or_raise(shards, progress=show_progress(progress))
-    report = evaluate(
-        shards,
-        checkpoint_path,
-        split=split,
-        streams=streams or None,
-        device=device,
-        batch_size=batch_size,
-        trials=trials,
-        seed=seed,
-        trust=trust_checkpoint,
-        progress=show_progress(progress),
-        json_path=json_path,
-        force=force,
-    )
+    try:
+        report = evaluate(
+            shards,
+            checkpoint_path,
+            split=split,
+            streams=streams or None,
+            device=device,
+            batch_size=batch_size,
+            trials=trials,
+            seed=seed,
+            trust=trust_checkpoint,
+            progress=show_progress(progress),
+            json_path=json_path,
+            force=force,
+        )
+    except ValueError as exc:  # a checkpoint's error names its file: say which flag gave it
+        raise click.ClickException(flagged(str(exc), {"--checkpoint": checkpoint_path})) from None
     click.echo(format_report(report))
     if json_path is not None:
         click.echo(f"wrote {json_path}")

@@ -44,6 +44,14 @@ def _flatten_config(ctx: click.Context, mapping: dict, path: Path) -> dict:
     return mapping
 
 
+def flagged(message: str, files: dict) -> str:
+    """`message` prefixed with the flag whose file it starts with (`--teacher runs/t.pt: ...`)."""
+    for flag, path in files.items():
+        if path is not None and message.startswith(str(path)):
+            return f"{flag} {message}"
+    return message
+
+
 def _check_fixed(ctx: click.Context, config) -> None:
     """The --config file's dataset, phase and sizes must be what the shards and command give."""
     path, fixed = ctx.meta.get("deskpro.config_fixed", (None, {}))
@@ -136,7 +144,12 @@ def _run_training(
         trust_checkpoint=trust,
         from_scratch=kw["from_scratch"],
     )
-    final = run_training(shards, run_dir, phase, overrides, options)
+    try:
+        final = run_training(shards, run_dir, phase, overrides, options)
+    except ValueError as exc:  # a checkpoint file's error names the file: say which flag gave it
+        raise click.ClickException(
+            flagged(str(exc), {"--teacher": teacher, "--imagenet": kw["imagenet"]})
+        ) from None
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, not one per rank
         click.echo(f"checkpoint: {final}")
 
