@@ -355,3 +355,37 @@ def test_a_checkpoint_with_code_names_the_flag_the_file_and_trust_checkpoint(tmp
     assert line.startswith(f"Error: {flag} {bad}: cannot be read as a checkpoint: holds Python objects")
     assert "--trust-checkpoint" in line and "weights_only=False" not in line and len(line.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_ablate_short_epochs_write_a_config_that_train_accepts(tmp_path):
+    """`ablate --epochs 6` against the preset's 10 warm-up epochs: each run's config is one `train
+    --config` accepts (warm-up 5, the schedule's limit), and a given --warmup-epochs 6 is refused
+    before the first run starts."""
+    import json
+
+    from _train_utils import write_tiny_shards
+
+    from deskpro.experiments.ablate import AblationSettings, _config, check_configs
+    from deskpro.experiments.rows import RUNS
+
+    shards = write_tiny_shards(tmp_path / "s", train_ids=3, per_id=2, test_ids=2)
+    runs = list(RUNS.values()) if isinstance(RUNS, dict) else list(RUNS)
+    settings = AblationSettings(overrides={"epochs": 6})
+    for run in runs:
+        config = _config(shards, run, settings)
+        assert config.warmup_epochs < config.epochs
+        path = tmp_path / f"{run.name}.json"
+        path.write_text(json.dumps(config.to_dict()))
+        phase = {"teacher": "train-teacher"}.get(run.phase, "train")
+        flag = {"baseline": ["--baseline"], "student": ["--student"]}.get(run.phase, [])
+        printed = CliRunner().invoke(
+            main, [phase, str(shards), *flag, "--print-config", "--config", str(path)]
+        )
+        assert printed.exit_code == 0, printed.output
+    with pytest.raises(ValueError, match="--warmup-epochs 6 must be below --epochs 6"):
+        check_configs(shards, runs, AblationSettings(overrides={"epochs": 6, "warmup_epochs": 6}))
+    refused = CliRunner().invoke(
+        main, ["ablate", str(shards), "-o", str(tmp_path / "t"), "--epochs", "6", "--warmup-epochs", "6"]
+    )
+    assert refused.exit_code == 1 and "--warmup-epochs 6 must be below" in refused.output
+    assert not (tmp_path / "t").exists()
