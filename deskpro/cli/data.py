@@ -23,7 +23,7 @@ MANIFEST_DATASETS = ("prcc", "celeb-reid", "celeb-reid-light", "market1501", "sy
     help="Manifest file to write (Parquet).",
 )
 @click.option(
-    "--identities", type=click.IntRange(2), default=None, help="synthetic: number of people (default 120)."
+    "--identities", type=click.IntRange(3), default=None, help="synthetic: number of people (default 120)."
 )
 @click.option(
     "--images-per-camera",

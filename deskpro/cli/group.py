@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+from pathlib import Path
 
 import click
 
@@ -65,6 +67,27 @@ def show_progress(progress: bool | None = None) -> bool:
     return verbosity() >= 0 if progress is None else progress
 
 
+def remember_outputs(command: click.Command) -> None:
+    """Keep each command's -o/--out value in ctx.meta (shared with the group), so that a system error
+    without a file name (a full disk during a library's write) still names the output."""
+    for param in getattr(command, "params", []):
+        if isinstance(param, click.Option) and {"-o", "--out"} & set(param.opts):
+            param.callback = _remembering(param.callback)
+    for sub in getattr(command, "commands", {}).values():
+        remember_outputs(sub)
+
+
+def _remembering(callback):
+    def remember(ctx: click.Context, param: click.Parameter, value):
+        if callback is not None:
+            value = callback(ctx, param, value)
+        if value is not None:
+            ctx.meta[OUTPUT_KEY] = str(value)
+        return value
+
+    return remember
+
+
 def add_verbosity_options(command: click.Command) -> None:
     """Give `command` and every command below it -q/--quiet and -v/--verbose (once all are registered)."""
     names = {opt for param in command.params for opt in getattr(param, "opts", ())}
@@ -83,7 +106,11 @@ _OS_HINTS = {
 }
 
 
-def os_error_line(exc: OSError) -> str:
+OUTPUT_KEY = "deskpro.output"
+_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.tmp$")  # common.files.atomic_path's names
+
+
+def os_error_line(exc: OSError, output: str | None = None) -> str:
     """One line for an operating-system error: the path first, then what is wrong and what to do.
 
     Library messages (FileNotFoundError("RUN/x: no training state ...")) are kept as they are; an
@@ -100,6 +127,12 @@ def os_error_line(exc: OSError) -> str:
     if exc.filename is None and code not in _OS_HINTS:
         return str(exc) or repr(exc)
     where = exc.filename if exc.filename is not None else _filename_in(str(exc))
+    if where is not None:  # a hidden temporary file of an atomic write: name the file it would become
+        path = Path(str(where))
+        match = _ATOMIC_TMP.match(path.name)
+        where = str(path.with_name(match["name"])) if match else str(where)
+    else:
+        where = output  # the command's -o, when the system did not say which file
     what = _OS_HINTS.get(code) or (exc.strerror or str(exc)).rstrip(".").lower()
     return f"{where}: {what}" if where else what
 
@@ -135,7 +168,7 @@ class _Group(click.Group):
         except OSError as exc:
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise
-            raise click.ClickException(os_error_line(exc)) from None
+            raise click.ClickException(os_error_line(exc, ctx.meta.get(OUTPUT_KEY))) from None
         except KeyboardInterrupt:
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise
