@@ -94,8 +94,8 @@ class StandIns:
     def run(self, kind: str) -> Path:
         """ "teacher": a teacher run (the default OSNet x1.0 widths, as the examples' own teacher)
         stopped after one iteration of two epochs (resumable); "teacher-narrow": the same at the
-        x0.25 widths (--preset cpu's); "deskpro": a finished one-epoch DeSKPro run of the narrow
-        widths (checkpoint, config.json, a log line), distilled from "teacher-narrow"."""
+        x0.25 widths (--preset cpu's); "deskpro": a DeSKPro run of the narrow
+        widths stopped the same way (checkpoint, config.json, a log line), from "teacher-narrow"."""
         quick = ("--p", "2", "--k", "2", "--workers", "0", "--no-progress")
 
         def teacher(path: Path, *extra: str) -> None:
