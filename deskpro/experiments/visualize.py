@@ -11,7 +11,7 @@ from deskpro.config import CLOTH_LABELS, TrainConfig
 from deskpro.experiments import pictures
 from deskpro.model import checkpoint
 from deskpro.train.data import open_reader
-from deskpro.train.evaluate import check_sizes
+from deskpro.train.sizes import check_sizes
 
 
 def _load(checkpoint_path, device, reader):
