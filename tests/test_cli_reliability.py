@@ -389,3 +389,18 @@ def test_ablate_short_epochs_write_a_config_that_train_accepts(tmp_path):
     )
     assert refused.exit_code == 1 and "--warmup-epochs 6 must be below" in refused.output
     assert not (tmp_path / "t").exists()
+
+
+def test_a_checkpoint_of_other_sizes_than_the_shards_is_refused():
+    from types import SimpleNamespace
+
+    from deskpro.train.sizes import check_sizes
+
+    model = SimpleNamespace(checkpoint_meta={"config": {"body_size": [64, 32], "face_size": 32}})
+    reader = SimpleNamespace(options={"body_size": [384, 128], "face_size": 32}, shards_dir="shards/prcc")
+    with pytest.raises(
+        ValueError, match=r"ckpt.pt: trained on 64x32 body images, but shards/prcc holds 384x128"
+    ):
+        check_sizes(model, reader, "ckpt.pt")
+    check_sizes(model, SimpleNamespace(options={"body_size": [64, 32], "face_size": 32}), "ckpt.pt")
+    check_sizes(SimpleNamespace(checkpoint_meta={}), reader, "official.pth")  # no sizes recorded: not checked
