@@ -39,6 +39,18 @@ OSNET_SOURCE = (
     "drive.google.com/uc?id=1LaG1EJpHrxdAxKnSCJ_i0u-nbxSAeiFY"
 )
 
+DESKPRO_SOURCE = (
+    "DeskPro README (KimbingNg/DeskPro, commit 662902d), 'the pretrained teacher models': "
+    "drive.google.com/drive/folders/1_Q3UqOP3eEhOUR06u6a3vOI29Xbq0efP (the official face teacher, "
+    "LightMBN, for `pre_train {dataset}_teacher.pth`)"
+)
+# The release publishes teachers only: no trained DeSKPro model. A file in the official model's layout
+# (face_net, lr_face_net, nocloth_net) loads with `deskpro evaluate --checkpoint` all the same.
+NO_DESKPRO_MODEL = (
+    "no trained DeSKPro model is published (the release has the teachers only); a file in the official "
+    "model's layout (face_net.*, lr_face_net.*, nocloth_net.*) loads with `deskpro evaluate --checkpoint`"
+)
+
 REGISTRY: tuple[OfficialWeights, ...] = (
     OfficialWeights(
         "schp-lip",
@@ -114,6 +126,18 @@ REGISTRY: tuple[OfficialWeights, ...] = (
         "academic, non-commercial use only",
         "deskpro restore --restorer gpen-256 --weights",
     ),
+    *(
+        OfficialWeights(
+            f"deskpro-teacher-{dataset}",
+            f"{dataset}_teacher.pth",
+            None,
+            "",
+            DESKPRO_SOURCE,
+            "no licence stated in the release",
+            "deskpro train --teacher",
+        )
+        for dataset in ("celeb", "celeb-light", "prcc")
+    ),
     OfficialWeights(
         "osnet-x1.0-imagenet",
         "osnet_x1_0_imagenet.pth",
@@ -150,6 +174,13 @@ def format_table() -> str:
             f"  licence  {w.licence}",
             f"  use      {w.used_by} PATH",
         ]
+    prefixes = [w.file for w in REGISTRY if w.sha256_is_prefix]
+    if prefixes:
+        lines.append(
+            f"note: {', '.join(prefixes)}: no full sha256 is published for them; "
+            "verify compares the known prefix"
+        )
+    lines.append(f"note: {NO_DESKPRO_MODEL}")
     return "\n".join(lines)
 
 

@@ -88,10 +88,13 @@ def test_rank_lists_mark_true_matches(model, shards, tmp_path) -> None:
     for item in lists:
         assert len(item["gallery"]) == 3
         assert item["correct"] == [bool(pids[g] == pids[item["query"]]) for g in item["gallery"]]
+    assert all(len(item["distance"]) == 3 and item["distance"] == sorted(item["distance"]) for item in lists)
     path = pictures.save_ranks(reader, lists, tmp_path / "r.png")
+    # tiles at 64x32 are drawn at full scale (under RANK_TILE_HEIGHT), a line of labels above each,
+    # and the picture is at least 4 inches wide for those labels
     assert _png_size(path) == (
-        round(4 * 32 * 1.2 * pictures.INCH * 100),
-        round((len(lists) * 64 * 1.25 * pictures.INCH + 0.3) * 100),
+        round(max(4 * 32 * 1.2 * pictures.INCH, 4.0) * 100),
+        round((len(lists) * (64 * 1.25 * pictures.INCH + 0.25) + 0.3) * 100),
     )
 
 

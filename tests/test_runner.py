@@ -210,6 +210,8 @@ def test_ray_preprocess_command_matches_the_plain_loop(data, reference, ray_star
         "--no-progress",
         "--actors",
         "2",
+        "--executor",
+        "ray",  # 18 rows: auto would choose the plain loop
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -261,3 +263,32 @@ def test_a_bug_in_the_stage_says_fix_it_not_just_rerun(tmp_path):
     assert "fix it, then rerun to resume" in str(info.value)
     assert "rerun the same command" not in str(info.value)
     assert len(manifest) > 0
+
+
+def test_auto_runs_small_work_in_process_and_says_so(data, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = ["parse", str(data[1]), "-w", str(tmp_path), "--parser", "oracle", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--part-size", "4", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    line = result.output.strip().splitlines()[0]
+    assert line.startswith("parse: 18 rows, 1 errors") and "[local: auto, 18 rows (at most 850)" in line
+    assert "first rows after" in line and "then" in line
+    again = CliRunner().invoke(
+        main, [*args, "--part-size", "4", "--batch-size", "4"]
+    )  # every part written: a line that says so, no 0.0 images/s
+    assert "nothing to do: every one of" in again.output and "images/s" not in again.output
+
+
+def test_auto_chooses_ray_for_a_cluster_or_large_work(monkeypatch):
+    from deskpro.pipeline.runner import choose_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    auto = StageRunOptions()
+    assert auto.executor == "auto"
+    assert choose_executor(auto, 850).executor == "local"
+    assert choose_executor(auto, 851).executor == "ray"
+    assert choose_executor(auto, None).executor == "ray"
+    assert choose_executor(dataclasses.replace(auto, ray_address="auto"), 10).executor == "ray"
+    assert choose_executor(dataclasses.replace(auto, executor="ray"), 10).executor == "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert choose_executor(auto, 10).executor == "ray"

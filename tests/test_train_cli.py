@@ -43,11 +43,12 @@ def test_print_config_resolves_for_the_shards_and_the_flags(shards):
     printed = _printed(
         _invoke("train", shards, "--baseline", "--print-config", "--epochs", "7", "--lam", "3")
     )
-    assert printed == resolve_config(shards, "baseline", epochs=7).to_dict() | {
+    assert printed == resolve_config(shards, "baseline", epochs=7, warmup_epochs=6).to_dict() | {
         "body_size": [64, 32],
         "method": printed["method"],
     }
-    assert printed["dataset"] == "synthetic" and printed["epochs"] == 7 and printed["warmup_epochs"] == 10
+    # the preset's warm-up (10) is not below 7 epochs: epochs - 1, what the schedule can run
+    assert printed["dataset"] == "synthetic" and printed["epochs"] == 7 and printed["warmup_epochs"] == 6
     assert printed["method"] == {
         "eps": 0.1,
         "lam": 3.0,
@@ -69,14 +70,14 @@ def test_printed_config_and_run_config_json_come_back_as_config(shards, tmp_path
     assert again == yaml.safe_load(printed.output)
     flags_win = _printed(
         _invoke(
-            "train", shards, "--baseline", "--print-config", "--config", tmp_path / "c.yaml", "--epochs", "5"
+            "train", shards, "--baseline", "--print-config", "--config", tmp_path / "c.yaml", "--epochs", "15"
         )
     )
-    assert flags_win["epochs"] == 5 and flags_win["p"] == 3 and flags_win["seed"] == 4
+    assert flags_win["epochs"] == 15 and flags_win["p"] == 3 and flags_win["seed"] == 4
     # A run's config.json (written by the trainer) is accepted as it is.
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    run.write_config(resolve_config(shards, "baseline", epochs=11, k=3, base_lr=1e-3))
+    run.write_config(resolve_config(shards, "baseline", epochs=11, warmup_epochs=3, k=3, base_lr=1e-3))
     from_run = _printed(_invoke("train", shards, "--baseline", "--print-config", "--config", run.config))
     assert (from_run["epochs"], from_run["k"], from_run["base_lr"]) == (11, 3, 1e-3)
     # Option spellings work as keys: long names with - or _, and aliases.
@@ -101,7 +102,11 @@ def test_printed_config_and_run_config_json_come_back_as_config(shards, tmp_path
         ("- 1\n- 2\n", "expected a mapping"),
         ("epochs: [1\n", "not valid YAML"),
         ("dataset: prcc\n", "dataset is 'prcc' but this run's is 'synthetic'"),
-        ("phase: teacher\n", "phase is 'teacher'"),
+        ("epochs: 2.7\n", "key 'epochs': 2.7 is not a whole number"),
+        ("epochs: true\n", "key 'epochs': True is not a number"),
+        ("lr: true\n", "key 'lr': True is not a number"),
+        ("compile: 1\n", "key 'compile': 1 is not true or false"),
+        ("actors: 2\n", "known: alpha, amp"),
         ("print_config: true\n", "unknown key 'print_config'"),
     ],
 )
@@ -138,11 +143,69 @@ def test_numeric_options_are_range_checked(shards, tmp_path, args):
     assert not (tmp_path / "r").exists()
 
 
-def test_warmup_must_be_below_epochs(shards, tmp_path):
-    result = _invoke("train", shards, "-o", tmp_path / "r", "--baseline", "--epochs", "5")
+def test_a_given_warmup_must_be_below_epochs(shards, tmp_path):
+    result = _invoke(
+        "train", shards, "-o", tmp_path / "r", "--baseline", "--epochs", "5", "--warmup-epochs", "5"
+    )
     assert result.exit_code == 1
-    assert "--warmup-epochs 10 must be below --epochs 5" in _error_line(result)
+    assert "--warmup-epochs 5 must be below --epochs 5" in _error_line(result)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_presets_warmup_fits_a_short_run_and_says_so(shards, tmp_path):
+    run = tmp_path / "r"
+    args = ("--epochs", "2", "--p", "2", "--k", "2", "--workers", "0", "--max-iters", "1", "--no-progress")
+    result = _invoke("train", shards, "-o", run, "--baseline", "--backbone", "osnet_x0_25", *args)
+    assert result.exit_code == 0, result.output
+    assert "warm-up: 1 epoch(s), the preset's 10 not being below --epochs 2" in result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["epochs"], saved["warmup_epochs"]) == (2, 1)
+    logged = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert {"total", "ce_body", "triplet"} <= set(logged)
+    assert not {"att", "fkp", "ce_face", "triplet_face"} & set(logged)  # a baseline trains none of them
+    # the run's config.json is accepted back, also by another phase (the command decides the phase)
+    again = _invoke("train", shards, "--baseline", "--print-config", "--config", run / "config.json")
+    assert _printed(again)["warmup_epochs"] == 1
+
+
+def test_a_phase_in_a_config_file_is_the_commands(shards, tmp_path):
+    path = tmp_path / "deskpro.yaml"
+    path.write_text("phase: deskpro\nepochs: 12\n")
+    printed = _printed(_invoke("train", shards, "--baseline", "--print-config", "--config", path))
+    assert printed["phase"] == "baseline" and printed["epochs"] == 12
+
+
+def test_too_few_identities_name_the_flag_and_what_fits(shards, tmp_path):
+    args = ("--epochs", "2", "--p", "5", "--workers", "0", "--no-progress")
+    result = _invoke("train-teacher", shards, "-o", tmp_path / "r", "--backbone", "osnet_x0_25", *args)
+    line = _error_line(result)
+    assert "--p 5: the train split has 4 identities" in line and "give --p 4 or fewer" in line
+    assert "PKBatchSampler" not in line
+
+
+def test_every_training_setting_shows_its_default():
+    for command in ("train", "train-teacher"):
+        result = _invoke(command, "--help")
+        assert result.exit_code == 0
+        text = " ".join(result.output.split())
+        for flag, shown in [
+            ("--epochs INTEGER", "[default: 140]"),
+            ("--p, --ids", "[default: 5]"),
+            ("--k, --images", "[default: 6]"),
+        ]:
+            assert shown in text.split(flag, 1)[1][:400], (command, flag)
+        assert "[default: 0.0006]" in text and "[default: 7.0" in text
+
+
+def test_preset_cpu_sets_the_demos_settings_below_the_flags(shards, tmp_path):
+    printed = _printed(_invoke("train", shards, "--baseline", "--preset", "cpu", "--print-config"))
+    assert (printed["backbone"], printed["epochs"], printed["p"], printed["k"]) == ("osnet_x0_25", 20, 8, 4)
+    teacher = _printed(_invoke("train-teacher", shards, "--preset", "cpu", "--print-config", "--k", "3"))
+    assert (teacher["epochs"], teacher["k"]) == (30, 3)
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 5\n")
+    for order in (("--config", path, "--preset", "cpu"), ("--preset", "cpu", "--config", path)):
+        assert _printed(_invoke("train", shards, "--baseline", "--print-config", *order))["epochs"] == 5
 
 
 def test_tensorboard_without_the_package_names_the_extra(shards, tmp_path, monkeypatch):
@@ -236,11 +299,62 @@ def test_every_trainconfig_field_is_an_option_or_fixed(command):
     """So that any run's config.json comes back as --config (a new field needs an option)."""
     import dataclasses
 
-    from deskpro.cli.train import FIXED_KEYS
+    from deskpro.cli.train_options import COMMAND_KEYS, FIXED_KEYS
     from deskpro.config import MethodSettings, TrainConfig
 
     cmd = main.get_command(click.Context(main), command)
     names = {p.name for p in cmd.params}
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"method"}
     fields |= {f.name for f in dataclasses.fields(MethodSettings)}
-    assert fields - names - set(FIXED_KEYS) == set()
+    assert fields - names - set(FIXED_KEYS) - set(COMMAND_KEYS) == set()
+
+
+def _saved_run(path, shards, *, epoch: int, phase: str = "baseline", teacher=None):
+    """A run directory whose train_state.pt says how far it got (what --resume reads first)."""
+    import torch
+
+    from deskpro.config import TrainConfig
+
+    path.mkdir()
+    config = TrainConfig(phase=phase, epochs=2, warmup_epochs=1)
+    inputs = {"shards": str(shards.resolve()), "teacher": teacher}
+    torch.save(
+        {"config": config.to_dict(), "epoch": epoch, "batch": 0, "step": 4, "inputs": inputs},
+        path / "train_state.pt",
+    )
+    for name in ("config.json", "log.jsonl", "checkpoint.pt"):
+        (path / name).write_text(f"{name} as the run left it\n")
+    return path
+
+
+def test_resume_of_a_finished_run_says_so_and_writes_nothing(shards, tmp_path):
+    run = _saved_run(tmp_path / "r", shards, epoch=2)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()}
+    result = _invoke("train", "-o", run, "--resume")  # no SHARDS, no phase flag
+    assert result.exit_code == 0, result.output
+    assert f"{run}: finished (2 of 2 epochs); nothing to resume" in result.output
+    assert f"checkpoint: {run / 'checkpoint.pt'}" in result.output
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()} == before
+    (run / "checkpoint.pt").unlink()
+    gone = _invoke("train-teacher", "-o", run, "--resume")
+    assert gone.exit_code == 1 and "checkpoint.pt is missing" in _error_line(gone)
+
+
+def test_resume_reads_the_phase_and_shards_from_the_run(shards, tmp_path):
+    from deskpro.train.resume import resume_inputs, saved_run
+
+    saved = saved_run(_saved_run(tmp_path / "r", shards, epoch=1))
+    assert not saved.finished
+    assert resume_inputs(saved, None, None, None) == ("baseline", shards.resolve(), None)
+    with pytest.raises(ValueError, match="is a baseline run, not teacher; drop the phase flag"):
+        resume_inputs(saved, "teacher", None, None)
+    line = _error_line(_invoke("train-teacher", "-o", tmp_path / "r", "--resume"))
+    assert "is a baseline run, not teacher" in line
+    printed = _printed(_invoke("train", "-o", tmp_path / "r", "--resume", "--print-config"))
+    assert printed["phase"] == "baseline" and printed["epochs"] == 2
+
+
+def test_select_on_val_without_a_val_split_is_refused_before_training(shards, tmp_path):
+    result = _invoke("train", shards, "-o", tmp_path / "r", "--baseline", "--select-on-val")
+    assert "--select-on-val" in _error_line(result) and "no val split" in _error_line(result)
+    assert not (tmp_path / "r").exists()

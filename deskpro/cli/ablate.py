@@ -6,10 +6,15 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import main, progress_option, show_progress
+from deskpro.cli.config_file import config_file_option
+from deskpro.cli.group import device_option, main, progress_option, show_progress
+from deskpro.cli.train_options import BACKBONE_NAMES
+
+_EPOCHS = click.IntRange(1)
 
 
 @main.command("ablate")
+@config_file_option()
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "-o",
@@ -24,17 +29,41 @@ from deskpro.cli.group import main, progress_option, show_progress
     help="Comma-separated rows to produce: 1-7, DeSKPro, DeSKPro* (default: all). "
     "Runs they share are trained once.",
 )
-@click.option("--epochs", type=int, help="Epochs of every run but the teacher (default: the preset's).")
-@click.option("--teacher-epochs", type=int, help="Epochs of the face teacher (default: as --epochs).")
-@click.option("--warmup-epochs", type=int, help="Linear lr warm-up epochs of every run.")
-@click.option("--p", "--ids-per-batch", "p", type=int, help="Identities per batch.")
-@click.option("--k", "--images-per-id", "k", type=int, help="Images per identity.")
-@click.option("--lr", "base_lr", type=float, help="Base lr, scaled by sqrt(P*K/20).")
-@click.option("--workers", "num_workers", type=int, help="DataLoader worker processes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Training and evaluation seed.")
-@click.option("--trials", type=int, default=10, show_default=True, help="Single-shot gallery draws.")
-@click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
-@click.option("--max-iters", type=int, help="Stop each run after this many iterations (tests).")
+@click.option(
+    "--epochs", type=_EPOCHS, help="Epochs of every run but the teacher [default: the preset's, 140]."
+)
+@click.option("--teacher-epochs", type=_EPOCHS, help="Epochs of the face teacher [default: as --epochs].")
+@click.option(
+    "--warmup-epochs",
+    type=click.IntRange(0),
+    help="Linear lr warm-up epochs of every run [default: the preset's 10, or epochs - 1 when fewer].",
+)
+@click.option(
+    "--p", "--ids-per-batch", "p", type=click.IntRange(2), help="Identities per batch [default: 5]."
+)
+@click.option("--k", "--images-per-id", "k", type=click.IntRange(2), help="Images per identity [default: 6].")
+@click.option(
+    "--lr",
+    "base_lr",
+    type=click.FloatRange(0.0, min_open=True),
+    help="Base lr, scaled by sqrt(P*K/20) [default: 6e-4].",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(BACKBONE_NAMES),
+    help="OSNet variant of every stream [default: osnet_x1_0; the demo's: osnet_x0_25].",
+)
+@click.option(
+    "--workers", "num_workers", type=click.IntRange(0), help="DataLoader worker processes [default: 2]."
+)
+@click.option(
+    "--seed", type=click.IntRange(0), default=0, show_default=True, help="Training and evaluation seed."
+)
+@click.option(
+    "--trials", type=click.IntRange(1), default=10, show_default=True, help="Single-shot gallery draws."
+)
+@device_option()
+@click.option("--max-iters", type=click.IntRange(1), help="Stop each run after this many iterations (tests).")
 @click.option(
     "--imagenet",
     type=click.Path(exists=True, dir_okay=False),
@@ -59,7 +88,7 @@ def ablate_cmd(shards: Path, run_root: Path, rows: str | None, **kw) -> None:
     """Train (or reuse) and evaluate Table 3's rows on SHARDS; prints the table, writes JSON and Markdown."""
     from deskpro.experiments.ablate import AblationSettings, run_ablation
 
-    names = ("epochs", "warmup_epochs", "p", "k", "base_lr", "num_workers")
+    names = ("epochs", "warmup_epochs", "p", "k", "base_lr", "backbone", "num_workers")
     overrides = {key: kw[key] for key in names if kw[key] is not None}
     overrides["seed"] = kw["seed"]
     settings = AblationSettings(

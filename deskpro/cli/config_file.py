@@ -52,6 +52,12 @@ def _first_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200]
 
 
+def _flag_key(param: click.Option) -> str:
+    """The key a file spells an option with, as its long flag (`actors` for --actors, `out` for -o)."""
+    longs = [opt[2:] for opt in param.opts if opt.startswith("--")]
+    return longs[0] if longs else param.name.replace("_", "-")
+
+
 def option_index(command: click.Command) -> dict[str, click.Option]:
     """Every spelling of every option of a command (long names without dashes, with - or _, and
     the parameter name) -> the option."""
@@ -80,8 +86,9 @@ def to_default_map(
     for key, value in mapping.items():
         param = index.get(str(key))
         if param is None or param.name in exclude:
-            known = sorted({p.name.replace("_", "-") for p in index.values() if p.name not in exclude})
+            known = sorted({_flag_key(p) for p in index.values() if p.name not in exclude})
             raise click.BadParameter(f"{path}: unknown key {key!r}; known: {', '.join(known)}")
+        _check_file_value(param, value, path, key)
         try:
             converted = param.type_cast_value(ctx, value)
         except click.BadParameter as exc:
@@ -90,6 +97,21 @@ def to_default_map(
             raise click.BadParameter(f"{path}: {key!r} sets {param.name.replace('_', '-')} a second time")
         defaults[param.name] = converted
     return defaults
+
+
+def _check_file_value(param: click.Option, value, path: Path, key) -> None:
+    """What click would convert but the flag refuses: a file's 2.7 or true for an integer, true for a
+    number (click's int() would make them 2 and 1)."""
+    kind = param.type
+    integer = isinstance(kind, click.types.IntParamType)
+    number = integer or isinstance(kind, click.types.FloatParamType)
+    if number and isinstance(value, bool):
+        raise click.BadParameter(f"{path}: key {key!r}: {value!r} is not a number")
+    if integer and isinstance(value, float) and not value.is_integer():
+        raise click.BadParameter(f"{path}: key {key!r}: {value!r} is not a whole number")
+    flag = isinstance(kind, click.types.BoolParamType) or getattr(param, "is_flag", False)
+    if flag and not isinstance(value, bool):
+        raise click.BadParameter(f"{path}: key {key!r}: {value!r} is not true or false")
 
 
 def config_file_option(

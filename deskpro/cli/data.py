@@ -39,10 +39,17 @@ MANIFEST_DATASETS = (
     default=None,
     help="table: CSV of path, pid, camid, clothes_id, split (paths relative to ROOT).",
 )
-@click.option("--identities", type=int, default=None, help="synthetic: number of people (default 120).")
-@click.option("--images-per-camera", type=int, default=None, help="synthetic: images per person, camera (3).")
+@click.option(
+    "--identities", type=click.IntRange(3), default=None, help="synthetic: number of people (default 120)."
+)
+@click.option(
+    "--images-per-camera",
+    type=click.IntRange(1),
+    default=None,
+    help="synthetic: images per person, camera (3).",
+)
 @click.option("--image-size", callback=_parse_hw, default=None, help="synthetic: HxW (default 384x128).")
-@click.option("--seed", type=int, default=None, help="synthetic: random seed (default 0).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="synthetic: random seed (default 0).")
 @click.option("--force", is_flag=True, help="Replace an existing -o file that is not a manifest.")
 @progress_option()
 def manifest(

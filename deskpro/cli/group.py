@@ -6,8 +6,11 @@ Ray take seconds to import); nothing else is imported lazily.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+from pathlib import Path
 
 import click
 
@@ -64,6 +67,27 @@ def show_progress(progress: bool | None = None) -> bool:
     return verbosity() >= 0 if progress is None else progress
 
 
+def remember_outputs(command: click.Command) -> None:
+    """Keep each command's -o/--out value in ctx.meta (shared with the group), so that a system error
+    without a file name (a full disk during a library's write) still names the output."""
+    for param in getattr(command, "params", []):
+        if isinstance(param, click.Option) and {"-o", "--out"} & set(param.opts):
+            param.callback = _remembering(param.callback)
+    for sub in getattr(command, "commands", {}).values():
+        remember_outputs(sub)
+
+
+def _remembering(callback):
+    def remember(ctx: click.Context, param: click.Parameter, value):
+        if callback is not None:
+            value = callback(ctx, param, value)
+        if value is not None:
+            ctx.meta[OUTPUT_KEY] = str(value)
+        return value
+
+    return remember
+
+
 def add_verbosity_options(command: click.Command) -> None:
     """Give `command` and every command below it -q/--quiet and -v/--verbose (once all are registered)."""
     names = {opt for param in command.params for opt in getattr(param, "opts", ())}
@@ -73,12 +97,65 @@ def add_verbosity_options(command: click.Command) -> None:
         add_verbosity_options(sub)
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some or choose another output folder",
+    errno.EDQUOT: "disk quota exceeded; free some or choose another output folder",
+    errno.EROFS: "read-only file system; choose a writable output folder",
+    errno.EACCES: "permission denied; choose a folder you may write",
+    errno.EPERM: "operation not permitted; choose a folder you may write",
+}
+
+
+OUTPUT_KEY = "deskpro.output"
+_ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{32}\.tmp$")  # common.files.atomic_path's names
+
+
+def os_error_line(exc: OSError, output: str | None = None) -> str:
+    """One line for an operating-system error: the path first, then what is wrong and what to do.
+
+    Library messages (FileNotFoundError("RUN/x: no training state ...")) are kept as they are; an
+    error raised by the system itself ("[Errno 28] No space left on device: 'out/x.h5'") becomes
+    "out/x.h5: no space left on the device; ...". HDF5 reports errno only inside its text.
+    """
+    code = exc.errno
+    if code is None:  # h5py / HDF5: "... errno = 28, error message = 'No space left on device' ..."
+        text = str(exc)
+        for number in _OS_HINTS:
+            if f"errno = {number}," in text or os.strerror(number) in text:
+                code = number
+                break
+    if exc.filename is None and code not in _OS_HINTS:
+        return str(exc) or repr(exc)
+    where = exc.filename if exc.filename is not None else _filename_in(str(exc))
+    if where is not None:  # a hidden temporary file of an atomic write: name the file it would become
+        path = Path(str(where))
+        match = _ATOMIC_TMP.match(path.name)
+        where = str(path.with_name(match["name"])) if match else str(where)
+    else:
+        where = output  # the command's -o, when the system did not say which file
+    what = _OS_HINTS.get(code) or (exc.strerror or str(exc)).rstrip(".").lower()
+    return f"{where}: {what}" if where else what
+
+
+def _filename_in(text: str) -> str | None:
+    """The file an HDF5 message names (filename = '...'), if any."""
+    marker = "filename = '"
+    start = text.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    end = text.find("'", start)
+    return text[start:end] if end > start else None
+
+
 class _Group(click.Group):
-    """A group whose commands report bad input as one line, not a traceback.
+    """A group whose commands report what a user or an operator can cause as one line, not a traceback.
 
     The library raises ValueError (and its subclasses: ManifestError, ShardError, CheckpointError,
     ...), FileNotFoundError and FileExistsError with messages that name the file and what is
-    wrong: the whole message a user needs. DESKPRO_TRACEBACK=1 shows the traceback instead.
+    wrong: the whole message a user needs. Errors of the system (a read-only folder, a full disk,
+    a permission) are one line naming the path (`os_error_line`); Ctrl-C (or SIGTERM turned into
+    KeyboardInterrupt) is one line and exit status 130. DESKPRO_TRACEBACK=1 shows the traceback.
     """
 
     def invoke(self, ctx: click.Context):
@@ -88,6 +165,15 @@ class _Group(click.Group):
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise
             raise click.ClickException(str(exc) or repr(exc)) from None
+        except OSError as exc:
+            if os.environ.get("DESKPRO_TRACEBACK"):
+                raise
+            raise click.ClickException(os_error_line(exc, ctx.meta.get(OUTPUT_KEY))) from None
+        except KeyboardInterrupt:
+            if os.environ.get("DESKPRO_TRACEBACK"):
+                raise
+            click.echo("Error: interrupted (Ctrl-C or SIGTERM)", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -131,3 +217,21 @@ def _with(options):
         return command
 
     return decorate
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A device torch does not know, or one this process cannot use, is refused before any work."""
+    if value is None or value == "auto":
+        return value
+    from deskpro.common.torch_utils import resolve_device
+
+    try:
+        resolve_device(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix(f"--device {value}: ")) from None
+    return value
+
+
+def device_option(help: str = "Torch device: auto (cuda when available), cpu, cuda, cuda:N."):
+    """--device, the one spelling and default (auto) of every command that runs a network."""
+    return click.option("--device", default="auto", show_default=True, callback=_check_device, help=help)

@@ -35,7 +35,9 @@ _STAGE_RUN_OPTIONS = [  # shared by parse / detect / restore / preprocess: where
         type=click.Choice(EXECUTORS),
         default=_RUN["executor"],
         show_default=True,
-        help="ray: Ray Data with an actor pool; local: the same classes in a plain loop.",
+        help="auto: local for at most 850 rows when no cluster is named (--ray-address, RAY_ADDRESS), "
+        "else ray (Ray's start-up costs about 10 s: benchmarks/RESULTS.md); ray: Ray Data with an actor "
+        "pool; local: the same classes in a plain loop. The stage line says which ran.",
     ),
     click.option(
         "--ray-address",

@@ -12,193 +12,19 @@ from pathlib import Path
 import click
 
 from deskpro.cli.config_file import config_file_option
-from deskpro.cli.group import _with, main, progress_option, show_progress
-
-# deskpro.model.osnet.BACKBONES's names (spelled out: importing the model would import torch for --help)
-BACKBONE_NAMES = ("osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25")
-
-_PROB = click.FloatRange(0.0, 1.0)
-_POSITIVE = click.FloatRange(0.0, min_open=True)
-_NON_NEGATIVE = click.FloatRange(0.0)
-
-# Options that set a TrainConfig field (the parameter name is the field's name). Unset ones (None)
-# keep the dataset preset's value, or on --resume the run's saved value.
-_SETTINGS = [
-    click.option("--epochs", type=click.IntRange(1), help="Epochs to train."),
-    click.option(
-        "--warmup-epochs",
-        type=click.IntRange(0),
-        help="Epochs of linear lr warm-up before the cosine decay; must be below --epochs.",
-    ),
-    click.option(
-        "--p",
-        "--ids-per-batch",
-        "p",
-        type=click.IntRange(2),
-        help="Identities per batch, P. Spell it --ids-per-batch under torchrun, whose "
-        "parser takes --p for its own --print-completion.",
-    ),
-    click.option(
-        "--k",
-        "--images-per-id",
-        "k",
-        type=click.IntRange(2),
-        help="Images per identity, K; the triplet loss needs 2 or more.",
-    ),
-    click.option("--lr", "--base-lr", "base_lr", type=_POSITIVE, help="Base lr, scaled by sqrt(P*K/20)."),
-    click.option("--weight-decay", type=_NON_NEGATIVE, help="Adam weight decay."),
-    click.option("--min-lr-factor", type=_PROB, help="The last epoch's lr as a fraction of the base lr."),
-    click.option("--flip-p", type=_PROB, help="Probability of a horizontal flip."),
-    click.option("--translate-p", type=_PROB, help="Probability of Random2DTranslation (resize and crop)."),
-    click.option(
-        "--translate-scale",
-        type=click.FloatRange(1.0, 2.0),
-        help="Random2DTranslation: resize by this factor, then crop back to size (official 1.05).",
-    ),
-    click.option("--erase-p", type=_PROB, help="Probability of random erasing."),
-    click.option(
-        "--label-smoothing",
-        type=click.FloatRange(0.0, 1.0, max_open=True),
-        help="Label smoothing of the CE losses.",
-    ),
-    click.option("--triplet-margin", type=_NON_NEGATIVE, help="Margin of the batch-hard triplet loss."),
-    click.option("--lam", type=_NON_NEGATIVE, help="Weight lambda of the attention loss L_att."),
-    click.option("--tau", type=_POSITIVE, help="Distillation temperature."),
-    click.option("--alpha", type=_PROB, help="Weight of distillation against the student's CE."),
-    click.option("--eps", type=_PROB, help="CSA mask value on cloth pixels."),
-    click.option(
-        "--csa-form",
-        type=click.Choice(["official", "paper", "none"]),
-        help="CSA block: official (two 1x1 convs, the release), paper (one point-wise conv) or none "
-        "(no attention: Table 3's row 1).",
-    ),
-    click.option(
-        "--att-target",
-        type=click.Choice(["official", "paper"]),
-        help="L_att target: official (default: the binary mask resized bilinearly as cv2.resize, then "
-        "eps on the cells exactly 0) or paper (Eq. 3's eps at full size, then each cell averaged).",
-    ),
-    click.option(
-        "--amp",
-        type=click.Choice(["none", "bf16", "fp16"]),
-        help="Mixed precision (fp16 needs CUDA; preset: none).",
-    ),
-    click.option(
-        "--channels-last/--no-channels-last",
-        default=None,
-        help="channels_last memory format (faster on GPUs).",
-    ),
-    click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the trained module."),
-    click.option(
-        "--workers",
-        "--num-workers",
-        "num_workers",
-        type=click.IntRange(0),
-        help="DataLoader worker processes.",
-    ),
-    click.option(
-        "--decode-on",
-        type=click.Choice(["auto", "worker", "device"]),
-        help="Where JPEG shards are decoded: worker (the loader workers, on the CPU), device (the "
-        "workers read bytes, the training device decodes: nvjpeg on CUDA; raw shards are refused) or "
-        "auto (default: device on CUDA with JPEG shards, else worker).",
-    ),
-    click.option(
-        "--backbone",
-        type=click.Choice(BACKBONE_NAMES),
-        help="OSNet variant of every stream: osnet_x1_0 (the official) or a narrower one "
-        "(osnet_x0_25 is the demo's: about 3x faster on a CPU; docs/differences.md).",
-    ),
-    click.option("--seed", type=click.IntRange(0), help="Seed of the init, sampler and augmentation."),
-    click.option(
-        "--recipe",
-        type=click.Choice(["deskpro", "official"]),
-        help="deskpro (default): keep faceless bodies, exact-length P x K epochs, per-sample augmentation, "
-        "flip-averaged tests; official: the official code's behaviour on each point (docs/differences.md).",
-    ),
-    click.option(
-        "--teacher-mode",
-        type=click.Choice(["train", "eval"]),
-        help="How the frozen teacher runs while distilling: train (default, the official: batch "
-        "statistics, drop block) or eval (running statistics).",
-    ),
-]
-SETTING_NAMES = ("epochs", "warmup_epochs", "p", "k", "base_lr", "weight_decay", "min_lr_factor", "flip_p")
-SETTING_NAMES += (
-    "translate_p",
-    "translate_scale",
-    "erase_p",
-    "label_smoothing",
-    "triplet_margin",
-    "csa_form",
-    "att_target",
-    "backbone",
+from deskpro.cli.group import _with, main, show_progress
+from deskpro.cli.train_options import (
+    _PRESET_OPTION,
+    _RUN_OPTIONS,
+    BACKBONE_NAMES,
+    COMMAND_KEYS,
+    FIXED_KEYS,
+    METHOD_NAMES,
+    SETTING_NAMES,
+    _show_defaults,
 )
-SETTING_NAMES += ("amp", "channels_last", "compile", "num_workers", "decode_on", "seed", "recipe")
-SETTING_NAMES += ("teacher_mode",)
-METHOD_NAMES = ("lam", "tau", "alpha", "eps")
-# Keys of a run's config.json that the shards or the command decide: checked, never set.
-FIXED_KEYS = ("dataset", "phase", "body_size", "face_size", "label_set")
 
-_RUN_OPTIONS = [
-    click.argument("shards", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path)),
-    click.option(
-        "-o",
-        "--out",
-        "run_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Run directory (required to train): a new or empty folder, or the run to --resume. "
-        "Gets config.json, checkpoint.pt, train_state.pt, log.jsonl.",
-    ),
-    *_SETTINGS,
-    click.option(
-        "--device",
-        default="auto",
-        show_default=True,
-        help="Torch device: auto (cuda when available), cpu, cuda:1 ...",
-    ),
-    click.option(
-        "--imagenet",
-        type=click.Path(exists=True, dir_okay=False),
-        help="OSNet x1.0 ImageNet weights to initialise the trained streams (see `deskpro weights list`); "
-        "a real dataset needs them unless --from-scratch.",
-    ),
-    click.option(
-        "--from-scratch", is_flag=True, help="Train a real-dataset preset from random init (no --imagenet)."
-    ),
-    click.option(
-        "--verify",
-        "verify_shards",
-        is_flag=True,
-        help="First check every shard's sha256 (as `deskpro verify`); the cheap layout check always runs.",
-    ),
-    click.option(
-        "--max-iters",
-        type=click.IntRange(1),
-        help="Stop after this many iterations in all, mid-epoch too; --resume continues exactly there.",
-    ),
-    click.option(
-        "--resume",
-        is_flag=True,
-        help="Continue RUN from RUN/train_state.pt with its saved settings; only --amp, "
-        "--channels-last, --compile, --workers and --decode-on may change.",
-    ),
-    click.option(
-        "--select-on-val",
-        is_flag=True,
-        help="Also write RUN/best.pt, the best val epoch (PRCC layout), and return it.",
-    ),
-    click.option(
-        "--tensorboard", is_flag=True, help="Also log to RUN/tensorboard (needs deskpro[tensorboard])."
-    ),
-    progress_option(),
-    click.option(
-        "--print-config",
-        is_flag=True,
-        help="Print the resolved settings as YAML (for SHARDS when given, with --config and the flags) "
-        "and exit; the output works as --config.",
-    ),
-]
+__all__ = ["BACKBONE_NAMES", "train_cmd", "train_teacher_cmd"]
 
 
 def _flatten_config(ctx: click.Context, mapping: dict, path: Path) -> dict:
@@ -213,7 +39,17 @@ def _flatten_config(ctx: click.Context, mapping: dict, path: Path) -> dict:
             raise click.BadParameter(f"{path}: {', '.join(clash)} given both in 'method' and at the top")
         mapping.update(method)
     ctx.meta["deskpro.config_fixed"] = (path, {k: mapping.pop(k) for k in FIXED_KEYS if k in mapping})
+    for key in COMMAND_KEYS:
+        mapping.pop(key, None)
     return mapping
+
+
+def flagged(message: str, files: dict) -> str:
+    """`message` prefixed with the flag whose file it starts with (`--teacher runs/t.pt: ...`)."""
+    for flag, path in files.items():
+        if path is not None and message.startswith(str(path)):
+            return f"{flag} {message}"
+    return message
 
 
 def _check_fixed(ctx: click.Context, config) -> None:
@@ -230,20 +66,41 @@ def _check_fixed(ctx: click.Context, config) -> None:
 
 
 def _run_training(
-    phase: str, shards: Path | None, run_dir: Path | None, teacher, trust: bool, kw: dict
+    phase: str | None, shards: Path | None, run_dir: Path | None, teacher, trust: bool, kw: dict
 ) -> None:
+    """`phase` None: `train --resume` without a phase flag (the run's own phase)."""
     import yaml
 
     from deskpro.shards import verify_or_raise
     from deskpro.train.loop import TrainRunOptions, planned_config, run_training
+    from deskpro.train.resume import resume_inputs, saved_run
     from deskpro.train.rundir import check_tensorboard
+    from deskpro.train.settings import check_val_split, fit_warmup
 
     ctx = click.get_current_context()
     overrides = {name: kw.pop(name) for name in SETTING_NAMES}
     overrides["method"] = {name: kw.pop(name) for name in METHOD_NAMES}
+    warmup_given = overrides["warmup_epochs"] is not None
+    if kw["resume"]:
+        if run_dir is None:
+            raise click.UsageError("Missing option '-o' / '--out' (the run directory to resume).")
+        saved = saved_run(run_dir)
+        if saved.finished and not kw["print_config"]:
+            if not saved.checkpoint.is_file():
+                raise click.ClickException(
+                    f"{run_dir}: finished ({saved.epoch} of {saved.epochs} epochs) but "
+                    f"{saved.checkpoint} is missing; nothing to resume (train a new run with another -o)"
+                )
+            click.echo(f"{run_dir}: finished ({saved.epoch} of {saved.epochs} epochs); nothing to resume")
+            click.echo(f"checkpoint: {saved.checkpoint}")
+            return
+        phase, shards, teacher = resume_inputs(saved, phase, shards, teacher)
+    phase = phase or "deskpro"
     if kw["print_config"]:
         config = planned_config(shards, run_dir if kw["resume"] else None, phase, overrides)
         _check_fixed(ctx, config)
+        if not kw["resume"]:
+            config, _ = fit_warmup(config, warmup_given)
         if shards is None:
             click.echo(f"# {phase}: the TrainConfig defaults; give SHARDS to resolve them for a shard set")
         click.echo(
@@ -255,20 +112,24 @@ def _run_training(
         raise click.UsageError("Missing argument 'SHARDS'.")
     if run_dir is None:
         raise click.UsageError("Missing option '-o' / '--out' (the run directory).")
+    if phase == "deskpro" and teacher is None:
+        raise click.UsageError("give exactly one of --teacher CKPT (DeSKPro), --baseline or --student")
     if kw["tensorboard"]:
         try:
             check_tensorboard()
         except ImportError as exc:
             raise click.ClickException(str(exc)) from None
+    if kw["select_on_val"]:
+        check_val_split(shards)
     if kw["verify_shards"]:
         verify_or_raise(shards, progress=show_progress(kw["progress"]))
     config = planned_config(shards, run_dir if kw["resume"] else None, phase, overrides)
     _check_fixed(ctx, config)
-    if config.warmup_epochs >= config.epochs:
-        raise click.ClickException(
-            f"--warmup-epochs {config.warmup_epochs} must be below --epochs {config.epochs}; "
-            "give a smaller --warmup-epochs"
-        )
+    if not kw["resume"]:
+        config, note = fit_warmup(config, warmup_given)
+        if note:
+            click.echo(note)
+            overrides["warmup_epochs"] = config.warmup_epochs
     options = TrainRunOptions(
         device=kw["device"],
         teacher=teacher,
@@ -283,8 +144,14 @@ def _run_training(
         trust_checkpoint=trust,
         from_scratch=kw["from_scratch"],
     )
-    final = run_training(shards, run_dir, phase, overrides, options)
-    click.echo(f"checkpoint: {final}")
+    try:
+        final = run_training(shards, run_dir, phase, overrides, options)
+    except ValueError as exc:  # a checkpoint file's error names the file: say which flag gave it
+        raise click.ClickException(
+            flagged(str(exc), {"--teacher": teacher, "--imagenet": kw["imagenet"]})
+        ) from None
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, not one per rank
+        click.echo(f"checkpoint: {final}")
 
 
 _TEACHER_EXAMPLE = """
@@ -292,7 +159,8 @@ _TEACHER_EXAMPLE = """
 \b
 Example:
   deskpro train-teacher shards/prcc -o runs/teacher --imagenet weights/osnet_x1_0_imagenet.pth
-  deskpro train-teacher shards/prcc -o runs/teacher --resume
+  deskpro train-teacher -o runs/teacher --resume
+  deskpro train-teacher shards/prcc -o runs/teacher-cpu --preset cpu
   deskpro train-teacher shards/prcc --print-config > teacher.yaml
 """
 
@@ -304,6 +172,7 @@ Example:
       --imagenet weights/osnet_x1_0_imagenet.pth --amp bf16
   deskpro train shards/prcc -o runs/baseline --baseline --config runs/deskpro/config.json
   deskpro train shards/prcc -o runs/short --baseline --epochs 20 --warmup-epochs 2
+  deskpro train -o runs/deskpro --resume
 """
 
 
@@ -316,6 +185,7 @@ Example:
     ),
 )
 @config_file_option(flatten=_flatten_config, exclude=("config_file", "print_config"))
+@_PRESET_OPTION
 @_with(_RUN_OPTIONS)
 def train_teacher_cmd(shards: Path | None, run_dir: Path | None, **kw) -> None:
     _run_training("teacher", shards, run_dir, None, False, kw)
@@ -330,6 +200,7 @@ def train_teacher_cmd(shards: Path | None, run_dir: Path | None, **kw) -> None:
     ),
 )
 @config_file_option(flatten=_flatten_config, exclude=("config_file", "print_config"))
+@_PRESET_OPTION
 @_with(_RUN_OPTIONS)
 @click.option(
     "--teacher",
@@ -357,7 +228,13 @@ def train_cmd(
     trust_checkpoint: bool,
     **kw,
 ) -> None:
-    if sum((baseline, student_alone, teacher is not None)) != 1 and not kw["print_config"]:
+    if sum((baseline, student_alone, teacher is not None)) > 1:
         raise click.UsageError("give exactly one of --teacher CKPT (DeSKPro), --baseline or --student")
-    phase = "baseline" if baseline else "student" if student_alone else "deskpro"
+    phase = "baseline" if baseline else "student" if student_alone else "deskpro" if teacher else None
+    if phase is None and not kw["resume"] and not kw["print_config"]:
+        raise click.UsageError("give exactly one of --teacher CKPT (DeSKPro), --baseline or --student")
     _run_training(phase, shards, run_dir, teacher, trust_checkpoint, kw)
+
+
+_show_defaults(train_teacher_cmd)
+_show_defaults(train_cmd)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from deskpro.cli.group import main
+from deskpro.cli.group import device_option, main
 
 _MODEL_ARGS = [
     click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
@@ -19,7 +19,7 @@ _MODEL_ARGS = [
         type=click.Path(file_okay=False, path_type=Path),
         help="Folder for the PNG pictures.",
     ),
-    click.option("--device", default="cpu", show_default=True, help="Torch device for the model."),
+    device_option(),
 ]
 
 
@@ -36,7 +36,9 @@ def visualize_group() -> None:
 
 @visualize_group.command("attention")
 @_with_model_args
-@click.option("--samples", type=int, default=4, show_default=True, help="Rows (identities) shown.")
+@click.option(
+    "--samples", type=click.IntRange(1, 64), default=4, show_default=True, help="Rows (identities) shown."
+)
 def attention_cmd(checkpoint: Path, shards: Path, out_dir: Path, device: str, samples: int) -> None:
     """Image, parse map, cloth-irrelevant mask and CSA attention side by side (DIR/attention.png)."""
     from deskpro.experiments.visualize import attention_picture
@@ -46,8 +48,12 @@ def attention_cmd(checkpoint: Path, shards: Path, out_dir: Path, device: str, sa
 
 @visualize_group.command("ranks")
 @_with_model_args
-@click.option("--queries", type=int, default=3, show_default=True, help="Queries per protocol.")
-@click.option("--topk", type=int, default=5, show_default=True, help="Gallery images per query.")
+@click.option(
+    "--queries", type=click.IntRange(1, 64), default=3, show_default=True, help="Queries per protocol."
+)
+@click.option(
+    "--topk", type=click.IntRange(1, 50), default=5, show_default=True, help="Gallery images per query."
+)
 def ranks_cmd(checkpoint: Path, shards: Path, out_dir: Path, device: str, queries: int, topk: int) -> None:
     """Queries and their top-k gallery per protocol, matches framed green, others red (DIR/ranks.png)."""
     from deskpro.experiments.visualize import ranks_picture
@@ -58,11 +64,16 @@ def ranks_cmd(checkpoint: Path, shards: Path, out_dir: Path, device: str, querie
 @main.command("plot")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
-    "-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Default RUN/curves.png."
+    "-o",
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PNG to write [default: RUN/curves.png]; never over a run file or any other input.",
 )
-def plot_cmd(run_dir: Path, out_path: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Let -o replace a file that is not a PNG this command wrote.")
+def plot_cmd(run_dir: Path, out_path: Path | None, force: bool) -> None:
     """Training curves of a run: loss terms and learning rate per epoch, from RUN/log.jsonl."""
     from deskpro.experiments.pictures import save_curves
 
-    path, _ = save_curves(run_dir, out_path or run_dir / "curves.png")
-    click.echo(path)
+    path, _ = save_curves(run_dir, out_path or run_dir / "curves.png", force=force)
+    click.echo(f"wrote {path}")

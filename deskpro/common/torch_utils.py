@@ -156,7 +156,7 @@ def require_weights_file(path: Path | str, what: str = "checkpoint") -> Path:
     return path
 
 
-def _load_failure(path: Path, exc: BaseException) -> str:
+def load_failure(path: Path, exc: BaseException) -> str:
     """Why torch.load refused a file, in deskpro's words (torch's own text advises weights_only=False,
     which would run whatever code the file holds: never echoed)."""
     text = str(exc).lower()
@@ -181,4 +181,4 @@ def torch_load_weights(path: Path | str, what: str = "checkpoint") -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # re-raised with the file name: torch raises many types
-        raise ValueError(f"{path}: cannot be read as a {what}: {_load_failure(path, exc)}") from None
+        raise ValueError(f"{path}: cannot be read as a {what}: {load_failure(path, exc)}") from None

@@ -57,10 +57,27 @@ class AblationSettings:
 
 
 def _config(shards, run: Run, settings: AblationSettings):
+    """The run's TrainConfig. A preset warm-up that is not below the run's epochs (`--epochs 6`
+    against the preset's 10) becomes epochs - 1, the schedule's own limit, written out so that the
+    run's config.json is one `deskpro train --config` accepts; a given --warmup-epochs is checked."""
     extra = {"csa_form": run.csa_form} if run.csa_form else {}
     if run.phase == "teacher" and settings.teacher_epochs is not None:
         extra["epochs"] = settings.teacher_epochs
-    return resolve_config(shards, run.phase, **{**settings.overrides, **extra})
+    config = resolve_config(shards, run.phase, **{**settings.overrides, **extra})
+    if config.warmup_epochs >= config.epochs:
+        flag = "--teacher-epochs" if "epochs" in extra else "--epochs"
+        if settings.overrides.get("warmup_epochs") is not None:
+            raise ValueError(
+                f"--warmup-epochs {config.warmup_epochs} must be below {flag} {config.epochs} ({run.name})"
+            )
+        config = dataclasses.replace(config, warmup_epochs=config.epochs - 1)
+    return config
+
+
+def check_configs(shards, runs: list[Run], settings: AblationSettings) -> None:
+    """Every run's settings resolved and checked before the first run starts (ValueError, one line)."""
+    for run in runs:
+        _config(shards, run, settings)
 
 
 HOW_NOT_WHAT = ("num_workers", "decode_on")  # config fields that do not change what a run learns
@@ -229,6 +246,7 @@ def run_ablation(
 
     chosen = select_rows(rows)
     settings = dataclasses.replace(settings, device=resolve_device(settings.device))
+    check_configs(shards, runs_for(chosen), settings)
     root = Path(run_root)
     with output_lock(root, what="ablation", flag="RUN_ROOT"), StopSignals():  # one ablation per root
         return _ablation(shards, root, chosen, settings, echo, title)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from deskpro.common.files import atomic_path
+from deskpro.common.files import atomic_path, check_output_path
 from deskpro.config import preset
 from deskpro.model.deskpro import retrieval_distance
 from deskpro.model.losses import cloth_irrelevant_mask
@@ -25,6 +26,10 @@ from deskpro.train.transforms import normalize_uint8
 
 DPI = 100
 INCH = 1 / 60  # figure inches per image pixel: tiles at 100 dpi are drawn about 1.7x the image size
+RANK_TILE_HEIGHT = 200  # px: taller bodies are drawn smaller in the ranks picture (a small file)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A run's own files: never replaced by a picture (plot -o RUN/log.jsonl would end the run's resume).
+RUN_FILES = ("log.jsonl", "config.json", "checkpoint.pt", "best.pt", "train_state.pt")
 
 
 def _inputs(images: np.ndarray, device) -> torch.Tensor:
@@ -111,6 +116,7 @@ def rank_lists(model, reader, *, queries: int = 4, topk: int = 5, stream: str = 
                         "query": int(position),
                         "gallery": gallery.tolist(),
                         "correct": (pids[gallery] == pids[position]).tolist(),
+                        "distance": dist[i, order].round(4).tolist(),
                     }
                 )
     finally:
@@ -118,14 +124,27 @@ def rank_lists(model, reader, *, queries: int = 4, topk: int = 5, stream: str = 
     return out
 
 
+def _tile_label(index, row: int) -> str:
+    """pid, camera and clothes of one index row, as torchreid's visrank names its tiles."""
+    return f"pid {index['pid'][row]} cam {index['camid'][row]}\nclothes {index['clothes_id'][row]}"
+
+
 def save_ranks(reader, lists: list[dict], path) -> Path:
-    """One row per query: the query, then its ranked gallery framed green (match) or red."""
+    """One row per query: the query, then its ranked gallery framed green (match) or red; each tile
+    labelled with pid, camera and clothes, the gallery tiles with rank and distance too."""
     topk = max(len(item["gallery"]) for item in lists)
     h, w = reader.read(lists[0]["query"])["body"].shape[:2]
-    fig = Figure(figsize=((topk + 1) * w * 1.2 * INCH, len(lists) * h * 1.25 * INCH + 0.3), dpi=DPI)
+    scale = min(1.0, RANK_TILE_HEIGHT / (h * INCH * DPI))  # tall bodies drawn smaller
+    tile_w, tile_h = w * 1.2 * INCH * scale, h * 1.25 * INCH * scale + 0.25
+    fig = Figure(figsize=(max((topk + 1) * tile_w, 4.0), len(lists) * tile_h + 0.3), dpi=DPI)
     axes = fig.subplots(len(lists), topk + 1, squeeze=False)
+    index = {
+        name: reader.index.column(name).to_numpy(zero_copy_only=False)
+        for name in ("pid", "camid", "clothes_id")
+    }
     for r, item in enumerate(lists):
-        images = reader.read_many([item["query"], *item["gallery"]])["body"]
+        rows = [item["query"], *item["gallery"]]
+        images = reader.read_many(rows)["body"]
         for c in range(topk + 1):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -138,7 +157,14 @@ def save_ranks(reader, lists: list[dict], path) -> Path:
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(1.0 if c == 0 else 2.5)
-            ax.set_title(f"{item['protocol']} query" if c == 0 else f"#{c}", fontsize=6)
+            label = _tile_label(index, rows[c])
+            if c == 0:
+                title = f"{item['protocol']} query\n{label}"
+            else:
+                distance = item.get("distance", [None] * len(item["gallery"]))[c - 1]
+                shown = "" if distance is None else f" d {distance:.3f}"
+                title = f"#{c}{shown}\n{label}"
+            ax.set_title(title, fontsize=5)
     fig.tight_layout(pad=0.2)
     return _save(fig, path)
 
@@ -157,8 +183,14 @@ def read_log(run_dir) -> list[dict]:
 LOSS_TERMS = ("total", "ce", "triplet", "att", "fkp", "ce_body", "ce_face")
 
 
-def save_curves(run_dir, path) -> tuple[Path, dict[str, list[float]]]:
-    """Loss terms (left) and learning rate (right) per epoch; returns the file and the plotted series."""
+def save_curves(run_dir, path, *, force: bool = False) -> tuple[Path, dict[str, list[float]]]:
+    """Loss terms (left) and learning rate (right) per epoch; returns the file and the plotted series.
+
+    `path` is checked before anything is drawn: never one of the run's files, never a file that is
+    not a PNG unless `force`.
+    """
+    inputs = [Path(run_dir) / name for name in RUN_FILES]
+    check_output_path(path, inputs=inputs, is_ours=is_png, force=force, flag="-o")
     records = read_log(run_dir)
     epochs = [r["epoch"] for r in records]
     series = {k: [r[k] for r in records] for k in LOSS_TERMS if all(k in r for r in records)}
@@ -168,6 +200,8 @@ def save_curves(run_dir, path) -> tuple[Path, dict[str, list[float]]]:
     for key, values in series.items():
         if key != "lr":
             loss_ax.plot(epochs, values, marker="o", markersize=3, label=key)
+    for ax in (loss_ax, lr_ax):  # epochs are whole numbers: no 0.5 ticks on a short run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss (epoch mean)")
     loss_ax.legend(fontsize=7)
@@ -176,12 +210,21 @@ def save_curves(run_dir, path) -> tuple[Path, dict[str, list[float]]]:
     lr_ax.set_ylabel("learning rate")
     fig.suptitle(str(Path(run_dir).name), fontsize=9)
     fig.tight_layout()
-    return _save(fig, path), series
+    return _save(fig, path, force=True), series  # checked above, with the run's files
 
 
-def _save(fig: Figure, path) -> Path:
+def is_png(path) -> bool:
+    """Whether `path` is a PNG file (a picture this module may replace)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PNG_MAGIC)) == PNG_MAGIC
+    except OSError:
+        return False
 
-    path = Path(path)
+
+def _save(fig: Figure, path, *, force: bool = False) -> Path:
+
+    path = check_output_path(path, is_ours=is_png, force=force, flag="-o")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deskpro.common.torch_utils import resolve_device
 from deskpro.config import CLOTH_LABELS, TrainConfig
 from deskpro.experiments import pictures
 from deskpro.model import checkpoint
@@ -14,7 +15,7 @@ from deskpro.train.data import open_reader
 
 def _load(checkpoint_path, device, reader):
 
-    model = checkpoint.load(checkpoint_path).to(device)
+    model = checkpoint.load(checkpoint_path).to(resolve_device(device))
     if not hasattr(model, "nocloth_net"):
         raise ValueError(f"{checkpoint_path}: a face teacher, not a DeSKPro model (no attention, no body)")
     checkpoint.check_shard_sizes(model.checkpoint_meta, reader.options, checkpoint_path, reader.shards_dir)
@@ -48,6 +49,7 @@ def sample_positions(reader, count: int) -> np.ndarray:
 def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, device="cpu") -> Path:
 
     reader = open_reader(shards)
+    device = resolve_device(device)
     model = _load(checkpoint_path, device, reader)
     cloth_labels, eps = _method(model, reader)
     panels = pictures.attention_panels(
@@ -59,6 +61,7 @@ def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, dev
 def ranks_picture(checkpoint_path, shards, out_dir, *, queries: int = 3, topk: int = 5, device="cpu") -> Path:
 
     reader = open_reader(shards)
+    device = resolve_device(device)
     model = _load(checkpoint_path, device, reader)
     meta = getattr(model, "checkpoint_meta", None) or {}
     stream = "body" if (meta.get("config") or {}).get("phase") == "baseline" else "both"

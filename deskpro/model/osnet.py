@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from deskpro.common.state_dicts import load_checked
+from deskpro.common.torch_utils import load_failure
 
 # Channel widths of each variant: stem, conv2, conv3, conv4 (conv5 keeps conv4's width).
 BACKBONES = {
@@ -274,12 +275,15 @@ def read_checkpoint(path: str | Path, *, trust: bool = False):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch raises many types for foreign or corrupt files
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        hint = "" if trust else "; if it holds pickled objects and you trust it, pass trust=True"
-        raise CheckpointError(
-            f"{path}: cannot be read with weights_only={not trust}: {first}{hint}"
-        ) from None
+        # In deskpro's words: torch's own text advises weights_only=False (running the file's code).
+        reason = load_failure(path, exc)
+        objects = not trust and "Python objects" in reason
+        hint = (
+            "; only for a file you trust: --trust-checkpoint (trust=True) loads it, running its code"
+            if objects
+            else ""
+        )
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint: {reason}{hint}") from None
 
 
 def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:

@@ -18,7 +18,11 @@ from deskpro.common.images import DEFAULT_MAX_PIXELS
 
 LABEL_SETS = ("lip", "atr", "pascal")  # deskpro.pipeline.nets.schp.LABELS (a test keeps them equal)
 AMP_CHOICES = ("none", "bf16", "fp16")
-EXECUTORS = ("ray", "local")
+EXECUTORS = ("auto", "ray", "local")
+# auto: the in-process loop for at most this many rows when no cluster is named, else Ray. Ray's
+# start-up (about 10 s on 2 cores) is earned back from about 850 images for the detector
+# (benchmarks/pipeline.py, benchmarks/RESULTS.md "break-even"); the parser breaks even near 240.
+AUTO_LOCAL_MAX_ROWS = 850
 
 
 class StageConfigError(ValueError):
@@ -221,7 +225,8 @@ class StageRunOptions:
 
     part_size: int = 1000  # manifest rows per part file
     batch_size: int = 16  # rows per model call
-    executor: str = "ray"  # "ray" or "local" (in-process loop, no Ray)
+    # "auto" (local for small work without a cluster, else ray), "ray", or "local" (in-process loop)
+    executor: str = "auto"
     # None: join RAY_ADDRESS when set (a `ray job submit` entrypoint), else start a private local Ray;
     # "auto" or "HOST:PORT" (the head's GCS port): join that cluster. ray:// (Ray Client) is refused.
     ray_address: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,9 @@ class StageSummary:
     rows_computed: int
     seconds: float
     first_errors: list[str] = field(default_factory=list)
+    executor: str = ""  # the executor that ran it ("local", "ray"), with how auto chose, if it did
+    first_rows_seconds: float | None = None  # from the start to the first computed rows (start-up)
+    first_rows: int = 0  # how many rows came back then (the first batch)
 
     @property
     def images_per_s(self) -> float:
@@ -63,14 +67,27 @@ class StageSummary:
 
     def format(self) -> str:
         faces = f", faces found {self.faces}" if self.faces is not None else ""
-        lines = [
-            f"{self.stage}: {self.rows} rows, {self.errors} errors{faces}; "
-            f"parts written {self.parts_written}, skipped {self.parts_skipped}; "
-            f"{self.rows_computed} rows in {self.seconds:.1f} s "
-            f"({self.images_per_s:.1f} images/s)"
-        ]
+        head = f"{self.stage}: {self.rows} rows, {self.errors} errors{faces}; "
+        if self.rows_computed == 0:
+            work = f"nothing to do: every one of {self.parts_skipped} parts was already written"
+        else:
+            work = (
+                f"parts written {self.parts_written}, skipped {self.parts_skipped}; "
+                f"{self.rows_computed} rows in {self.seconds:.1f} s"
+            )
+            start = self.first_rows_seconds
+            if start is not None and self.seconds - start > 0 and self.rows_computed > self.first_rows:
+                work += f" (first rows after {start:.1f} s, then {self._steady_rate():.1f} images/s)"
+            else:
+                work += f" ({self.images_per_s:.1f} images/s)"
+        ran = f" [{self.executor}]" if self.executor else ""
+        lines = [head + work + ran]
         lines += [f"  error: {e}" for e in self.first_errors]
         return "\n".join(lines)
+
+    def _steady_rate(self) -> float:
+        """Images per second after the first rows came back: the stage's speed without start-up."""
+        return (self.rows_computed - self.first_rows) / (self.seconds - (self.first_rows_seconds or 0.0))
 
 
 def stage_dir(work_dir: Path | str, stage: str) -> Path:
@@ -171,8 +188,12 @@ class PartCollector:
         self.pending: dict[int, list[pa.Table]] = {i: [] for i in plan.missing}
         self.written = 0
         self.bar = bar
+        self.first_rows_at: float | None = None  # time.perf_counter() of the first rows back
+        self.first_rows = 0
 
     def add(self, table: pa.Table) -> None:
+        if self.first_rows_at is None:
+            self.first_rows_at, self.first_rows = time.perf_counter(), len(table)
         ids = table.column("sample_id").to_pylist()
         parts = np.array([self.owner.get(s, -1) for s in ids], dtype=np.int64)
         for part in np.unique(parts).tolist():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,12 @@ from deskpro.common.stops import StopSignals
 from deskpro.common.torch_utils import resolve_device
 from deskpro.manifests import manifest_info, read_manifest, write_manifest
 from deskpro.pipeline import backends
-from deskpro.pipeline.options import STAGE_NAMES, StageConfigError, make_options
+from deskpro.pipeline.options import (
+    AUTO_LOCAL_MAX_ROWS,
+    STAGE_NAMES,
+    StageConfigError,
+    make_options,
+)
 from deskpro.pipeline.plan import (
     FORMAT_VERSION,
     PartCollector,
@@ -180,6 +186,39 @@ def _plan(stage, manifest_path, work_dir, options, opts, stage_class) -> tuple[S
     return plan, fingerprint
 
 
+def choose_executor(run_options: StageRunOptions, rows: int | None) -> StageRunOptions:
+    """`executor="auto"` made concrete: Ray when a cluster is named (--ray-address or RAY_ADDRESS) or
+    the work is larger than AUTO_LOCAL_MAX_ROWS (or unknown, `rows` None), else the in-process loop.
+    Other executors are kept as given."""
+    if run_options.executor != "auto":
+        return run_options
+    cluster = run_options.ray_address or os.environ.get("RAY_ADDRESS")
+    small = rows is not None and rows <= AUTO_LOCAL_MAX_ROWS
+    executor = "local" if small and not cluster else "ray"
+    return dataclasses.replace(run_options, executor=executor)
+
+
+def executor_label(asked: StageRunOptions, used: StageRunOptions, rows: int | None) -> str:
+    """What the stage line says about the executor: the one used, and why when auto chose it."""
+    if asked.executor != "auto":
+        return used.executor
+    if used.executor == "local":
+        return (
+            f"local: auto, {rows} rows (at most {AUTO_LOCAL_MAX_ROWS}) and no cluster; --executor ray for Ray"
+        )
+    why = "a cluster is named" if (asked.ray_address or os.environ.get("RAY_ADDRESS")) else f"{rows} rows"
+    return f"ray: auto, {why}"
+
+
+def _manifest_rows(manifest_path) -> int | None:
+    """The manifest's row count from its Parquet footer (None when it cannot be read: the stage's
+    own reading of it then says why)."""
+    try:
+        return pq.ParquetFile(manifest_path).metadata.num_rows
+    except Exception:
+        return None
+
+
 def _summarise(plan: StagePlan, collector_written: int, rows_computed: int, seconds: float) -> StageSummary:
     """Totals over every part of the stage (this run's and earlier ones')."""
     files = [part_path(plan.out_dir, i) for i in range(plan.num_parts)]
@@ -239,7 +278,9 @@ def run_stage(
 
 
 def _run_stage(stage, manifest_path, work_dir, options, run_options, stage_class) -> StageSummary:
+    asked = run_options
     plan, fingerprint = _plan(stage, manifest_path, work_dir, options, run_options, stage_class)
+    run_options = choose_executor(run_options, len(plan.manifest))
     info = {
         "format_version": FORMAT_VERSION,
         "stage": stage,
@@ -273,7 +314,12 @@ def _run_stage(stage, manifest_path, work_dir, options, run_options, stage_class
                     f"({cause}); {advice}"
                 ) from exc
         collector.finish()
-    summary = _summarise(plan, collector.written, todo, time.perf_counter() - start)
+    summary = dataclasses.replace(
+        _summarise(plan, collector.written, todo, time.perf_counter() - start),
+        executor=executor_label(asked, run_options, len(plan.manifest)) if plan.missing else "",
+        first_rows_seconds=None if collector.first_rows_at is None else collector.first_rows_at - start,
+        first_rows=collector.first_rows,
+    )
     write_json(plan.out_dir / "stage.json", {**info, "complete": True, "summary": summary.to_dict()})
     if run_options.max_errors is not None and summary.errors > run_options.max_errors:
         raise StageError(
@@ -298,10 +344,10 @@ def run_preprocess(
     options = {s: stage_options(s, backend_options.get(s, {}), f"{s}-") for s in STAGE_NAMES}
     for stage in STAGE_NAMES:
         check_stage(stage, options[stage], f"{stage}-", device_here=_device_here(run_options))
+    rows = _manifest_rows(manifest_path)
+    chosen = choose_executor(run_options, rows)
     summaries = []
-    session = (
-        ray_session(run_options.ray_address) if run_options.executor == "ray" else contextlib.nullcontext()
-    )
+    session = ray_session(run_options.ray_address) if chosen.executor == "ray" else contextlib.nullcontext()
     with session:
         for stage in STAGE_NAMES:
             summaries.append(

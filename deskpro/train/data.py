@@ -265,9 +265,12 @@ class PKBatchSampler(torch.utils.data.Sampler):
         bounds = np.searchsorted(self.labels[order], self.ids, side="left")
         self.members = np.split(order, bounds[1:])  # positions of each id, in id order
         if self.ids.size < p * world_size:
+            fits = self.ids.size // world_size
+            ranks = f" on {world_size} ranks" if world_size > 1 else ""
             raise ValueError(
-                f"PKBatchSampler: {self.ids.size} identities cannot fill P={p} per batch "
-                f"on {world_size} rank(s)"
+                f"--p {p}: the train split has {self.ids.size} identities, too few for {p} per batch"
+                f"{ranks}; give --p {fits} or fewer"
+                + ("" if fits >= 2 else " (at least 2), or more identities")
             )
 
     def set_epoch(self, epoch: int) -> None:

@@ -325,6 +325,9 @@ def evaluate(
     if json_path is not None:
         inputs = [checkpoint_path, *(p for p in Path(shards_dir).iterdir() if p.is_file())]
         json_path = check_output_path(json_path, inputs=inputs, is_ours=is_report, force=force, flag="--json")
+        json_path.parent.mkdir(
+            parents=True, exist_ok=True
+        )  # before the work: a folder it cannot make fails now
     device = torch.device(resolve_device(str(device)))
     apply_threads(0)  # ranking and CPU inference: the CPUs this process may use (or --threads)
     reader = open_reader(shards_dir)

@@ -93,6 +93,14 @@ def run_threads(config: TrainConfig, device: torch.device, saved: dict | None) -
     return requested_threads() or (saved or {}).get("threads") or choose_threads(config.num_workers)
 
 
+def run_inputs(shards_dir, teacher) -> dict:
+    """What a resume reads back instead of asking again: absolute paths of the shards and teacher."""
+    return {
+        "shards": str(Path(shards_dir).resolve()),
+        "teacher": None if teacher is None else str(Path(teacher).resolve()),
+    }
+
+
 def run_training(
     shards_dir,
     run_dir,
@@ -216,6 +224,7 @@ def _train(shards_dir, run_dir, config: TrainConfig, options: TrainRunOptions, s
             threads=threads,
             data=data,
             log_record=record,
+            inputs=run_inputs(shards_dir, options.teacher),
         )
         run.save_state(state)
         saved_step = step

@@ -28,6 +28,7 @@ from deskpro.train.evaluate import evaluate_model
 PHASES = ("teacher", "deskpro", "baseline", "student")
 VAL_STREAM = {"teacher": "face", "deskpro": "both", "baseline": "body", "student": "face"}
 FACE_INPUT = {"teacher": "face_hr", "student": "face_lr"}  # the face-only phases' inputs
+BASELINE_UNTRAINED = ("att", "fkp", "ce_face", "triplet_face")  # no faces, lam 0
 
 
 def build_model(config: TrainConfig, num_classes: int, *, imagenet=None, teacher=None, trust: bool = False):
@@ -83,7 +84,7 @@ def loss_terms(forward_model, batch: dict, config: TrainConfig) -> dict:
         out = forward_model(
             batch["body"], face_lr=batch["face_lr"], face_hr=batch["face_hr"], face_mask=batch["has_face"]
         )
-    return deskpro_loss(
+    terms = deskpro_loss(
         out,
         batch["label"],
         batch["parse"],
@@ -94,6 +95,9 @@ def loss_terms(forward_model, batch: dict, config: TrainConfig) -> dict:
         margin=config.triplet_margin,
         att_target=config.att_target,
     )
+    if config.phase == "baseline":  # terms it does not train are not logged (as 0.0 or unweighted)
+        terms = {k: v for k, v in terms.items() if k not in BASELINE_UNTRAINED}
+    return terms
 
 
 def val_score(model, reader, config: TrainConfig, device, progress: bool) -> float:

@@ -280,12 +280,14 @@ def training_state(
     threads=None,
     data=None,
     log_record=None,
+    inputs=None,
 ):
     """The plain-data state a resume continues from: epoch `epoch` (0-based) after `batch` batches.
 
     `partial` holds what a resume mid-epoch also needs (the epoch's augmentation generator state and
     its running loss sums); it is empty at an epoch's end. `threads`: a CPU run's thread count.
     `data`: `data_record` of the shards; `log_record`: the log line this state is saved for.
+    `inputs`: the shards and teacher paths, so that `--resume` needs neither repeated.
     """
     return {
         "epoch": epoch,
@@ -304,6 +306,7 @@ def training_state(
         "threads": threads,
         "data": data,
         "log_record": log_record,
+        "inputs": inputs or {},
     }
 
 

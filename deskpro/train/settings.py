@@ -61,3 +61,35 @@ def resolve_config(shards_dir, phase: str, **overrides) -> TrainConfig:
         label_set=reader.meta.get("label_set") or preset(dataset).label_set,
     )
     return apply_overrides(config, overrides)
+
+
+def fit_warmup(config: TrainConfig, warmup_given: bool) -> tuple[TrainConfig, str | None]:
+    """A warm-up the run can have: (config, a note saying what changed, or None).
+
+    A preset warm-up that is not below the epochs (10 against `--epochs 2`) becomes epochs - 1,
+    the most the schedule can run, and is written into the config (so its config.json is one
+    `--config` accepts); a warm-up the user gave is refused instead (ValueError naming both flags).
+    """
+    if config.warmup_epochs < config.epochs:
+        return config, None
+    if warmup_given:
+        raise ValueError(
+            f"--warmup-epochs {config.warmup_epochs} must be below --epochs {config.epochs}; "
+            "give a smaller --warmup-epochs"
+        )
+    fitted = dataclasses.replace(config, warmup_epochs=config.epochs - 1)
+    note = (
+        f"warm-up: {fitted.warmup_epochs} epoch(s), the preset's {config.warmup_epochs} "
+        f"not being below --epochs {config.epochs} (--warmup-epochs sets it)"
+    )
+    return fitted, note
+
+
+def check_val_split(shards_dir) -> None:
+    """--select-on-val needs val rows: refused before training when the shards have none."""
+    splits = set(open_reader(shards_dir).index.column("split").to_pylist())
+    if "val" not in splits:
+        raise ValueError(
+            f"--select-on-val: {shards_dir} has no val split (splits: {', '.join(sorted(splits))}); "
+            "drop --select-on-val (the last epoch is the result)"
+        )
