@@ -111,7 +111,7 @@ def embed_command(**kw) -> None:
 
 @main.command("search")
 @click.argument("features", type=click.Path(exists=True, dir_okay=False))
-@click.argument("queries", nargs=-1, required=True)
+@click.argument("queries", metavar="QUERY...", nargs=-1, required=True)
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
 @click.option(
     "--checkpoint",
@@ -167,7 +167,9 @@ def search_command(
 
 
 @main.command("export")
-@click.argument("checkpoint_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "checkpoint_path", metavar="CHECKPOINT", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "-o",
     "--out",
