@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,51 @@ def run_ablation(
     (root / "ablation.md").write_text(format_markdown(results, title) + "\n")
     echo(format_text(results, title))
     return report
+
+
+def schedule_settings(schedule, seed: int, progress: bool, device: str = "cpu") -> AblationSettings:
+    """AblationSettings of a schedule (the demo's or an experiment size: identities aside, fields
+    epochs, warmup_epochs, p, k, base_lr, backbone, teacher_epochs, max_iters, trials, jobs, threads)."""
+    return AblationSettings(
+        overrides={
+            "epochs": schedule.epochs,
+            "warmup_epochs": min(schedule.warmup_epochs, schedule.epochs - 1),
+            "p": schedule.p,
+            "k": schedule.k,
+            "base_lr": schedule.base_lr,
+            "backbone": schedule.backbone,
+            "num_workers": 0,
+            "seed": seed,
+        },
+        teacher_epochs=schedule.teacher_epochs,
+        device=device,
+        max_iters=schedule.max_iters,
+        trials=schedule.trials,
+        seed=seed,
+        progress=progress,
+        jobs=schedule.jobs,
+        threads=schedule.threads,
+    )
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch on `n` threads (None: unchanged), and the trainer's loader (`apply_threads`) told so
+    through --threads' variable, so that no later thread choice undoes it."""
+    if n is None:
+        yield
+        return
+    before, requested = torch.get_num_threads(), os.environ.get(ENV_OVERRIDE)
+    os.environ[ENV_OVERRIDE] = str(n)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if requested is None:
+            os.environ.pop(ENV_OVERRIDE, None)
+        else:
+            os.environ[ENV_OVERRIDE] = requested
 
 
 __all__ = ["RUNS", "AblationSettings", "evaluate_rows", "run_ablation", "train_run", "train_runs"]
