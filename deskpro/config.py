@@ -16,7 +16,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # What `--recipe` chooses where deskpro deliberately differs from the official code (docs/differences.md).
 RECIPES = ("deskpro", "official")
-TEACHER_MODES = ("train", "eval")  # the teacher's BatchNorm / drop block during distillation
+TEACHER_MODES = ("train", "eval")
+# How the L_att target is built (deskpro.model.losses.attention_target): "official" (OpenCV bilinear
+# resize of the binary mask, then eps on the cells exactly 0) or "paper" (Eq. 3's eps, then area).
+ATT_TARGETS = ("official", "paper")  # the teacher's BatchNorm / drop block during distillation
 OFFICIAL_WORKERS = 4  # the official DataLoader's workers: one augmentation configuration each
 # Where a batch's JPEG images are decoded: the loader worker (CPU), the training device
 # (`deskpro.shards.device_decode`, nvjpeg on CUDA), or auto (device on CUDA with JPEG shards).
@@ -99,6 +102,7 @@ class TrainConfig:
     method: MethodSettings = MethodSettings()
     label_set: str = "lip"
     csa_form: str = "official"  # "official" (two 1x1 convs) or "paper" (one point-wise conv)
+    att_target: str = "official"  # ATT_TARGETS: how the L_att target is built
     backbone: str = "osnet_x1_0"  # OSNet variant of every stream (deskpro.model.osnet.BACKBONES)
     amp: str = "none"  # "none", "bf16", "fp16"
     channels_last: bool = False
@@ -119,6 +123,10 @@ class TrainConfig:
         if self.decode_on not in DECODE_ON:
             raise ValueError(
                 f"--decode-on: unknown place {self.decode_on!r}; expected one of {', '.join(DECODE_ON)}"
+            )
+        if self.att_target not in ATT_TARGETS:
+            raise ValueError(
+                f"--att-target: unknown target {self.att_target!r}; expected one of {', '.join(ATT_TARGETS)}"
             )
         if self.teacher_mode not in TEACHER_MODES:
             raise ValueError(
@@ -151,6 +159,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d.pop("translate_pad", None)  # written by deskpro 0.1 (a pad-crop shift); now translate_scale
+        d.setdefault("att_target", "paper")  # runs saved before the switch built the target the paper's way
         if isinstance(d.get("method"), dict):
             d["method"] = MethodSettings(**d["method"])
         if "body_size" in d:

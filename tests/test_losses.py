@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from deskpro.config import CLOTH_LABELS, MethodSettings
 from deskpro.model.lmbn import LMBNOutput
 from deskpro.model.losses import (
     attention_loss,
+    attention_target,
     batch_hard_triplet,
     cloth_irrelevant_mask,
     cross_entropy_ls,
@@ -85,14 +87,68 @@ def test_cloth_irrelevant_mask_values():
 def test_attention_loss_resizes_mask_to_attention():
     parse = torch.tensor([[[5, 0], [13, 9]]])
     attn = torch.full((1, 1, 1, 1), 0.5)
-    # area: mask averages to (0.1 + 1 + 1 + 0.1) / 4 = 0.55 -> (0.5 - 0.55)^2
-    assert attention_loss(attn, parse, CLOTH_LABELS["lip"], 0.1).item() == pytest.approx(0.0025, abs=1e-6)
-    # nearest: the top-left pixel (upper-clothes, 0.1) -> (0.5 - 0.1)^2
-    assert attention_loss(attn, parse, CLOTH_LABELS["lip"], 0.1, resize="nearest").item() == pytest.approx(
-        0.16
+    # official: bilinear tap at the centre of the 2x2 block -> (0 + 1 + 1 + 0) / 4 = 0.5, not 0 -> no eps
+    assert attention_loss(attn, parse, CLOTH_LABELS["lip"], 0.1).item() == pytest.approx(0.0, abs=1e-12)
+    # paper: eps first, then area: (0.1 + 1 + 1 + 0.1) / 4 = 0.55 -> (0.5 - 0.55)^2
+    assert attention_loss(attn, parse, CLOTH_LABELS["lip"], 0.1, target="paper").item() == pytest.approx(
+        0.0025, abs=1e-6
     )
     same_size = torch.tensor([[[[0.1, 1.0], [1.0, 0.0]]]])
-    assert attention_loss(same_size, parse, CLOTH_LABELS["lip"], 0.1).item() == pytest.approx(0.01 / 4)
+    for target in ("official", "paper"):
+        loss = attention_loss(same_size, parse, CLOTH_LABELS["lip"], 0.1, target=target)
+        assert loss.item() == pytest.approx(0.01 / 4)
+    with pytest.raises(ValueError, match="target must be one of"):
+        attention_loss(attn, parse, CLOTH_LABELS["lip"], 0.1, target="nearest")
+
+
+def test_official_target_keeps_fractional_border_cells_and_sets_eps_on_zero_cells():
+    # 16x8 -> 2x1: each cell reads the central 2x2 pixels (rows 3-4 / 11-12, columns 3-4) of its 8x8 block
+    parse = torch.zeros(1, 16, 8, dtype=torch.long)
+    parse[0, :4, :] = 5  # cloth over rows 0-3: the upper tap reads one cloth row, one free row -> 0.5
+    parse[0, 8:, :] = 9  # the lower block is all cloth -> 0 -> eps
+    target = attention_target(parse, (2, 1), CLOTH_LABELS["lip"], 0.1)
+    torch.testing.assert_close(target, torch.tensor([[[[0.5], [0.1]]]]))
+    # the paper's reading counts every pixel: (4 * 0.1 + 4 * 1) / 8 and the whole lower block at eps
+    paper = attention_target(parse, (2, 1), CLOTH_LABELS["lip"], 0.1, target="paper")
+    torch.testing.assert_close(paper, torch.tensor([[[[0.55], [0.1]]]]))
+
+
+@pytest.mark.parametrize(
+    ("full", "small"),
+    [
+        ((256, 128), (32, 16)),
+        ((384, 128), (48, 16)),
+        ((64, 32), (8, 4)),
+        ((60, 30), (8, 4)),
+        ((16, 8), (8, 4)),
+    ],
+)
+def test_official_target_matches_opencv_resize(full, small):
+    """The torch bilinear tap against `cv2.resize` as the official `get_mask_tensor` calls it (float32 HWC
+    mask image, dsize (w, h), default interpolation) on garments whose borders miss the 8x8 grid."""
+    cv2 = pytest.importorskip("cv2")
+    gen = torch.Generator().manual_seed(sum(full))
+    height, width = full
+    parse = torch.zeros(3, height, width, dtype=torch.long)
+    for b in range(3):  # a rectangle of upper-clothes and one of pants, at odd offsets
+        top, left = (int(v) for v in torch.randint(1, 7, (2,), generator=gen))
+        parse[b, top : top + height // 3 + 3, left : width - 3] = 5
+        parse[b, height // 2 + 5 : height - 2, left + 1 : width - left - 2] = 9
+        parse[b, torch.rand(height, width, generator=gen) < 0.02] = 13  # speckles of face off the cloth
+    mask_image = (~torch.isin(parse, torch.tensor(CLOTH_LABELS["lip"]))).float().numpy()
+    expected = []
+    for image in mask_image:
+        hwc = np.repeat(image[:, :, None], 3, axis=2).astype(np.float32)  # the official mask has 3 channels
+        resized = cv2.resize(hwc, (small[1], small[0]))[:, :, 0]
+        resized[resized == 0] = 0.1
+        expected.append(resized)
+    expected = torch.from_numpy(np.stack(expected))[:, None]
+    got = attention_target(parse, small, CLOTH_LABELS["lip"], 0.1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    fractional = (expected > 0.1) & (expected < 1)
+    assert bool(fractional.any())  # the case has border cells, where the paper's reading differs
+    paper = attention_target(parse, small, CLOTH_LABELS["lip"], 0.1, target="paper")
+    assert float((paper - expected).abs().max()) > 0.05
 
 
 def _kl(p, q):

@@ -72,6 +72,16 @@ def test_the_recipe_picks_sampler_amp_and_test_flip():
         _config(teacher_mode="frozen")
 
 
+def test_the_attention_target_is_the_official_by_default_and_old_runs_keep_the_paper_reading():
+    assert _config().att_target == "official" and _config(recipe="official").att_target == "official"
+    paper = _config(att_target="paper")
+    assert TrainConfig.from_dict(paper.to_dict()) == paper
+    saved_before = {k: v for k, v in _config().to_dict().items() if k != "att_target"}
+    assert TrainConfig.from_dict(saved_before).att_target == "paper"  # what those runs trained with
+    with pytest.raises(ValueError, match="--att-target: unknown target 'area'"):
+        _config(att_target="area")
+
+
 def _teacher(num_classes, class_pids=None, source="ours"):
     order = "official" if source == "official" else "numeric"
     return TeacherFile(Path("teacher.pt"), source, {}, num_classes, class_pids, order)

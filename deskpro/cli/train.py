@@ -73,6 +73,12 @@ _SETTINGS = [
         "(no attention: Table 3's row 1).",
     ),
     click.option(
+        "--att-target",
+        type=click.Choice(["official", "paper"]),
+        help="L_att target: official (default: the binary mask resized bilinearly as cv2.resize, then "
+        "eps on the cells exactly 0) or paper (Eq. 3's eps at full size, then each cell averaged).",
+    ),
+    click.option(
         "--amp",
         type=click.Choice(["none", "bf16", "fp16"]),
         help="Mixed precision (fp16 needs CUDA; preset: none).",
@@ -125,6 +131,7 @@ SETTING_NAMES += (
     "label_smoothing",
     "triplet_margin",
     "csa_form",
+    "att_target",
     "backbone",
 )
 SETTING_NAMES += ("amp", "channels_last", "compile", "num_workers", "decode_on", "seed", "recipe")

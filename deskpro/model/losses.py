@@ -14,7 +14,10 @@ from torch.nn import functional as F
 from deskpro.config import MethodSettings
 from deskpro.model.lmbn import LMBNOutput
 
-RESIZE_MODES = ("area", "nearest")
+# How the L_att target is built (docs/differences.md): "official" resizes the binary mask with OpenCV's
+# default bilinear filter and sets the cells exactly 0 to eps (`model/deskpro/deskpro.py:48-62`);
+# "paper" applies Eq. 3's eps at full resolution, then averages each cell (area).
+ATT_TARGETS = ("official", "paper")
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -62,7 +65,7 @@ def batch_hard_triplet(feats: torch.Tensor, targets: torch.Tensor, margin: float
 
 
 def cloth_irrelevant_mask(parse: torch.Tensor, cloth_labels: Sequence[int], eps: float) -> torch.Tensor:
-    """Attention target: parse int [B,H,W] -> float [B,1,H,W], 1 outside the cloth labels, eps on them."""
+    """Eq. 3 at the parse map's size: parse int [B,H,W] -> float [B,1,H,W], 1 off cloth labels, eps on."""
     if parse.dim() != 3:
         raise ValueError(f"cloth_irrelevant_mask: parse must be [B,H,W], got {tuple(parse.shape)}")
     labels = torch.as_tensor(list(cloth_labels), device=parse.device, dtype=parse.dtype)
@@ -71,26 +74,51 @@ def cloth_irrelevant_mask(parse: torch.Tensor, cloth_labels: Sequence[int], eps:
     return mask.unsqueeze(1)
 
 
+def resize_bilinear_cv2(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B,C,H,W] float -> [B,C,h,w] as OpenCV's ``cv2.resize(img, (w, h))`` (INTER_LINEAR) on float32.
+
+    Both sample at half-pixel centres, src = (dst + 0.5) * in / out - 0.5, clamped at the borders, with no
+    anti-aliasing; an 8x reduction reads the central 2x2 pixels of each 8x8 block. (OpenCV switches an
+    exact 2x reduction to INTER_AREA, which gives the same 2x2 mean.)
+    """
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+
+
+def attention_target(
+    parse: torch.Tensor,
+    size: tuple[int, int],
+    cloth_labels: Sequence[int],
+    eps: float,
+    target: str = "official",
+) -> torch.Tensor:
+    """The L_att target [B,1,h,w] for the attention map's size (h, w), from the label map parse [B,H,W].
+
+    "official" (default): the mask image (1 off the cloth labels, 0 on them) resized with OpenCV's
+    default bilinear filter, then the cells that are exactly 0 set to eps; border cells keep their
+    fractional values (0.25 / 0.5 / 0.75 at an 8x reduction). "paper": Eq. 3 (eps on cloth) at full
+    resolution, then each cell averaged (area), so every cell of the block counts.
+    """
+    if target not in ATT_TARGETS:
+        raise ValueError(f"attention_target: target must be one of {ATT_TARGETS}, got {target!r}")
+    if target == "paper":
+        mask = cloth_irrelevant_mask(parse, cloth_labels, eps)
+        return mask if mask.shape[-2:] == tuple(size) else F.interpolate(mask, size=tuple(size), mode="area")
+    off_cloth = cloth_irrelevant_mask(parse, cloth_labels, 0.0)
+    mask = resize_bilinear_cv2(off_cloth, size)
+    return mask.masked_fill(mask == 0, eps)
+
+
 def attention_loss(
     attn: torch.Tensor,
     parse: torch.Tensor,
     cloth_labels: Sequence[int],
     eps: float,
-    resize: str = "area",
+    target: str = "official",
 ) -> torch.Tensor:
-    """L_att: mean squared error between the attention map [B,1,h,w] and the cloth-irrelevant mask.
-
-    The mask is built at the parse map's size [B,H,W] and resized to (h, w). ``"area"`` (default) averages
-    each cell: the official code resizes the binary mask with OpenCV's default bilinear filter, whose
-    8x reduction blends the cell's centre pixels into fractional values at garment borders; area averaging
-    keeps that soft border and, unlike a bilinear tap, does not depend on which pixels sit at the centre.
-    ``"nearest"`` gives a hard mask.
-    """
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"attention_loss: resize must be one of {RESIZE_MODES}, got {resize!r}")
-    mask = cloth_irrelevant_mask(parse, cloth_labels, eps)
-    if mask.shape[-2:] != attn.shape[-2:]:
-        mask = F.interpolate(mask, size=tuple(attn.shape[-2:]), mode=resize)
+    """L_att: mean squared error between the attention map [B,1,h,w] and `attention_target` at (h, w)."""
+    mask = attention_target(parse, tuple(attn.shape[-2:]), cloth_labels, eps, target)
     return F.mse_loss(attn.float(), mask.to(attn.device))
 
 
@@ -151,7 +179,7 @@ def deskpro_loss(
     face_mask: torch.Tensor | None = None,
     label_smoothing: float = 0.1,
     margin: float = 0.7,
-    resize: str = "area",
+    att_target: str = "official",
 ) -> dict:
     """Eq. 7: L = lam L_att + L_trip + (alpha L_fkp + (1 - alpha) L_ce^s) + L_ce^g.
 
@@ -159,12 +187,13 @@ def deskpro_loss(
     body size); face_mask bool [B] (None: every sample has a face). Samples without a face are excluded
     from the student terms; the student rows may be all B (selected here) or only the masked ones.
     L_trip, as in the official loss, sums the batch-hard triplet over the body's and the student's three
-    features. Returns every term (scalars) for logging, the sum under ``"total"``.
+    features; att_target says how the L_att target is built (`attention_target`). Returns every term
+    (scalars) for logging, the sum under ``"total"``.
     """
     body: LMBNOutput = out["body"]
     ce_body = cross_entropy_ls(body.logits, targets, label_smoothing)
     trip_body = batch_hard_triplet(body.triplet, targets, margin)
-    att = attention_loss(out["attention"], parse, cloth_labels, settings.eps, resize)
+    att = attention_loss(out["attention"], parse, cloth_labels, settings.eps, att_target)
     ce_face = trip_face = fkp = _zero(body.logits)
     if out.get("student") is not None:
         student, face_targets = _student_rows(out["student"], targets, face_mask)

@@ -92,6 +92,7 @@ def loss_terms(forward_model, batch: dict, config: TrainConfig) -> dict:
         face_mask=batch["has_face"],
         label_smoothing=config.label_smoothing,
         margin=config.triplet_margin,
+        att_target=config.att_target,
     )
 
 
