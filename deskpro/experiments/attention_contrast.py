@@ -4,7 +4,7 @@ Each attention cell (H/8 x W/8 of the body crop) is classed by the parse map's p
 a cloth cell when at least half are LIP cloth labels, an other-body cell when at least half are
 person pixels off the cloth labels, background when at least half are background (cells mixed
 below half on every class count in none). The figures are the mean attention over the cells of
-each class, over every test image, and L_att of the map against its target on the same images.
+each class, over every test image, and L_att of the map against its target (the run's `att_target`) on the same images.
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ def test_positions(reader) -> np.ndarray:
 
 @torch.no_grad()
 def attention_contrast(
-    model, reader, *, cloth_labels, eps: float, device="cpu", batch: int = 64, positions=None
+    model,
+    reader,
+    *,
+    cloth_labels,
+    eps: float,
+    target: str = "official",
+    device="cpu",
+    batch: int = 64,
+    positions=None,
 ) -> dict:
     """{cloth, body, background: mean attention over those cells; contrast: body - cloth;
     l_att: the attention loss against the cloth-irrelevant mask; cells: counts; images}."""
@@ -65,7 +73,7 @@ def attention_contrast(
             for name, where in classes.items():
                 sums[name] += float(attention[:, 0][where].sum())
                 counts[name] += int(where.sum())
-            loss_sum += float(attention_loss(attention, parse, cloth_labels, eps)) * len(parse)
+            loss_sum += float(attention_loss(attention, parse, cloth_labels, eps, target)) * len(parse)
     finally:
         model.train(was_training)
     means = {name: (sums[name] / counts[name] if counts[name] else float("nan")) for name in sums}

@@ -33,8 +33,8 @@ def spread(values: Sequence[float]) -> dict:
 
 def holds(mean: float, se: float, n: int) -> bool:
     """The rule: the mean paired difference is above zero by more than its standard error (n >= 2:
-    one seed has no error to clear, so nothing holds on it)."""
-    return n >= 2 and mean > se
+    one seed has no error to clear, so nothing holds on it). A tie within rounding does not hold."""
+    return n >= 2 and mean - se > 1e-9 * max(1.0, abs(mean))
 
 
 def paired(better: Sequence[float], worse: Sequence[float]) -> dict:
