@@ -160,7 +160,9 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     step = _Steps(7, echo)
-    options = TOUR.generator_options(settings.identities, settings.images_per_camera, settings.image_size, seed)
+    options = TOUR.generator_options(
+        settings.identities, settings.images_per_camera, settings.image_size, seed
+    )
     sizes = ShardSizes(body_size=settings.body_size, face_size=settings.face_size)
     shards, used = build_shards(out, options, sizes, executor=executor, echo=echo, step=step)
 

@@ -68,7 +68,8 @@ def test_summary_pairs_seeds_and_reports_each_ordering() -> None:
     assert len(by) == 2 * len(method_report.TABLE3_ORDERINGS)
     assert by[("3", "1", "r1")]["values"] == pytest.approx([10.0, 10.0, 10.0])
     assert by[("3", "1", "r1")]["holds"] and not by[("2", "1", "r1")]["holds"]
-    assert by[("2", "1", "r1")]["paper_diff"] == pytest.approx(1.0) and "paper_diff" not in by[("5", "4", "r1")]
+    assert by[("2", "1", "r1")]["paper_diff"] == pytest.approx(1.0)
+    assert "paper_diff" not in by[("5", "4", "r1")]
     trap = summary["trap"]["1"]  # same-clothes 90 against cross-clothes 10, 12, 9
     assert trap["values"] == pytest.approx([80.0, 78.0, 81.0]) and trap["holds"]
     contrast = summary["attention"]["3 - 2 contrast"]

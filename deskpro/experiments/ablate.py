@@ -14,8 +14,8 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 

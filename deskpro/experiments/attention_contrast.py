@@ -4,7 +4,8 @@ Each attention cell (H/8 x W/8 of the body crop) is classed by the parse map's p
 a cloth cell when at least half are LIP cloth labels, an other-body cell when at least half are
 person pixels off the cloth labels, background when at least half are background (cells mixed
 below half on every class count in none). The figures are the mean attention over the cells of
-each class, over every test image, and L_att of the map against its target (the run's `att_target`) on the same images.
+each class, over every test image, and L_att of the map against its target (the run's
+`att_target`) on the same images.
 """
 
 from __future__ import annotations

@@ -21,15 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deskpro.config import CLOTH_LABELS, TrainConfig
 from deskpro.experiments import method_report
 from deskpro.experiments.ablate import run_ablation, schedule_settings, torch_threads
-from deskpro.experiments.attention_contrast import attention_contrast
 from deskpro.experiments.synthetic_shards import ShardSizes, build_shards
-from deskpro.experiments.visualize import attention_picture, ranks_picture
-from deskpro.model import checkpoint
+from deskpro.experiments.visualize import attention_picture, checkpoint_attention, ranks_picture
 from deskpro.synthetic.worlds import world as find_world
-from deskpro.train.data import open_reader
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,10 @@ def run_seed(out: Path, size: MethodSize, seed: int, *, executor: str, echo, pro
             title=f"{size.world} world, seed {seed} (test split; percent)",
         )
         runs = {name: Path(path) for name, path in ablation["runs"].items()}
-        attention = {key: _contrast(runs[run], shards, settings.device) for key, run in ATTENTION_ROWS.items()}
+        attention = {
+            key: checkpoint_attention(runs[run], shards, device=settings.device)
+            for key, run in ATTENTION_ROWS.items()
+        }
     return {
         "seed": seed,
         "shards": str(shards),
@@ -154,19 +153,6 @@ def run_seed(out: Path, size: MethodSize, seed: int, *, executor: str, echo, pro
         "attention": attention,
         "runs": {name: str(path) for name, path in runs.items()},
     }
-
-
-def _contrast(checkpoint_path: Path, shards: Path, device: str) -> dict:
-    model = checkpoint.load(checkpoint_path).to(device)
-    config = TrainConfig.from_dict(model.checkpoint_meta["config"])
-    return attention_contrast(
-        model,
-        open_reader(shards),
-        cloth_labels=CLOTH_LABELS[config.label_set],
-        eps=config.method.eps,
-        target=config.att_target,
-        device=device,
-    )
 
 
 def draw_pictures(seed_result: dict, out: Path, device: str) -> dict[str, str]:
@@ -218,7 +204,8 @@ def run_method(
     seeds, pictures = [], {}
     for n, seed in enumerate(size.seeds, 1):
         echo(f"== seed {seed} ({n}/{len(size.seeds)})  (t={time.perf_counter() - start:.0f}s)")
-        seeds.append(run_seed(out / f"seed-{seed}", size, seed, executor=executor, echo=echo, progress=progress))
+        seed_dir = out / f"seed-{seed}"
+        seeds.append(run_seed(seed_dir, size, seed, executor=executor, echo=echo, progress=progress))
         if n == 1:
             pictures = draw_pictures(seeds[0], out / "pictures", size.device)
         # the files after every seed: an interrupted experiment still reports the seeds it finished

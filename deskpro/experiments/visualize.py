@@ -54,6 +54,15 @@ def attention_caption(contrast: dict) -> str:
     )
 
 
+def checkpoint_attention(checkpoint_path, shards, *, device="cpu") -> dict:
+    """`attention_contrast` of a checkpoint's body stream on the shards' test split, with its own
+    cloth labels, eps and L_att target."""
+    reader = open_reader(shards)
+    model = _load(checkpoint_path, device)
+    cloth_labels, eps, target = _method(model, reader)
+    return attention_contrast(model, reader, cloth_labels=cloth_labels, eps=eps, target=target, device=device)
+
+
 def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, device="cpu") -> Path:
     """out_dir/attention.png: samples of the test split, and the test split's attention figures."""
     reader = open_reader(shards)

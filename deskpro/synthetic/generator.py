@@ -128,7 +128,8 @@ def generate(
     if _existing_matches(root, options):
         return root
     sizes = split_sizes(identities)
-    if images_per_camera < 1 or min(image_size) < 32 or not 1 <= hr_scale <= 16 or train_outfits not in (2, 3):
+    bad_sizes = images_per_camera < 1 or min(image_size) < 32 or not 1 <= hr_scale <= 16
+    if bad_sizes or train_outfits not in (2, 3):
         raise ValueError(
             "need images_per_camera >= 1, image sides >= 32, hr_scale in [1, 16] and train_outfits 2 or 3, "
             f"got {images_per_camera}, {image_size}, {hr_scale}, {train_outfits}"
