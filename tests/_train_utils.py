@@ -58,13 +58,15 @@ def write_tiny_shards(
     seed=0,
     dataset="synthetic",
     codec="raw",
+    clothes_known=True,
 ):
     """A tiny PRCC-layout shard set: train rows, test rows (gallery A, query_same B, query_diff C) and
     optionally val rows (split "val", the same three subsets).
 
     Each identity has its own colour on the head region and a clothes colour per camera group,
     so that the body images carry learnable identity signal. Every third train sample has no face.
-    `codec` is the shards' image codec ("raw", or "jpeg" for the decode_on tests).
+    `codec` is the shards' image codec ("raw", or "jpeg" for the decode_on tests). clothes_known
+    False writes clothes_id -1 everywhere (a layout without clothes labels, as Celeb-reID).
     """
     from deskpro.shards import ShardWriter
 
@@ -89,7 +91,7 @@ def write_tiny_shards(
                 ("val" if val else "query", "query_diff", pid, 2),
             ]
         for split, subset, pid, cam in rows:
-            clothes = pid * 2 + (1 if cam == 2 else 0)
+            clothes = pid * 2 + (1 if cam == 2 else 0) if clothes_known else -1
             body = rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
             body[: h // 4] = id_colours[pid]
             body[h // 4 :] = (

@@ -80,11 +80,19 @@ def test_table_layout_and_note() -> None:
     ]
     text = format_text(rows, "title")
     assert "cross-clothes" in text and "same-clothes" in text and NOTE in text
+    assert "paper" in text.splitlines()[1]  # the header names the paper's columns
     line = next(x for x in text.splitlines() if x.startswith("1 "))
-    assert line.split()[-4:] == ["25.0", "12.5", "50.0", "37.5"]
-    assert next(x for x in text.splitlines() if x.startswith("DeSKPro")).split()[-2:] == ["-", "-"]
+    # ours (cross-, same-clothes), then the paper's Table 3 row 1 on Celeb-reID-light
+    assert line.split()[-6:] == ["25.0", "12.5", "50.0", "37.5", "32.9", "18.8"]
+    assert next(x for x in text.splitlines() if x.startswith("DeSKPro")).split()[-4:] == [
+        "-",
+        "-",
+        "52.0",
+        "29.8",
+    ]
     md = format_markdown(rows)
-    assert "| 1 | baseline | global stream | 25.0 | 12.5 | 50.0 | 37.5 |" in md
+    assert "| 1 | baseline | global stream | 25.0 | 12.5 | 50.0 | 37.5 | 32.9 | 18.8 |" in md
+    assert "paper R1 | paper mAP |" in md and NOTE in md
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +114,11 @@ def test_ablate_trains_evaluates_and_writes(ablated) -> None:
         assert (root / run / "checkpoint.pt").is_file() and (root / run / ablate.DONE_NAME).is_file()
     assert not (root / "student").exists() and not (root / "csa").exists()
     report = json.loads((root / "ablation.json").read_text())
-    assert [r["key"] for r in report["rows"]] == ["1", "6", "DeSKPro*"] and report["paper"] is None
+    assert [r["key"] for r in report["rows"]] == ["1", "6", "DeSKPro*"] and report["paper"] == {
+        "1": {"r1": 32.9, "r5": None, "mAP": 18.8, "source": "Table 3 row 1, Celeb-reID-light"},
+        "6": {"r1": 47.4, "r5": None, "mAP": 25.8, "source": "Table 3 row 6, Celeb-reID-light"},
+        "DeSKPro*": {"r1": 53.7, "r5": None, "mAP": 30.9, "source": "Table 3 row DeSKPro*, Celeb-reID-light"},
+    }
     for row in report["rows"]:
         assert set(row["results"]) >= {"cc", "sc"}
         assert all(0.0 <= v["mAP"] <= 1.0 and v["queries"] > 0 for v in row["results"].values())

@@ -19,6 +19,7 @@ LAYERS = (
     ("deskpro.common", 0),
     ("deskpro.config", 0),
     ("deskpro.weights", 0),
+    ("deskpro.paper", 0),
     ("deskpro.manifests", 1),
     ("deskpro.synthetic", 2),
     ("deskpro.pipeline", 3),

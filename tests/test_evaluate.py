@@ -159,3 +159,24 @@ def test_blocked_distances_match_whole_matrices_and_rows_do_not_depend_on_block(
     small = evaluate_features(feats, index, protocols, block=1)
     large = evaluate_features(feats, index, protocols, block=256)
     assert [r.to_dict() for r in small] == [r.to_dict() for r in large]
+
+
+def test_rows_without_clothes_ids_flow_from_shards_to_the_standard_protocol(tmp_path):
+    """Celeb-reID has no clothes ids (-1, docs/formats.md): written, read and ranked without them."""
+    import torch
+    from _train_utils import write_tiny_shards
+
+    from deskpro.config import preset
+    from deskpro.train.data import open_reader
+    from deskpro.train.evaluate import build_protocols, evaluate_features
+
+    shards = write_tiny_shards(tmp_path / "shards", dataset="celeb-reid", clothes_known=False)
+    reader = open_reader(shards)
+    assert set(reader.index.column("clothes_id").to_pylist()) == {-1}
+    protocols = build_protocols(reader.index, preset("celeb-reid").protocols)
+    assert [(p.name, p.mode) for p in protocols] == [("standard", "standard")]
+    pids = torch.tensor(reader.index.column("pid").to_pylist())
+    ident = torch.nn.functional.one_hot(pids, int(pids.max()) + 1).float()[:, None, :].repeat(1, 7, 1)
+    features = {"face": ident, "body": ident, "has_face": torch.ones(len(pids), dtype=torch.bool)}
+    (row,) = evaluate_features(features, reader.index, protocols, streams=("both",))
+    assert (row.r1, row.mAP, row.queries, row.gallery, row.excluded) == (1.0, 1.0, 6, 3, 0)

@@ -161,16 +161,16 @@ def test_celeb_rows_exact(tmp_path: Path, dataset: str) -> None:
     root = make_tree(tmp_path / "celeb", CELEB_FILES)
     table = scan(dataset, root)
     rows = rows_by_path(table)
-    # pid = PID, camid = SEQ, clothes = dense over sorted (PID, SEQ): (1,1)(1,2)(2,1)(3,1)(3,2)(12,7)
+    # pid = PID, camid = SEQ (the y-th image of the id), no clothes id in any source: -1
     expected = {
-        "train/1_1_0.jpg": (1, 1, 0, "train"),
-        "train/1_1_1.jpg": (1, 1, 0, "train"),
-        "train/1_2_0.jpg": (1, 2, 1, "train"),
-        "train/2_1_0.jpg": (2, 1, 2, "train"),
-        "query/3_1_0.jpg": (3, 1, 3, "query"),
-        "gallery/3_2_0.jpg": (3, 2, 4, "gallery"),
-        "gallery/3_1_1.jpg": (3, 1, 3, "gallery"),
-        "gallery/12_7_3.jpg": (12, 7, 5, "gallery"),
+        "train/1_1_0.jpg": (1, 1, -1, "train"),
+        "train/1_1_1.jpg": (1, 1, -1, "train"),
+        "train/1_2_0.jpg": (1, 2, -1, "train"),
+        "train/2_1_0.jpg": (2, 1, -1, "train"),
+        "query/3_1_0.jpg": (3, 1, -1, "query"),
+        "gallery/3_2_0.jpg": (3, 2, -1, "gallery"),
+        "gallery/3_1_1.jpg": (3, 1, -1, "gallery"),
+        "gallery/12_7_3.jpg": (12, 7, -1, "gallery"),
     }
     assert set(rows) == set(expected)
     for path, (pid, camid, clothes, split) in expected.items():

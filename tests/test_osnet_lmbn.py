@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from _model_utils import images, random_state, reference_shapes
@@ -156,6 +158,45 @@ def test_osblock_stream_sum_official_quirk_and_fixed():
         torch.testing.assert_close(block(x), torch.relu(block.conv3(a + b + c + d) + identity))
         block.repeat_conv2a = True
         torch.testing.assert_close(block(x), torch.relu(block.conv3(a + a + c + d) + identity))
+
+
+def _official_osblock_forward(block: OSBlock, x: torch.Tensor) -> torch.Tensor:
+    """The official OSBlock.forward (`model/osnet.py:186-198`), written out: conv2a called twice."""
+    x1 = block.conv1(x)
+    x2 = block.gate(block.conv2a(x1)) + block.gate(block.conv2a(x1))
+    x2 = x2 + block.gate(block.conv2c(x1)) + block.gate(block.conv2d(x1))
+    return torch.relu(block.conv3(x2) + block.downsample(x))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_repeat_conv2a_updates_running_statistics_as_two_official_calls(momentum):
+    torch.manual_seed(8)
+    block = OSBlock(32, 64, repeat_conv2a=True)
+    gen = torch.Generator().manual_seed(9)
+    for m in block.modules():  # running statistics away from their initial values
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = momentum
+            m.running_mean.normal_(generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+            m.num_batches_tracked.fill_(3)
+    official, once = copy.deepcopy(block), copy.deepcopy(block).train()
+    x = torch.randn(4, 32, 8, 4, generator=gen) * 3 + 1
+    ours_out, official_out = block.train()(x), _official_osblock_forward(official.train(), x)
+    torch.testing.assert_close(ours_out, official_out, rtol=0, atol=0)
+    ours_out.square().sum().backward()  # the extra update must not upset autograd's saved tensors
+    official_out.square().sum().backward()
+    torch.testing.assert_close(block.conv2a.conv1.weight.grad, official.conv2a.conv1.weight.grad)
+    bn = block.conv2a.bn
+    assert int(bn.num_batches_tracked) == 5 and int(block.conv2c[0].bn.num_batches_tracked) == 4
+    for (key, mine), (_, theirs) in zip(block.state_dict().items(), official.state_dict().items()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=key)
+    once.conv2a(once.conv1(x))  # a single update (deskpro before): the comparison above tells it apart
+    assert float((once.conv2a.bn.running_mean - bn.running_mean).abs().max()) > 1e-2
+    # evaluation leaves the statistics alone
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    with torch.no_grad():
+        block.eval()(x)
+    assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
 
 
 def test_repeat_conv2a_reaches_every_block_including_batch_drop():

@@ -1,8 +1,11 @@
 """Scan the Celeb-reID / Celeb-reID-light folder layout into a manifest table.
 
-Layout: `{train,query,gallery}/PID_SEQ_IDX.jpg`. As the official DeSKPro loader reads it, pid =
-PID and camid = SEQ; a (PID, SEQ) pair is one appearance, so the clothes id is a dense int per
-pair (sorted, the same pair in query and gallery shares it). subset = split.
+Layout: `{train,query,gallery}/PID_SEQ_IDX.jpg`. The dataset's authors (readme.txt of the download,
+quoted in github.com/Huang-3/Celeb-reID issue #1): PID is the identity, SEQ "the y-th image" of that
+identity (different for every image of an identity; the images come from the Internet, so there is
+no camera, and SEQ "can be simply regarded as the camera ID"), IDX is meaningless. So pid = PID,
+camid = SEQ (as the official DeSKPro loader, `celeb_light.py` `resolve`, reads it), and no source
+gives a clothes id: clothes_id = -1. subset = split. docs/formats.md has the details.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from deskpro.manifests.schema import Row, ScanLog, build_table, dense_ids, list_images, require_dir
+from deskpro.manifests.schema import Row, ScanLog, build_table, list_images, require_dir
 
 SPLIT_FOLDERS = {"train": "train", "query": "query", "gallery": "gallery"}
 _NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.[^.]+$")
@@ -30,9 +33,8 @@ def scan(root: str | Path, dataset: str = "celeb-reid") -> pa.Table:
                 log.mismatched.append(rel)
                 continue
             found.append((rel, int(match.group(1)), int(match.group(2)), split))
-    clothes = dense_ids((pid, seq) for _, pid, seq, _ in found)
     rows = [
-        Row(path=rel, pid=pid, camid=seq, clothes_id=clothes[(pid, seq)], split=split, subset=split)
+        Row(path=rel, pid=pid, camid=seq, clothes_id=-1, split=split, subset=split)
         for rel, pid, seq, split in found
     ]
     return build_table(rows, dataset=dataset, log=log, splits=SPLIT_FOLDERS)

@@ -10,8 +10,10 @@ head is not built (a re-id model never uses it) and is dropped on loading.
 
 ``repeat_conv2a``: the official DeSKPro release's OSBlock sums ``gate(conv2a(x))`` twice and never calls
 ``conv2b`` (whose weights exist but stay unused, so they do not require gradients); its checkpoints give
-their features only with that quirk, so the DeSKPro streams enable it. ``False`` is deep-person-reid's
-(and LightMBN's) OSBlock.
+their features only with that quirk, so the DeSKPro streams enable it. In train mode the two official
+calls also update ``conv2a``'s BatchNorm running statistics twice a step (momentum applied twice,
+``num_batches_tracked`` + 2); deskpro computes ``conv2a`` once and applies the second update from the
+same batch statistics. ``False`` is deep-person-reid's (and LightMBN's) OSBlock.
 """
 
 from __future__ import annotations
@@ -84,8 +86,33 @@ class LightConv3x3(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv2(self.conv1(x))))
+    def forward(self, x: torch.Tensor, bn_updates: int = 1) -> torch.Tensor:
+        """bn_updates > 1: update the BatchNorm's running statistics as that many calls on x would."""
+        pre = self.conv2(self.conv1(x))
+        if bn_updates > 1 and self.training and self.bn.track_running_stats:
+            # before the BatchNorm call: its backward keeps the running statistics it saw (an update after
+            # it would fail autograd's version check); the same update twice commutes
+            repeat_running_update(self.bn, pre, bn_updates - 1)
+        return self.relu(self.bn(pre))
+
+
+def repeat_running_update(bn: nn.BatchNorm2d, pre: torch.Tensor, times: int) -> None:
+    """Apply ``times`` more train-mode running-statistics updates of ``bn`` for the batch ``pre`` [B,C,H,W].
+
+    A second train-mode call on the same batch normalises with the same batch statistics (same output)
+    and moves the running mean / variance towards them once more; this does that without the call.
+    Call it before the module's own call (the updates commute; with ``momentum=None`` the counts run in
+    the same order).
+    """
+    with torch.no_grad():
+        pre = pre.float()
+        mean = pre.mean(dim=(0, 2, 3))
+        var = pre.var(dim=(0, 2, 3), unbiased=True)  # BatchNorm keeps the unbiased variance
+        for _ in range(times):
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1.0 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+            bn.running_var.mul_(1.0 - momentum).add_(var.to(bn.running_var.dtype), alpha=momentum)
 
 
 class ChannelGate(nn.Module):
@@ -135,8 +162,9 @@ class OSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.conv1(x)
-        stream_a = self.gate(self.conv2a(x1))
-        # the official release adds stream a twice in place of stream b (see the module docstring)
+        # the official release adds stream a twice in place of stream b (see the module docstring): two
+        # calls of conv2a, so in train mode its BatchNorm's running statistics move twice a step
+        stream_a = self.gate(self.conv2a(x1, bn_updates=2 if self.repeat_conv2a else 1))
         x2 = stream_a + (stream_a if self.repeat_conv2a else self.gate(self.conv2b(x1)))
         x2 = x2 + self.gate(self.conv2c(x1)) + self.gate(self.conv2d(x1))
         identity = x if self.downsample is None else self.downsample(x)

@@ -24,6 +24,7 @@ from deskpro.model.deskpro import retrieval_distance, retrieval_features
 from deskpro.train.data import _where, open_reader
 from deskpro.train.metrics import Gallery, RankAccumulator, query_block, rank, rank_block
 from deskpro.train.protocols import Protocol, build_protocols, index_column, single_shot_columns
+from deskpro.train.summary import format_table
 from deskpro.train.transforms import normalize_uint8
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "extract_features",
     "build_protocols",
     "single_shot_columns",
+    "format_table",
 ]
 
 # ---------------------------------------------------------------- features and protocols
@@ -236,19 +238,6 @@ def evaluate_features(
     return rows
 
 
-def format_table(rows: Sequence[ProtocolRow], title: str | None = None) -> str:
-    """A fixed-width table: protocol, stream, R1, R5, R10, mAP (percent), queries, gallery, excluded."""
-    head = f"{'protocol':<12} {'stream':<6} {'R1':>6} {'R5':>6} {'R10':>6} {'mAP':>6} {'queries':>8} "
-    head += f"{'gallery':>8} {'excl.':>6}"
-    lines = ([title] if title else []) + [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.protocol:<12} {r.stream:<6} {100 * r.r1:6.1f} {100 * r.r5:6.1f} {100 * r.r10:6.1f} "
-            f"{100 * r.mAP:6.1f} {r.queries:8d} {r.gallery:8d} {r.excluded:6d}"
-        )
-    return "\n".join(lines)
-
-
 def evaluate_model(
     model,
     reader,
@@ -385,4 +374,4 @@ def format_report(report: dict) -> str:
     """The results table of an `evaluate` report."""
     rows = [ProtocolRow(**r) for r in report["results"]]
     title = f"{report['dataset']} ({report['split']}): {report['checkpoint']}"
-    return format_table(rows, title)
+    return format_table(rows, title, dataset=report["dataset"])
