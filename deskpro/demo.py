@@ -29,8 +29,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deskpro.experiments.ablate import AblationSettings, run_ablation, schedule_settings, torch_threads
+from deskpro.experiments.pictures import save_curves
+from deskpro.experiments.rows import ROWS
 from deskpro.experiments.synthetic_shards import ShardSizes, build_shards
-from deskpro.experiments.visualize import attention_picture, ranks_picture
+from deskpro.experiments.table import format_markdown
+from deskpro.experiments.visualize import (
+    attention_caption,
+    attention_picture,
+    checkpoint_attention,
+    ranks_picture,
+)
 from deskpro.synthetic.worlds import TOUR
 
 DEMO_ROWS = ("1", "3", "4", "5", "6", "7", "DeSKPro", "DeSKPro*")
@@ -191,19 +199,43 @@ def _train_and_report(out: Path, shards: Path, settings, seed, used, progress, e
     echo(format_orderings(checks))
     step("evaluated on the test split")
     deskpro = Path(ablation["runs"]["deskpro"])
+    attention = checkpoint_attention(deskpro, shards)
+    echo(attention_caption(attention))
     pictures = {
         "attention": str(attention_picture(deskpro, shards, out / "pictures")),
         "ranks": str(ranks_picture(deskpro, shards, out / "pictures")),
+        "curves": str(save_curves(deskpro.parent, out / "pictures" / "curves.png")[0]),
     }
-    step(f"pictures of the DeSKPro model: {pictures['attention']}, {pictures['ranks']}")
+    step(f"pictures of the DeSKPro model: {', '.join(pictures.values())}")
     summary = {
         "settings": asdict(settings),
         "seed": seed,
         "executor": used,
         "rows": {row["key"]: row["results"] for row in ablation["rows"]},
         "orderings": checks,
+        "attention": attention,
         "pictures": pictures,
         "seconds": time.perf_counter() - step.start,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / TABLE_NAME).write_text(demo_markdown(summary) + "\n")
+    echo(f"table: {out / TABLE_NAME}  results: {out / 'results.json'}")
     return summary
+
+
+TABLE_NAME = "table.md"  # what docs/demo.md and the README paste (tests compare them)
+
+
+def demo_markdown(summary: dict) -> str:
+    """The demo's results as Markdown from results.json alone: the reduced Table 3 with the paper's
+    column, the orderings, and where the DeSKPro body stream's attention falls."""
+    by_key = {row.key: row for row in ROWS}
+    rows = [
+        {"key": key, "method": by_key[key].method, "components": by_key[key].components, "results": results}
+        for key, results in summary["rows"].items()
+    ]
+    title = f"deskpro demo, seed {summary['seed']}: synthetic tour world, test split, percent"
+    parts = [format_markdown(rows, title), ""]
+    parts += ["- " + line.strip() for line in format_orderings(summary["orderings"]).splitlines()[1:]]
+    parts += ["", "DeSKPro's body stream, " + attention_caption(summary["attention"]) + "."]
+    return "\n".join(parts)

@@ -126,3 +126,36 @@ def test_method_command_refuses_bad_seeds() -> None:
     assert result.exit_code != 0 and "is not a comma-separated list of integers" in result.output
     result = CliRunner().invoke(main, ["experiment", "method", "--seeds", "1,1"])
     assert result.exit_code != 0 and "need distinct seeds" in result.output
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_the_tiny_size_end_to_end(tmp_path) -> None:
+    """benchmarks/method_gpu.sh cannot rot: its tiny size on the CPU trains every run of two seeds
+    and writes the JSON, the tables, the report and the pictures."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "method"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    script = root / "benchmarks" / "method_gpu.sh"
+    result = subprocess.run(
+        ["bash", str(script), str(out), "--size", "tiny", "--seeds", "0,1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "method.json").read_text())
+    assert summary["complete"] and [s["seed"] for s in summary["seeds"]] == [0, 1]
+    assert set(summary["rows"]) == {"1", "2", "3", "4", "5", "6", "7", "DeSKPro", "DeSKPro*"}
+    assert {"2", "3", "3 - 2 contrast"} <= set(summary["attention"])
+    assert summary["paper"]["DeSKPro"] == {"r1": 52.0, "mAP": 29.8}
+    assert (out / "method.md").read_text().strip() == method_report.format_markdown(summary).strip()
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert all(Path(p).is_file() for p in summary["pictures"].values()) and len(summary["pictures"]) >= 4
+    assert int((out / "time.txt").read_text()) > 0

@@ -247,18 +247,22 @@ def run_ablation(
 
 def schedule_settings(schedule, seed: int, progress: bool, device: str = "cpu") -> AblationSettings:
     """AblationSettings of a schedule (the demo's or an experiment size: identities aside, fields
-    epochs, warmup_epochs, p, k, base_lr, backbone, teacher_epochs, max_iters, trials, jobs, threads)."""
+    epochs, warmup_epochs, p, k, base_lr, backbone, teacher_epochs, max_iters, trials, jobs, threads;
+    optional: workers (loader processes, default 0) and amp (default: the config's))."""
+    overrides = {
+        "epochs": schedule.epochs,
+        "warmup_epochs": min(schedule.warmup_epochs, schedule.epochs - 1),
+        "p": schedule.p,
+        "k": schedule.k,
+        "base_lr": schedule.base_lr,
+        "backbone": schedule.backbone,
+        "num_workers": getattr(schedule, "workers", 0),
+        "seed": seed,
+    }
+    if getattr(schedule, "amp", None):
+        overrides["amp"] = schedule.amp
     return AblationSettings(
-        overrides={
-            "epochs": schedule.epochs,
-            "warmup_epochs": min(schedule.warmup_epochs, schedule.epochs - 1),
-            "p": schedule.p,
-            "k": schedule.k,
-            "base_lr": schedule.base_lr,
-            "backbone": schedule.backbone,
-            "num_workers": 0,
-            "seed": seed,
-        },
+        overrides=overrides,
         teacher_epochs=schedule.teacher_epochs,
         device=device,
         max_iters=schedule.max_iters,

@@ -53,6 +53,8 @@ class MethodSize:
     threads: int | None = 1  # fixed on a CPU: the thread count changes the sums, so results repeat
     trials: int = 10
     max_iters: int | None = None
+    workers: int = 0  # loader processes of each run (0: in the run's process, as the demo)
+    amp: str | None = None  # mixed precision of every run (None: the config's, fp32)
 
 
 CPU = MethodSize(
@@ -70,23 +72,28 @@ CPU = MethodSize(
     base_lr=1.5e-3,  # x0.25 from scratch in a few hundred steps: the demo's lr
     backbone="osnet_x0_25",
 )
+# Not yet run on a GPU (none was lent): sized from the CPU figures, to be timed by
+# benchmarks/method_gpu.sh on the first device. 45 training identities x 18 images at 256x128,
+# 25 steps an epoch: 750 steps of each body run, two runs at once on the one GPU in bf16.
 GPU = MethodSize(
     name="gpu",
-    identities=120,
+    identities=90,
     images_per_camera=6,
     image_size=(256, 128),
     body_size=(256, 128),
     face_size=64,
     p=8,
     k=4,
-    teacher_epochs=40,
-    epochs=40,
-    warmup_epochs=5,
+    teacher_epochs=30,
+    epochs=30,
+    warmup_epochs=3,
     base_lr=6e-4,
     backbone="osnet_x1_0",
     device="cuda",
-    jobs=1,
+    jobs=2,
     threads=None,
+    workers=4,
+    amp="bf16",
 )
 TINY = MethodSize(
     name="tiny",

@@ -40,6 +40,7 @@ ATTENTION_FIGURES = ("cloth", "body", "background", "contrast", "l_att")
 
 @dataclass(frozen=True)
 class Table:
+    key: str  # table3, orderings, trap, attention, per-seed
     title: str
     header: list[str]
     rows: list[list[str]]
@@ -57,9 +58,7 @@ def summarise(seeds: list[dict], paper: dict | None = None) -> dict:
     def values(key, protocol, metric):
         return [100 * s["rows"][key][protocol][metric] for s in seeds]
 
-    rows = {
-        key: {p: {m: spread(values(key, p, m)) for m in METRICS} for p in protocols} for key in keys
-    }
+    rows = {key: {p: {m: spread(values(key, p, m)) for m in METRICS} for p in protocols} for key in keys}
     orderings = []
     for better, worse in TABLE3_ORDERINGS:
         if better not in rows or worse not in rows:
@@ -125,6 +124,7 @@ def tables(summary: dict) -> list[Table]:
         main.append(cells)
     out = [
         Table(
+            "table3",
             f"Table 3 on the synthetic world: mean ± sd over {n} seeds (percent, test split)",
             head,
             main,
@@ -136,6 +136,7 @@ def tables(summary: dict) -> list[Table]:
     rule = "holds: the mean paired difference (cross-clothes) is above 0 by more than its standard error"
     out.append(
         Table(
+            "orderings",
             "The paper's orderings, paired over seeds (cross-clothes)",
             ["ordering", "metric", "mean diff ± se", "per seed", "holds", "paper diff"],
             [
@@ -155,6 +156,7 @@ def tables(summary: dict) -> list[Table]:
     if summary["trap"]:
         out.append(
             Table(
+                "trap",
                 "The clothes trap: same-clothes R1 against cross-clothes R1 of the body streams",
                 ["row", "same-clothes R1", "cross-clothes R1", "sc - cc (mean ± se)", "per seed"],
                 [
@@ -174,12 +176,12 @@ def tables(summary: dict) -> list[Table]:
         note = ""
         if "3 - 2 contrast" in summary["attention"]:
             d = summary["attention"]["3 - 2 contrast"]
-            note = (
-                f"Row 3 - row 2 contrast: {_diff(d)} (per seed {_per_seed(d)}): "
-                + ("L_att moves attention off the clothes" if d["holds"] else "does not hold")
+            note = f"Row 3 - row 2 contrast: {_diff(d)} (per seed {_per_seed(d)}): " + (
+                "L_att moves attention off the clothes" if d["holds"] else "does not hold"
             )
         out.append(
             Table(
+                "attention",
                 "Fig. 3 as numbers: mean CSA attention (x100) by cell, test split",
                 ["row", "cloth cells", "other body cells", "background", "body - cloth", "L_att (x100)"],
                 [[key] + [_pm(a[f]) for f in ATTENTION_FIGURES] for key, a in attention.items()],
@@ -189,6 +191,7 @@ def tables(summary: dict) -> list[Table]:
     seeds = [s["seed"] for s in summary["seeds"]]
     out.append(
         Table(
+            "per-seed",
             "Per seed: cross-clothes R1 / mAP",
             ["row"] + [f"seed {s}" for s in seeds],
             [
@@ -204,9 +207,12 @@ def tables(summary: dict) -> list[Table]:
     return out
 
 
-def format_markdown(summary: dict) -> str:
+def format_markdown(summary: dict, keys=None) -> str:
+    """The tables (those whose key is in `keys`; default: all) as Markdown."""
     parts = []
     for table in tables(summary):
+        if keys is not None and table.key not in keys:
+            continue
         lines = [f"### {table.title}", "", "| " + " | ".join(table.header) + " |"]
         lines.append("|" + "---|" * len(table.header))
         lines += ["| " + " | ".join(row) + " |" for row in table.rows]
