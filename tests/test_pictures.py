@@ -94,7 +94,7 @@ def test_rank_lists_mark_true_matches(model, shards, tmp_path) -> None:
     path = pictures.save_ranks(reader, lists, tmp_path / "r.png")
     assert _png_size(path) == (
         round(4 * 32 * 1.2 * pictures.INCH * 100),
-        round((len(lists) * 64 * 1.25 * pictures.INCH + 0.3) * 100),
+        round(len(lists) * (64 * 1.1 * pictures.INCH + pictures.RANK_TITLE) * 100),
     )
 
 

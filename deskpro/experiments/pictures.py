@@ -24,6 +24,7 @@ from deskpro.train.evaluate import build_protocols, extract_features
 from deskpro.train.transforms import normalize_uint8
 
 DPI = 100
+RANK_TITLE = 0.2  # inches above each row of the rank picture for its titles
 INCH = 1 / 60  # figure inches per image pixel: tiles at 100 dpi are drawn about 1.7x the image size
 
 
@@ -138,7 +139,8 @@ def save_ranks(reader, lists: list[dict], path) -> Path:
     """One row per query: the query, then its ranked gallery framed green (match) or red."""
     topk = max(len(item["gallery"]) for item in lists)
     h, w = reader.read(lists[0]["query"])["body"].shape[:2]
-    fig = Figure(figsize=((topk + 1) * w * 1.2 * INCH, len(lists) * h * 1.25 * INCH + 0.3), dpi=DPI)
+    # a title line (RANK_TITLE inches) above every row of tiles, so titles never touch the row above
+    fig = Figure(figsize=((topk + 1) * w * 1.2 * INCH, len(lists) * (h * 1.1 * INCH + RANK_TITLE)), dpi=DPI)
     axes = fig.subplots(len(lists), topk + 1, squeeze=False)
     for r, item in enumerate(lists):
         images = reader.read_many([item["query"], *item["gallery"]])["body"]
@@ -154,8 +156,9 @@ def save_ranks(reader, lists: list[dict], path) -> Path:
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(1.0 if c == 0 else 2.5)
-            ax.set_title(f"{item['protocol']} query" if c == 0 else f"#{c}", fontsize=6)
-    fig.tight_layout(pad=0.2)
+            ax.set_title(f"{item['protocol']} query" if c == 0 else f"#{c}", fontsize=6, pad=2)
+    top, gap = 1 - RANK_TITLE / fig.get_figheight(), RANK_TITLE / (h * INCH)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.1, hspace=gap)
     return _save(fig, path)
 
 
