@@ -1,6 +1,8 @@
 """The figures in the docs are the commands' own output: docs/demo.md holds `deskpro demo`'s
 table.md and docs/method.md and the README hold `deskpro experiment method`'s tables, as the
-formatters print them from the results the runs wrote (committed beside the docs)."""
+formatters print them from the results the runs wrote (committed beside the docs as
+docs/demo-results.json and docs/method-results.json). Where no run's results are committed, the
+docs' blocks must be empty: no figure in them can be typed in by hand."""
 
 from __future__ import annotations
 
@@ -17,19 +19,28 @@ README_TABLES = ("table3", "trap", "attention")  # the README's share; docs/meth
 
 
 def _between(text: str, name: str) -> str:
-    start, end = f"<!-- {name}: start -->\n", f"\n<!-- {name}: end -->"
+    start, end = f"<!-- {name}: start -->\n", f"<!-- {name}: end -->"
     assert start in text and end in text, f"markers of {name} missing"
-    return text[text.index(start) + len(start) : text.index(end)]
+    return text[text.index(start) + len(start) : text.index(end)].strip()
+
+
+def _expected(results_file: str, render) -> str:
+    path = ROOT / results_file
+    return render(json.loads(path.read_text())).strip() if path.is_file() else ""
 
 
 def test_demo_doc_is_the_demos_table() -> None:
-    results = json.loads((ROOT / "docs" / "demo-results.json").read_text())
     doc = (ROOT / "docs" / "demo.md").read_text()
-    assert _between(doc, "demo table").strip() == demo_markdown(results).strip()
+    assert _between(doc, "demo table") == _expected("docs/demo-results.json", demo_markdown)
 
 
 @pytest.mark.parametrize("doc, keys", [("docs/method.md", None), ("README.md", README_TABLES)])
 def test_method_figures_are_the_commands_tables(doc: str, keys) -> None:
-    summary = json.loads((ROOT / "docs" / "method-results.json").read_text())
     text = (ROOT / doc).read_text()
-    assert _between(text, "method tables").strip() == format_markdown(summary, keys).strip()
+    expected = _expected("docs/method-results.json", lambda summary: format_markdown(summary, keys))
+    assert _between(text, "method tables") == expected
+
+
+def test_the_check_sees_a_typed_in_table(tmp_path) -> None:
+    text = "<!-- demo table: start -->\n| row | R1 |\n|---|---|\n| 1 | 50.0 |\n<!-- demo table: end -->\n"
+    assert _between(text, "demo table") != _expected("docs/no-such-results.json", demo_markdown)
