@@ -23,6 +23,7 @@ from pathlib import Path
 
 from deskpro.experiments import method_report
 from deskpro.experiments.ablate import run_ablation, schedule_settings, torch_threads
+from deskpro.experiments.pictures import save_curves
 from deskpro.experiments.synthetic_shards import ShardSizes, build_shards
 from deskpro.experiments.visualize import attention_picture, checkpoint_attention, ranks_picture
 from deskpro.paper import paper_table3
@@ -170,8 +171,6 @@ def run_seed(out: Path, size: MethodSize, seed: int, *, executor: str, echo, pro
 
 def draw_pictures(seed_result: dict, out: Path, device: str) -> dict[str, str]:
     """Attention pictures of rows 2 and 3, ranks of DeSKPro, curves of the body runs (one seed)."""
-    from deskpro.experiments.pictures import save_curves  # matplotlib: only when drawing
-
     shards, runs = Path(seed_result["shards"]), {k: Path(v) for k, v in seed_result["runs"].items()}
     drawn = {}
     for key, run in ATTENTION_ROWS.items():
