@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deskpro-installed
 
-.PHONY: demo test test-fast lint format clean
+.PHONY: demo method test test-fast lint format clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,6 +12,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/deskpro demo
+
+# The method experiment at its CPU size: every row of Table 3, three seeds (docs/method.md).
+method: $(STAMP)
+	$(VENV)/bin/deskpro experiment method -o method-out
 
 # Everything, the slow end-to-end tests (demo, Ray, DDP) included: what CI runs.
 test: $(STAMP)

@@ -22,22 +22,24 @@ weights; two runs on one count give identical ones), so a count left to the envi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deskpro import synthetic
-from deskpro.common.threads import ENV_OVERRIDE
-from deskpro.experiments.ablate import AblationSettings, run_ablation
-from deskpro.experiments.visualize import attention_picture, ranks_picture
-from deskpro.manifests import build_manifest
-from deskpro.pipeline import runner
-from deskpro.shards import verify
-from deskpro.shards.pack import pack
+from deskpro.experiments.ablate import AblationSettings, run_ablation, schedule_settings, torch_threads
+from deskpro.experiments.pictures import save_curves
+from deskpro.experiments.rows import ROWS
+from deskpro.experiments.synthetic_shards import ShardSizes, build_shards
+from deskpro.experiments.table import format_markdown
+from deskpro.experiments.visualize import (
+    attention_caption,
+    attention_picture,
+    checkpoint_attention,
+    ranks_picture,
+)
+from deskpro.synthetic.worlds import TOUR
 
 DEMO_ROWS = ("1", "3", "4", "5", "6", "7", "DeSKPro", "DeSKPro*")
 # The paper's orderings that the demo checks on cross-clothes: (better row, worse row).
@@ -108,54 +110,8 @@ class _Steps:
         self.echo(f"[{self.n}/{self.total}] {message}  (t={time.perf_counter() - self.start:.0f}s)")
 
 
-def _preprocess(manifest: Path, work: Path, settings: DemoSettings, executor: str, echo) -> str:
-    """Run parse / detect / restore with the oracle backends; Ray first, then the local executor."""
-
-    backends = {
-        "parse": {"backend": "oracle", "labels": "lip"},
-        "detect": {"backend": "oracle", "face_lr_size": settings.face_size},
-        "restore": {"backend": "oracle", "face_hr_size": settings.face_size},
-    }
-    order = ["ray", "local"] if executor == "ray" else ["local"]
-    for i, name in enumerate(order):
-        options = runner.StageRunOptions(
-            executor=name, part_size=256, batch_size=32, progress=False, max_errors=0
-        )
-        try:
-            runner.run_preprocess(manifest, work, backends, options)
-            return name
-        except Exception as exc:  # Ray can fail to start on small or locked-down machines
-            if i == len(order) - 1:
-                raise
-            echo(
-                f"      Ray failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-                "using the local executor"
-            )
-    raise AssertionError("unreachable")
-
-
-def ablation_settings(settings: DemoSettings, seed: int, progress: bool):
-
-    return AblationSettings(
-        overrides={
-            "epochs": settings.epochs,
-            "warmup_epochs": min(settings.warmup_epochs, settings.epochs - 1),
-            "p": settings.p,
-            "k": settings.k,
-            "base_lr": settings.base_lr,
-            "backbone": settings.backbone,
-            "num_workers": 0,
-            "seed": seed,
-        },
-        teacher_epochs=settings.teacher_epochs,
-        device="cpu",
-        max_iters=settings.max_iters,
-        trials=settings.trials,
-        seed=seed,
-        progress=progress,
-        jobs=settings.jobs,
-        threads=settings.threads,
-    )
+def ablation_settings(settings: DemoSettings, seed: int, progress: bool) -> AblationSettings:
+    return schedule_settings(settings, seed, progress)
 
 
 def check_orderings(rows: list[dict], protocol: str = "cc") -> list[dict]:
@@ -212,60 +168,17 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     step = _Steps(7, echo)
-    data, manifest, work, shards = out / "data", out / "manifest.parquet", out / "work", out / "shards"
-
-    step(
-        f"synthetic dataset: {settings.identities} identities, {settings.images_per_camera} images per camera"
+    options = TOUR.generator_options(
+        settings.identities, settings.images_per_camera, settings.image_size, seed
     )
-    synthetic.prepare(
-        data,
-        {
-            "identities": settings.identities,
-            "images_per_camera": settings.images_per_camera,
-            "image_size": settings.image_size,
-            "seed": seed,
-        },
-        progress=False,
-    )
-    table = build_manifest("synthetic", data, manifest)
-    step(f"manifest: {table.num_rows} images -> {manifest}")
-    used = _preprocess(manifest, work, settings, executor, echo)
-    step(f"preprocessed with the oracle parser, detector and restorer ({used} executor)")
-    pack(
-        work,
-        shards,
-        body_size=settings.body_size,
-        face_size=settings.face_size,
-        codec="raw",  # the demo's published results were made with raw shards
-        overwrite=True,
-        progress=False,
-    )
-    report = verify(shards)
-    step(f"packed and verified shards -> {shards} ({'ok' if report.ok else 'FAILED'})")
-    if not report.ok:
-        raise RuntimeError(f"{shards}: verify failed:\n{report.format()}")
+    sizes = ShardSizes(body_size=settings.body_size, face_size=settings.face_size)
+    shards, used = build_shards(out, options, sizes, executor=executor, echo=echo, step=step)
 
     with _torch_threads(settings.threads):
         return _train_and_report(out, shards, settings, seed, used, progress, echo, step)
 
 
-@contextmanager
-def _torch_threads(n: int):
-    """torch on `n` threads, and the trainer's loader (`apply_threads`) told so through --threads'
-    variable, so that no later thread choice undoes it."""
-    import torch
-
-    before, requested = torch.get_num_threads(), os.environ.get(ENV_OVERRIDE)
-    os.environ[ENV_OVERRIDE] = str(n)
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-        if requested is None:
-            os.environ.pop(ENV_OVERRIDE, None)
-        else:
-            os.environ[ENV_OVERRIDE] = requested
+_torch_threads = torch_threads  # the name the tests know
 
 
 def _train_and_report(out: Path, shards: Path, settings, seed, used, progress, echo, step) -> dict:
@@ -286,19 +199,43 @@ def _train_and_report(out: Path, shards: Path, settings, seed, used, progress, e
     echo(format_orderings(checks))
     step("evaluated on the test split")
     deskpro = Path(ablation["runs"]["deskpro"])
+    attention = checkpoint_attention(deskpro, shards)
+    echo(attention_caption(attention))
     pictures = {
         "attention": str(attention_picture(deskpro, shards, out / "pictures")),
         "ranks": str(ranks_picture(deskpro, shards, out / "pictures")),
+        "curves": str(save_curves(deskpro.parent, out / "pictures" / "curves.png")[0]),
     }
-    step(f"pictures of the DeSKPro model: {pictures['attention']}, {pictures['ranks']}")
+    step(f"pictures of the DeSKPro model: {', '.join(pictures.values())}")
     summary = {
         "settings": asdict(settings),
         "seed": seed,
         "executor": used,
         "rows": {row["key"]: row["results"] for row in ablation["rows"]},
         "orderings": checks,
+        "attention": attention,
         "pictures": pictures,
         "seconds": time.perf_counter() - step.start,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / TABLE_NAME).write_text(demo_markdown(summary) + "\n")
+    echo(f"table: {out / TABLE_NAME}  results: {out / 'results.json'}")
     return summary
+
+
+TABLE_NAME = "table.md"  # what docs/demo.md and the README paste (tests compare them)
+
+
+def demo_markdown(summary: dict) -> str:
+    """The demo's results as Markdown from results.json alone: the reduced Table 3 with the paper's
+    column, the orderings, and where the DeSKPro body stream's attention falls."""
+    by_key = {row.key: row for row in ROWS}
+    rows = [
+        {"key": key, "method": by_key[key].method, "components": by_key[key].components, "results": results}
+        for key, results in summary["rows"].items()
+    ]
+    title = f"deskpro demo, seed {summary['seed']}: synthetic tour world, test split, percent"
+    parts = [format_markdown(rows, title), ""]
+    parts += ["- " + line.strip() for line in format_orderings(summary["orderings"]).splitlines()[1:]]
+    parts += ["", "DeSKPro's body stream, " + attention_caption(summary["attention"]) + "."]
+    return "\n".join(parts)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from deskpro.cli import main
-from deskpro.demo import DEMO_ROWS, ORDERINGS, check_orderings, format_orderings
+from deskpro.demo import DEMO_ROWS, ORDERINGS, check_orderings, demo_markdown, format_orderings
 
 
 def _row(key: str, r1: float, m: float) -> dict:
@@ -46,12 +46,18 @@ def test_quick_demo_runs_every_step_and_repeats(tmp_path):
         assert 0.0 <= row["cc"]["mAP"] <= 1.0 and row["cc"]["queries"] > 0
     for run in ("teacher", "global", "deskpro", "student"):
         assert (out / "runs" / run / "checkpoint.pt").is_file()
+    assert set(summary["pictures"]) == {"attention", "ranks", "curves"}
+    assert 0.0 <= summary["attention"]["cloth"] <= 1.0 and summary["attention"]["images"] > 0
     for picture in summary["pictures"].values():
         assert picture in result.output and (out / "pictures").joinpath(picture.split("/")[-1]).is_file()
-    # A second run into the same folder reuses the data, trains again and prints the same table.
+    table = (out / "table.md").read_text()
+    assert "| DeSKPro | rows 3+5 |" in table and "paper R1" in table and "cloth cells" in table
+    assert table == demo_markdown(summary) + "\n"
+    # A second run into the same folder reuses the data, trains again and writes the same table.
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
+    assert (out / "table.md").read_text() == table
     assert len((out / "runs" / "deskpro" / "log.jsonl").read_text().splitlines()) == 1
 
 

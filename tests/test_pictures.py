@@ -17,6 +17,7 @@ from deskpro.config import CLOTH_LABELS, TrainConfig
 from deskpro.experiments import pictures, visualize
 from deskpro.model import checkpoint
 from deskpro.model.deskpro import DeSKPro
+from deskpro.model.losses import attention_target
 from deskpro.train.data import open_reader
 from deskpro.train.transforms import normalize_uint8
 
@@ -63,13 +64,15 @@ def test_attention_panel_is_the_models_map(model, shards, tmp_path) -> None:
     for i, panel in enumerate(panels):
         np.testing.assert_array_equal(panel["attention"], expected[i, 0].numpy())
         np.testing.assert_array_equal(panel["image"], arrays["body"][i])
-        cloth = np.isin(arrays["parse"][i], CLOTH_LABELS["lip"])
-        np.testing.assert_array_equal(panel["mask"], np.where(cloth, np.float32(0.1), np.float32(1.0)))
-    path = pictures.save_attention(panels, tmp_path / "a.png")
+        parse = torch.from_numpy(arrays["parse"][i : i + 1].astype(np.int64))
+        target = attention_target(parse, expected.shape[-2:], CLOTH_LABELS["lip"], 0.1)[0, 0].numpy()
+        np.testing.assert_array_equal(panel["target"], target)  # L_att's own target, at the map's size
+        assert panel["target"].shape == panel["attention"].shape
+    path = pictures.save_attention(panels, tmp_path / "a.png", caption="cloth 0.10, body 0.90")
     h, w = arrays["body"].shape[1:3]
-    inch = pictures.INCH
-    size = (round(4 * w * 1.15 * inch * pictures.DPI), round((3 * h * 1.15 * inch + 0.4) * pictures.DPI))
-    assert _png_size(path) == size
+    tile_w, tile_h = max(w * pictures.INCH, 0.75), max(h * pictures.INCH, 1.5)
+    size = (4 * tile_w * 1.2 + 0.9, 3 * tile_h * 1.08 + 0.95)  # four tiles, colour bar; titles, caption
+    assert _png_size(path) == tuple(round(v * pictures.DPI) for v in size)
 
 
 def test_sample_positions_are_distinct_test_identities(shards) -> None:

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,6 +273,55 @@ def _ablation(shards, root: Path, chosen, settings: AblationSettings, echo, titl
     (root / "ablation.md").write_text(format_markdown(results, title) + "\n")
     echo(format_text(results, title))
     return report
+
+
+def schedule_settings(schedule, seed: int, progress: bool, device: str = "cpu") -> AblationSettings:
+    """AblationSettings of a schedule (the demo's or an experiment size: identities aside, fields
+    epochs, warmup_epochs, p, k, base_lr, backbone, teacher_epochs, max_iters, trials, jobs, threads;
+    optional: workers (loader processes, default 0) and amp (default: the config's))."""
+    overrides = {
+        "epochs": schedule.epochs,
+        "warmup_epochs": min(schedule.warmup_epochs, schedule.epochs - 1),
+        "p": schedule.p,
+        "k": schedule.k,
+        "base_lr": schedule.base_lr,
+        "backbone": schedule.backbone,
+        "num_workers": getattr(schedule, "workers", 0),
+        "seed": seed,
+    }
+    if getattr(schedule, "amp", None):
+        overrides["amp"] = schedule.amp
+    return AblationSettings(
+        overrides=overrides,
+        teacher_epochs=schedule.teacher_epochs,
+        device=device,
+        max_iters=schedule.max_iters,
+        trials=schedule.trials,
+        seed=seed,
+        progress=progress,
+        jobs=schedule.jobs,
+        threads=schedule.threads,
+    )
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch on `n` threads (None: unchanged), and the trainer's loader (`apply_threads`) told so
+    through --threads' variable, so that no later thread choice undoes it."""
+    if n is None:
+        yield
+        return
+    before, requested = torch.get_num_threads(), os.environ.get(ENV_OVERRIDE)
+    os.environ[ENV_OVERRIDE] = str(n)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if requested is None:
+            os.environ.pop(ENV_OVERRIDE, None)
+        else:
+            os.environ[ENV_OVERRIDE] = requested
 
 
 __all__ = ["RUNS", "AblationSettings", "evaluate_rows", "run_ablation", "train_run", "train_runs"]

@@ -1,7 +1,7 @@
 """Pictures of a trained model and of a run (matplotlib, PNG; no pyplot, so no global figure state).
 
-- attention: per sample, the body image, its parse map, the cloth-irrelevant mask (the CSA target)
-  and the CSA attention map side by side (the paper's Fig. 3);
+- attention: per sample, the body image, its parse map, L_att's target and the CSA attention map
+  (both at the map's own size, one colour bar) side by side (the paper's Fig. 3), with a caption;
 - ranks: per protocol, queries and their top-k gallery, true matches framed green, false red;
 - curves: loss terms and learning rate per epoch from a run's log.jsonl.
 The panel arrays are returned with the file, so that tests can check what was drawn.
@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from deskpro.common.files import atomic_path, check_output_path
 from deskpro.config import preset
 from deskpro.model.deskpro import retrieval_distance
-from deskpro.model.losses import cloth_irrelevant_mask
+from deskpro.model.losses import attention_target
 from deskpro.train import rundir
 from deskpro.train.evaluate import build_protocols, extract_features
 from deskpro.train.transforms import normalize_uint8
@@ -38,8 +38,11 @@ def _inputs(images: np.ndarray, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_panels(model, reader, positions, *, cloth_labels, eps: float, device="cpu") -> list[dict]:
-    """[{image [H,W,3] uint8, parse [H,W], mask [H,W] float, attention [h,w] float}] per position."""
+def attention_panels(
+    model, reader, positions, *, cloth_labels, eps: float, target: str = "official", device="cpu"
+) -> list[dict]:
+    """[{image [H,W,3] uint8, parse [H,W], target [h,w] float (L_att's, at the map's size),
+    attention [h,w] float}] per position."""
 
     arrays = reader.read_many(np.asarray(positions))
     was_training = model.training
@@ -49,38 +52,51 @@ def attention_panels(model, reader, positions, *, cloth_labels, eps: float, devi
     finally:
         model.train(was_training)
     parse = torch.from_numpy(arrays["parse"].astype(np.int64))
-    mask = cloth_irrelevant_mask(parse, cloth_labels, eps)[:, 0].numpy()
+    goal = attention_target(parse, tuple(attention.shape[-2:]), cloth_labels, eps, target)[:, 0].numpy()
     return [
         {
             "image": arrays["body"][i],
             "parse": arrays["parse"][i],
-            "mask": mask[i],
+            "target": goal[i],
             "attention": attention[i, 0].float().cpu().numpy(),
         }
         for i in range(len(arrays["body"]))
     ]
 
 
-def save_attention(panels: list[dict], path) -> Path:
-    """One row per sample: image | parse map | cloth-irrelevant mask | CSA attention."""
-    titles = ("image", "parse map", "cloth-irrelevant mask", "CSA attention")
+ATTENTION_TITLES = ("image", "parse\nmap", "L_att\ntarget", "CSA\nattention")
+
+
+def save_attention(panels: list[dict], path, caption: str | None = None) -> Path:
+    """One row per sample: image | parse map | L_att target | CSA attention, a colour bar for the two
+    maps (0 to 1), and `caption` (e.g. the attention's means on and off the clothes) underneath."""
     h, w = panels[0]["image"].shape[:2]
-    fig = Figure(figsize=(4 * w * 1.15 * INCH, len(panels) * h * 1.15 * INCH + 0.4), dpi=DPI)
-    axes = fig.subplots(len(panels), 4, squeeze=False)
+    tile_w, tile_h = max(w * INCH, 0.75), max(h * INCH, 1.5)
+    extra = 0.5 + (0.45 if caption else 0.0)  # titles above, caption below
+    fig = Figure(figsize=(4 * tile_w * 1.2 + 0.9, len(panels) * tile_h * 1.08 + extra), dpi=DPI)
+    grid = fig.add_gridspec(len(panels), 5, width_ratios=[1, 1, 1, 1, 0.12], wspace=0.15, hspace=0.08)
+    image = None
     for r, panel in enumerate(panels):
         shown = (
             (panel["image"], {}),
             (panel["parse"], {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest"}),
-            (panel["mask"], {"cmap": "gray", "vmin": 0, "vmax": 1, "interpolation": "nearest"}),
+            (panel["target"], {"cmap": "jet", "vmin": 0, "vmax": 1, "interpolation": "nearest"}),
             (panel["attention"], {"cmap": "jet", "vmin": 0, "vmax": 1, "interpolation": "nearest"}),
         )
         for c, (array, style) in enumerate(shown):
-            ax = axes[r, c]
-            ax.imshow(array, extent=(0, w, h, 0), **style)  # the map at its own size, stretched to the image
+            ax = fig.add_subplot(grid[r, c])
+            drawn = ax.imshow(array, extent=(0, w, h, 0), **style)  # maps at their size, stretched
+            image = drawn if c == 3 else image
             ax.set_axis_off()
             if r == 0:
-                ax.set_title(titles[c], fontsize=7)
-    fig.tight_layout(pad=0.2)
+                ax.set_title(ATTENTION_TITLES[c], fontsize=7)
+    bar = fig.colorbar(image, cax=fig.add_subplot(grid[:, 4]))
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("target / attention", fontsize=6)
+    bottom = 0.45 / fig.get_figheight() if caption else 0.02
+    fig.subplots_adjust(left=0.02, right=0.9, top=1 - 0.5 / fig.get_figheight(), bottom=bottom + 0.02)
+    if caption:
+        fig.text(0.02, 0.01, caption, fontsize=6, va="bottom", ha="left", wrap=True)
     return _save(fig, path)
 
 

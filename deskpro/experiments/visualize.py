@@ -9,6 +9,7 @@ import numpy as np
 from deskpro.common.torch_utils import resolve_device
 from deskpro.config import CLOTH_LABELS, TrainConfig
 from deskpro.experiments import pictures
+from deskpro.experiments.attention_contrast import attention_contrast
 from deskpro.model import checkpoint
 from deskpro.train.data import open_reader
 
@@ -22,15 +23,15 @@ def _load(checkpoint_path, device, reader):
     return model
 
 
-def _method(model, reader) -> tuple[tuple[int, ...], float]:
-    """Cloth labels and eps of the checkpoint's config (else the shards' preset)."""
+def _method(model, reader) -> tuple[tuple[int, ...], float, str]:
+    """Cloth labels, eps and L_att's target of the checkpoint's config (else the shards' preset)."""
 
     config = (getattr(model, "checkpoint_meta", None) or {}).get("config")
     if config:
         config = TrainConfig.from_dict(config)
     else:
         config = TrainConfig.for_dataset(reader.meta["dataset"])
-    return CLOTH_LABELS[config.label_set], config.method.eps
+    return CLOTH_LABELS[config.label_set], config.method.eps, config.att_target
 
 
 def sample_positions(reader, count: int) -> np.ndarray:
@@ -46,16 +47,35 @@ def sample_positions(reader, count: int) -> np.ndarray:
     return rows[np.sort(first)[:count]]
 
 
-def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, device="cpu") -> Path:
+def attention_caption(contrast: dict) -> str:
+    """The numbers under an attention picture: the map's means by cell class over the test split."""
+    return (
+        f"mean attention over the {contrast['images']} test images: cloth cells {contrast['cloth']:.2f}, "
+        f"other body cells {contrast['body']:.2f}, background {contrast['background']:.2f} "
+        f"(off - on clothes {contrast['contrast']:+.2f}); L_att {contrast['l_att']:.3f}"
+    )
 
+
+def checkpoint_attention(checkpoint_path, shards, *, device="cpu") -> dict:
+    """`attention_contrast` of a checkpoint's body stream on the shards' test split, with its own
+    cloth labels, eps and L_att target."""
     reader = open_reader(shards)
     device = resolve_device(device)
     model = _load(checkpoint_path, device, reader)
-    cloth_labels, eps = _method(model, reader)
-    panels = pictures.attention_panels(
-        model, reader, sample_positions(reader, samples), cloth_labels=cloth_labels, eps=eps, device=device
-    )
-    return pictures.save_attention(panels, Path(out_dir) / "attention.png")
+    cloth_labels, eps, target = _method(model, reader)
+    return attention_contrast(model, reader, cloth_labels=cloth_labels, eps=eps, target=target, device=device)
+
+
+def attention_picture(checkpoint_path, shards, out_dir, *, samples: int = 4, device="cpu") -> Path:
+    """out_dir/attention.png: samples of the test split, and the test split's attention figures."""
+    reader = open_reader(shards)
+    device = resolve_device(device)
+    model = _load(checkpoint_path, device, reader)
+    cloth_labels, eps, target = _method(model, reader)
+    method = {"cloth_labels": cloth_labels, "eps": eps, "target": target, "device": device}
+    panels = pictures.attention_panels(model, reader, sample_positions(reader, samples), **method)
+    caption = attention_caption(attention_contrast(model, reader, **method))
+    return pictures.save_attention(panels, Path(out_dir) / "attention.png", caption)
 
 
 def ranks_picture(checkpoint_path, shards, out_dir, *, queries: int = 3, topk: int = 5, device="cpu") -> Path:

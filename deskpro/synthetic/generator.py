@@ -102,9 +102,14 @@ def generate(
     image_size: tuple[int, int] = (384, 128),
     seed: int = 0,
     hr_scale: int = 4,
+    train_outfits: int = 3,
     progress: bool = True,
 ) -> Path:
     """Generate the dataset into `root` and return it; a no-op when `root` already holds the same one.
+
+    `train_outfits`: outfits of a training identity, 3 (a third outfit at camera B: clothes explain
+    no identity in training) or 2 (PRCC's protocol in training too, A and B in one outfit: clothes
+    explain most of it, the trap of `worlds.CLOTHES_TRAP`).
 
     Refuses (ManifestError) a non-empty `root` that is not a synthetic dataset, or one made with
     other options. An interrupted generation (marker file left behind) is started over.
@@ -118,13 +123,16 @@ def generate(
         "seed": int(seed),
         "hr_scale": int(hr_scale),
     }
+    if train_outfits != 3:  # only when not the default, so that sets made before still match
+        options["train_outfits"] = int(train_outfits)
     if _existing_matches(root, options):
         return root
     sizes = split_sizes(identities)
-    if images_per_camera < 1 or min(image_size) < 32 or not 1 <= hr_scale <= 16:
+    bad_sizes = images_per_camera < 1 or min(image_size) < 32 or not 1 <= hr_scale <= 16
+    if bad_sizes or train_outfits not in (2, 3):
         raise ValueError(
-            "need images_per_camera >= 1, image sides >= 32 and hr_scale in [1, 16], got "
-            f"{images_per_camera}, {image_size}, {hr_scale}"
+            "need images_per_camera >= 1, image sides >= 32, hr_scale in [1, 16] and train_outfits 2 or 3, "
+            f"got {images_per_camera}, {image_size}, {hr_scale}, {train_outfits}"
         )
     root.mkdir(parents=True, exist_ok=True)
     (root / INCOMPLETE).touch()
@@ -189,7 +197,7 @@ def _write_images(root: Path, sizes: dict[str, int], options: dict, progress: bo
         # and test identities keep PRCC's protocol (A and B: one outfit, C: another). Drawn last, so
         # the val and test images do not change.
         by_camera = {"A": outfits[0], "B": outfits[0], "C": outfits[1]}
-        if split == "train":
+        if split == "train" and options.get("train_outfits", 3) == 3:
             by_camera["B"] = appearance.extra_outfit(person_rng, wardrobe, outfits)
         for cam_index, camera in enumerate(CAMERAS):
             outfit = by_camera[camera]
