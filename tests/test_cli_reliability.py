@@ -319,13 +319,13 @@ def test_a_read_only_or_full_output_folder_is_one_line_naming_the_path(
 ):
     out = mounted("out", "ro,size=1m" if condition == "read-only" else "size=64k")
     if condition == "full":  # every byte taken: the command's first write fails
-        with open(out / "filler", "wb") as f:
-            try:
+        try:
+            with open(out / "filler", "wb") as f:
                 while True:
                     f.write(b"\0" * 4096)
                     f.flush()
-            except OSError:
-                pass
+        except OSError:  # the disk is full (also raised again when the file closes)
+            pass
     if (command, condition) == ("pack", "full"):
         pytest.xfail("HDF5 on a full disk crashes the process (exit -11): h25's write-then-swap")
     done = _deskpro(_full_disk_cases(writer_inputs)[command](out), tmp_path)
