@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import click
@@ -137,6 +138,26 @@ def os_error_line(exc: OSError, output: str | None = None) -> str:
     return f"{where}: {what}" if where else what
 
 
+_WRITE_FAILURES = ("iostream error", "PytorchStreamWriter failed", "unexpected pos")
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    return any(text in str(exc) for text in _WRITE_FAILURES)
+
+
+def write_failure_line(exc: RuntimeError, output: str | None) -> str:
+    """torch's writer says "basic_ios::clear: iostream error": name the output and, when its disk
+    is full, say so."""
+    where = Path(output) if output else None
+    probe = where
+    while probe is not None and not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe is not None and probe.exists() and shutil.disk_usage(probe).free < (1 << 20):
+        return f"{where}: no space left on the device; free some or choose another output folder"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{where or 'output'}: could not be written ({first})"
+
+
 def _filename_in(text: str) -> str | None:
     """The file an HDF5 message names (filename = '...'), if any."""
     marker = "filename = '"
@@ -169,6 +190,10 @@ class _Group(click.Group):
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise
             raise click.ClickException(os_error_line(exc, ctx.meta.get(OUTPUT_KEY))) from None
+        except RuntimeError as exc:  # torch.save's C++ writer on a full or vanished disk
+            if os.environ.get("DESKPRO_TRACEBACK") or not _is_write_failure(exc):
+                raise
+            raise click.ClickException(write_failure_line(exc, ctx.meta.get(OUTPUT_KEY))) from None
         except KeyboardInterrupt:
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise

@@ -305,6 +305,12 @@ def _run_stage(stage, manifest_path, work_dir, options, run_options, stage_class
                 cause = describe_error(exc)
                 if cause.startswith(f"{StageConfigError.__name__}: "):  # raised in a Ray worker
                     raise StageConfigError(cause.split(": ", 1)[1]) from None
+                if "No space left on device" in cause or "Read-only file system" in cause:
+                    what = "no space left on the device" if "No space" in cause else "read-only file system"
+                    raise StageError(
+                        f"{plan.out_dir}: {what} after {collector.written} of {len(plan.missing)} missing "
+                        "parts; free some space or choose another -o, then rerun to resume"
+                    ) from None
                 # A lost worker, node or connection is worth a plain rerun; an error of the stage's
                 # own code will come back, so the message says to fix it first.
                 transient = cause.split(":", 1)[0] in TRANSIENT_ERRORS
