@@ -326,8 +326,6 @@ def test_a_read_only_or_full_output_folder_is_one_line_naming_the_path(
                     f.flush()
         except OSError:  # the disk is full (also raised again when the file closes)
             pass
-    if (command, condition) == ("pack", "full"):
-        pytest.xfail("HDF5 on a full disk crashes the process (exit -11): h25's write-then-swap")
     done = _deskpro(_full_disk_cases(writer_inputs)[command](out), tmp_path)
     text = (done.stdout + done.stderr).strip()
     assert done.returncode == 1, (done.returncode, text)
