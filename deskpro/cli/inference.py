@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -83,6 +84,7 @@ def embed_command(**kw) -> None:
           --detector retinaface-mobilenet0.25 --detect-weights weights/mobilenet0.25_Final.pth \\
           --executor local
     """
+    from deskpro.common.stops import Interrupted
     from deskpro.inference.embed import run_embed
     from deskpro.pipeline.options import StageRunOptions
 
@@ -94,18 +96,24 @@ def embed_command(**kw) -> None:
         verbose=verbosity() > 0,
     )
     overrides = _detect_overrides(kw)
-    summary = run_embed(
-        kw.pop("source"),
-        kw.pop("checkpoint_path"),
-        kw.pop("out"),
-        detector=kw.pop("detector"),
-        detect_weights=kw.pop("detect_weights"),
-        detect_options=overrides,
-        device=kw.pop("device"),
-        run_options=run,
-        trust=kw.pop("trust_checkpoint"),
-        force=kw.pop("force"),
-    )
+    try:
+        summary = run_embed(
+            kw.pop("source"),
+            kw.pop("checkpoint_path"),
+            kw.pop("out"),
+            detector=kw.pop("detector"),
+            detect_weights=kw.pop("detect_weights"),
+            detect_options=overrides,
+            device=kw.pop("device"),
+            run_options=run,
+            trust=kw.pop("trust_checkpoint"),
+            force=kw.pop("force"),
+        )
+    except Interrupted as stop:  # one line saying what was kept and how to resume
+        if os.environ.get("DESKPRO_TRACEBACK"):
+            raise
+        click.echo(f"Error: {stop}", err=True)
+        raise SystemExit(130) from None
     click.echo(summary.format())
 
 
