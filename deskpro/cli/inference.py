@@ -72,6 +72,13 @@ def _detect_overrides(kw: dict) -> dict:
 )
 @_with(_RUN_OPTIONS)
 @_with(_DETECT_OPTIONS)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "onnxruntime", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Where the networks run: auto is onnxruntime on the CPU when installed (faster), else PyTorch.",
+)
 @click.option("--force", is_flag=True, help="Let -o replace a file that is not a features table.")
 def embed_command(**kw) -> None:
     """Features of INPUT (a folder of images searched recursively, a manifest, or shards) -> a Parquet
@@ -108,6 +115,7 @@ def embed_command(**kw) -> None:
             run_options=run,
             trust=kw.pop("trust_checkpoint"),
             force=kw.pop("force"),
+            engine=kw.pop("engine"),
         )
     except Interrupted as stop:  # one line saying what was kept and how to resume
         if os.environ.get("DESKPRO_TRACEBACK"):

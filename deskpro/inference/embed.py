@@ -29,6 +29,7 @@ from deskpro.common.files import atomic_path, check_output_path, sha256_file
 from deskpro.common.locks import output_lock
 from deskpro.common.stops import Interrupted, StopSignals
 from deskpro.inference import settings as inference_settings
+from deskpro.inference.engine import ENGINES
 from deskpro.inference.extractor import EmbedStage, list_folder, load_model
 from deskpro.inference.features import features_schema, is_features_file, with_metadata
 from deskpro.manifests import manifest_info, read_manifest
@@ -179,6 +180,7 @@ def run_embed(
     run_options: StageRunOptions = StageRunOptions(),
     trust: bool = False,
     force: bool = False,
+    engine: str = "auto",
 ) -> EmbedSummary:
     """Embed INPUT (folder, manifest or shards) with a checkpoint into the FEATURES table `out`.
 
@@ -186,6 +188,8 @@ def run_embed(
     (`output_lock`). SIGINT / SIGTERM stop it with the finished parts kept for a rerun.
     """
     run_options.check()
+    if engine not in ENGINES:
+        raise ValueError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     out = Path(out)
     inputs = [checkpoint_path] + ([source] if Path(source).is_file() else [])
     check_output_path(out, inputs=inputs, is_ours=is_features_file, force=force, flag="-o")
@@ -202,6 +206,7 @@ def run_embed(
             run_options=run_options,
             trust=trust,
             force=force,
+            engine=engine,
         )
 
 
@@ -218,6 +223,7 @@ def _embed_locked(
     run_options: StageRunOptions,
     trust: bool,
     force: bool,
+    engine: str,
 ) -> EmbedSummary:
     """`run_embed` under its output lock and stop signals."""
     if out.exists() and not (run_options.overwrite or force):
@@ -235,6 +241,7 @@ def _embed_locked(
         "device": device,
         "root": root,
         "trust": trust,
+        "engine": engine,
     }
     base = EmbedStage
     if kind == "shards":
