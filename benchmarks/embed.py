@@ -7,7 +7,9 @@
   Normalize, one image at a time, then one forward of the list stacked. Same OSNet x1.0 body stream,
   same 256x128 input, same images, same batch of paths per call. To make it the same work the
   deskpro side runs no face student (the oracle detector's faces are refused by the face policy)
-  and no flip (a checkpoint of recipe official), which torchreid does not have either.
+  and no flip (a checkpoint of recipe official), which torchreid does not have either. deskpro runs
+  with its default engine (onnxruntime on the CPU) and, as a third column, with `engine="torch"`
+  (eager PyTorch, as the torchreid side), to show where the gain comes from.
 - onnx: the exported model (`deskpro export`) in onnxruntime against the eager PyTorch module.
 - search: `deskpro search`'s chunked exact top-k against a plain full-matrix argsort (the whole
   gallery loaded, the whole [queries, gallery] distance matrix, a stable argsort), time and peak
@@ -92,8 +94,14 @@ def bench_embed(work: Path, images: int, batch: int, repeats: int) -> dict:
     )
     paths = scan("synthetic", root).column("path").to_pylist()[:images]
     ckpt = _checkpoint(work / "official.pt", "official")
-    ext = FeatureExtractor(ckpt, "oracle", root=root, device="cpu", batch_size=batch, max_center_y=0.0)
-    body_net = ext.stage.model.nocloth_net
+    extractors = {
+        engine: FeatureExtractor(
+            ckpt, "oracle", root=root, device="cpu", batch_size=batch, max_center_y=0.0, engine=engine
+        )
+        for engine in ("onnxruntime", "torch")
+    }
+    ext = extractors["onnxruntime"]
+    body_net = extractors["torch"].stage.model.nocloth_net
 
     class Body(torch.nn.Module):
         def forward(self, x):
@@ -101,20 +109,32 @@ def bench_embed(work: Path, images: int, batch: int, repeats: int) -> dict:
 
     reid = TorchreidStyleExtractor(Body().eval())
     full = [str(root / p) for p in paths]
-    out = ext(paths[:batch])
-    assert not out.has_face.any() and all(e is None for e in out.error)  # the same work: body only
-    times = {"deskpro-embed": [], "torchreid-style": []}
+    outs = {engine: e(paths[:batch]) for engine, e in extractors.items()}  # warm-up (and the export)
+    for out in outs.values():
+        assert not out.has_face.any() and all(e is None for e in out.error)  # the same work: body only
+    max_diff = float(np.abs(outs["onnxruntime"].body - outs["torch"].body).max())
+    times = {"deskpro-embed": [], "deskpro-embed-torch": [], "torchreid-style": []}
     for _ in range(repeats):
-        for name in times:  # alternate, so both see the same load over time
+        for name in times:  # alternate, so all see the same load over time
             start = time.perf_counter()
             if name == "deskpro-embed":
                 ext(paths)
+            elif name == "deskpro-embed-torch":
+                extractors["torch"](paths)
             else:
                 for i in range(0, len(full), batch):
                     reid(full[i : i + batch])
             times[name].append(len(paths) / (time.perf_counter() - start))
     ratios = [a / b for a, b in zip(times["deskpro-embed"], times["torchreid-style"])]
-    return {"images": len(paths), "batch": batch, "images_per_s": times, "ratio": _spread(ratios)}
+    torch_ratios = [a / b for a, b in zip(times["deskpro-embed-torch"], times["torchreid-style"])]
+    return {
+        "images": len(paths),
+        "batch": batch,
+        "images_per_s": times,
+        "ratio": _spread(ratios),
+        "ratio_engine_torch": _spread(torch_ratios),
+        "max_abs_diff_onnxruntime_vs_torch": max_diff,
+    }
 
 
 def bench_onnx(work: Path, batch: int, repeats: int) -> dict:
@@ -288,7 +308,10 @@ def main(images, batch, queries, gallery, k, repeats, only, json_path):
             results["embed"] = r = bench_embed(work, images, batch, repeats)
             print(
                 f"embed ({r['images']} images, batch {batch}): images/s {r['images_per_s']}; "
-                f"deskpro / torchreid-style min {r['ratio']['min']:.2f} median {r['ratio']['median']:.2f}"
+                f"deskpro / torchreid-style min {r['ratio']['min']:.2f} median {r['ratio']['median']:.2f}; "
+                f"with --engine torch min {r['ratio_engine_torch']['min']:.2f} "
+                f"median {r['ratio_engine_torch']['median']:.2f}; onnxruntime vs torch body max diff "
+                f"{r['max_abs_diff_onnxruntime_vs_torch']:.1e}"
             )
         if not only or "onnx" in only:
             results["onnx"] = r = bench_onnx(work, batch, repeats)

@@ -8,6 +8,7 @@ from _inference_utils import packed_synthetic, tiny_checkpoint
 
 from deskpro.inference import FeatureExtractor
 from deskpro.model import checkpoint
+from deskpro.pipeline.onnx_engine import onnxruntime_available
 from deskpro.train.data import open_reader
 from deskpro.train.evaluate import extract_features
 
@@ -20,14 +21,20 @@ def packed(tmp_path_factory):
     return data
 
 
-def test_raw_image_features_equal_those_of_its_shard_row(packed) -> None:
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_raw_image_features_equal_those_of_its_shard_row(packed, engine) -> None:
     reader = open_reader(packed["shards"])
     model = checkpoint.load(packed["checkpoint"])
     positions = np.arange(len(reader))
     expected = extract_features(model, reader, positions, batch_size=8, progress=False)
     manifest_paths = dict(zip(*[c.to_pylist() for c in _manifest(packed).columns]))
     ids = reader.index.column("sample_id").to_pylist()
-    ext = FeatureExtractor(packed["checkpoint"], root=packed["root"], batch_size=5)
+    ext = FeatureExtractor(packed["checkpoint"], root=packed["root"], batch_size=5, engine=engine)
+    # auto: the streams on onnxruntime (installed with deskpro[onnx]), flip and face included
+    assert ext.stage.engine == (
+        "torch" if engine == "torch" or not onnxruntime_available() else "onnxruntime"
+    )
+    assert ext.settings.flip  # the flip sum is compared too (image and mirror in one batch)
     out = ext([manifest_paths[s] for s in ids])
     assert out.error == [None] * len(ids)
     np.testing.assert_array_equal(out.has_face, expected["has_face"].numpy())

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,6 +21,7 @@ from deskpro.inference.features import arrays_of, read_info
 from deskpro.inference.search import queries_from_table, top_k
 from deskpro.model.deskpro import retrieval_distance
 
+REPO = Path(__file__).resolve().parents[1]
 LOCAL = ["--executor", "local", "--part-size", "7", "--batch-size", "4", "--no-progress"]
 
 
@@ -170,3 +176,57 @@ def test_embed_on_ray_equals_the_local_loop(embedded, tmp_path) -> None:
     assert list(ray_rows["sample_id"]) == list(local["sample_id"])
     np.testing.assert_array_equal(ray_rows["has_face"], local["has_face"])
     np.testing.assert_allclose(ray_rows["body"], local["body"], atol=1e-6, rtol=0)
+
+
+HOLD_OUTPUT = """
+import sys, time
+from deskpro.common.locks import output_lock
+with output_lock(sys.argv[1], what="embeddings"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_embed_on_the_same_output_is_refused_naming_the_holder(embedded, tmp_path) -> None:
+    out = tmp_path / "f.parquet"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OUTPUT, str(out)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["embed", embedded["shards"], "--checkpoint", embedded["checkpoint"], "-o", out, *LOCAL]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"-o {out}: in use by pid {holder.pid} on " in result.output
+    assert not out.exists() and not out.with_name("f.parquet.parts").exists()  # nothing written
+
+
+def test_ctrl_c_during_embed_keeps_the_written_parts_and_a_rerun_resumes(embedded, tmp_path, monkeypatch):
+    from deskpro.inference import embed as embed_module
+
+    class CtrlCAfterFirstPart(embed_module.PartCollector):
+        def _write(self, part: int) -> None:
+            super()._write(part)
+            if self.written == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # raised by StopSignals' handler, here
+
+    monkeypatch.setattr(embed_module, "PartCollector", CtrlCAfterFirstPart)
+    out = tmp_path / "f.parquet"
+    args = ["embed", embedded["shards"], "--checkpoint", embedded["checkpoint"], "-o", out, *LOCAL]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    assert "embed: stopped by SIGINT after writing 1 of 3 missing parts" in result.output
+    assert "rerun the same command to resume" in result.output
+    parts = out.with_name("f.parquet.parts")
+    assert len(list(parts.glob("part-*.parquet"))) == 1 and not out.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.undo()
+    resumed = _run(*args)
+    assert "parts written 2, skipped 1" in resumed and not parts.exists()
+    rows, whole = (arrays_of(pq.read_table(p)) for p in (out, embedded["packed"]))
+    assert list(rows["sample_id"]) == list(whole["sample_id"])
+    np.testing.assert_allclose(rows["body"], whole["body"], atol=1e-6, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -71,6 +72,13 @@ def _detect_overrides(kw: dict) -> dict:
 )
 @_with(_RUN_OPTIONS)
 @_with(_DETECT_OPTIONS)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "onnxruntime", "torch"]),
+    default="auto",
+    show_default=True,
+    help="Where the networks run: auto is onnxruntime on the CPU when installed (faster), else PyTorch.",
+)
 @click.option("--force", is_flag=True, help="Let -o replace a file that is not a features table.")
 def embed_command(**kw) -> None:
     """Features of INPUT (a folder of images searched recursively, a manifest, or shards) -> a Parquet
@@ -83,6 +91,7 @@ def embed_command(**kw) -> None:
           --detector retinaface-mobilenet0.25 --detect-weights weights/mobilenet0.25_Final.pth \\
           --executor local
     """
+    from deskpro.common.stops import Interrupted
     from deskpro.inference.embed import run_embed
     from deskpro.pipeline.options import StageRunOptions
 
@@ -94,18 +103,25 @@ def embed_command(**kw) -> None:
         verbose=verbosity() > 0,
     )
     overrides = _detect_overrides(kw)
-    summary = run_embed(
-        kw.pop("source"),
-        kw.pop("checkpoint_path"),
-        kw.pop("out"),
-        detector=kw.pop("detector"),
-        detect_weights=kw.pop("detect_weights"),
-        detect_options=overrides,
-        device=kw.pop("device"),
-        run_options=run,
-        trust=kw.pop("trust_checkpoint"),
-        force=kw.pop("force"),
-    )
+    try:
+        summary = run_embed(
+            kw.pop("source"),
+            kw.pop("checkpoint_path"),
+            kw.pop("out"),
+            detector=kw.pop("detector"),
+            detect_weights=kw.pop("detect_weights"),
+            detect_options=overrides,
+            device=kw.pop("device"),
+            run_options=run,
+            trust=kw.pop("trust_checkpoint"),
+            force=kw.pop("force"),
+            engine=kw.pop("engine"),
+        )
+    except Interrupted as stop:  # one line saying what was kept and how to resume
+        if os.environ.get("DESKPRO_TRACEBACK"):
+            raise
+        click.echo(f"Error: {stop}", err=True)
+        raise SystemExit(130) from None
     click.echo(summary.format())
 
 

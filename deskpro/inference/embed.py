@@ -26,7 +26,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from deskpro.common.files import atomic_path, check_output_path, sha256_file
+from deskpro.common.locks import output_lock
+from deskpro.common.stops import Interrupted, StopSignals
 from deskpro.inference import settings as inference_settings
+from deskpro.inference.engine import ENGINES
 from deskpro.inference.extractor import EmbedStage, list_folder, load_model
 from deskpro.inference.features import features_schema, is_features_file, with_metadata
 from deskpro.manifests import manifest_info, read_manifest
@@ -177,12 +180,52 @@ def run_embed(
     run_options: StageRunOptions = StageRunOptions(),
     trust: bool = False,
     force: bool = False,
+    engine: str = "auto",
 ) -> EmbedSummary:
-    """Embed INPUT (folder, manifest or shards) with a checkpoint into the FEATURES table `out`."""
+    """Embed INPUT (folder, manifest or shards) with a checkpoint into the FEATURES table `out`.
+
+    One writer per FEATURES: a second embed on the same `out` is refused while this one runs
+    (`output_lock`). SIGINT / SIGTERM stop it with the finished parts kept for a rerun.
+    """
     run_options.check()
+    if engine not in ENGINES:
+        raise ValueError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     out = Path(out)
     inputs = [checkpoint_path] + ([source] if Path(source).is_file() else [])
     check_output_path(out, inputs=inputs, is_ours=is_features_file, force=force, flag="-o")
+    with output_lock(out, what="embeddings", flag="-o"), StopSignals() as stops:
+        return _embed_locked(
+            source,
+            checkpoint_path,
+            out,
+            stops,
+            detector=detector,
+            detect_weights=detect_weights,
+            detect_options=detect_options,
+            device=device,
+            run_options=run_options,
+            trust=trust,
+            force=force,
+            engine=engine,
+        )
+
+
+def _embed_locked(
+    source,
+    checkpoint_path,
+    out: Path,
+    stops: StopSignals,
+    *,
+    detector,
+    detect_weights,
+    detect_options,
+    device,
+    run_options: StageRunOptions,
+    trust: bool,
+    force: bool,
+    engine: str,
+) -> EmbedSummary:
+    """`run_embed` under its output lock and stop signals."""
     if out.exists() and not (run_options.overwrite or force):
         raise FileExistsError(f"-o {out}: a features table exists; pass --overwrite to compute it again")
     rows, root, kind = input_rows(source)
@@ -198,6 +241,7 @@ def run_embed(
         "device": device,
         "root": root,
         "trust": trust,
+        "engine": engine,
     }
     base = EmbedStage
     if kind == "shards":
@@ -240,8 +284,15 @@ def run_embed(
         if plan.missing:
             try:
                 (run_ray if run_options.executor == "ray" else run_local)(plan, run_options, collector)
+                stops.check()  # a signal whose exception was swallowed (e.g. while Ray forked)
             except (StageError, StageConfigError):
                 raise
+            except Interrupted as exc:
+                raise Interrupted(
+                    f"embed: stopped by {exc.signal_name} after writing {collector.written} of "
+                    f"{len(plan.missing)} missing parts to {parts_dir}; rerun the same command to resume",
+                    exc.signum,
+                ) from None
             except Exception as exc:
                 cause = describe_error(exc)
                 raise StageError(

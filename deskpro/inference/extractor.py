@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from deskpro.common import images
 from deskpro.common.torch_utils import resolve_device
+from deskpro.inference import engine as engines
 from deskpro.inference import settings as inference_settings
 from deskpro.inference.features import SCHEMA, features_schema
 from deskpro.manifests.schema import is_image
@@ -74,6 +76,7 @@ class EmbedStage:
         device: str = "auto",
         root: str | None = None,
         trust: bool = False,
+        engine: str = "auto",
     ) -> None:
         self.device = torch.device(resolve_device(device))
         model, meta = load_model(checkpoint_path, trust)
@@ -81,6 +84,8 @@ class EmbedStage:
         self.meta = meta
         self.settings = inference_settings.resolve(meta, detector, detect_weights, device, detect_options)
         self.detect = DetectStage(self.settings.detect, root=root) if self.uses_detector else None
+        self.engine = engines.choose_engine(engine, self.device)
+        self._onnx: tuple | None = None
         if self.model.feat_dim != 512 and type(self).schema is SCHEMA:  # a table of its width
             self.schema = features_schema(self.model.feat_dim)
 
@@ -88,9 +93,34 @@ class EmbedStage:
         s = self.settings
         return normalize(torch.from_numpy(array).to(self.device), s.mean, s.std)
 
+    def _streams(self) -> tuple:
+        """(body, face) stream functions on onnxruntime, built on first use (exports take seconds)."""
+        if self._onnx is None:
+            s = self.settings
+            self._onnx = (
+                engines.onnx_stream(self.model.nocloth_net, True, tuple(s.body_size)),
+                engines.onnx_stream(self.model.lr_face_net, False, (s.face_size, s.face_size)),
+            )
+        return self._onnx
+
+    def _flip_sum(self, stream, x: torch.Tensor) -> torch.Tensor:
+        """stream(x) (+ stream of the mirror image): one forward of the batch and its flip stacked."""
+        if not self.settings.flip:
+            return stream(x)
+        both = stream(torch.cat([x, x.flip(3)]))
+        return both[: len(x)] + both[len(x) :]
+
     @torch.no_grad()
     def features(self, body: np.ndarray, face: np.ndarray, has_face: np.ndarray) -> dict[str, np.ndarray]:
         """retrieval_features of uint8 RGB body [B,H,W,3] and face [B,F,F,3] at the checkpoint's sizes."""
+        if self.engine == "onnxruntime":  # retrieval_features' rule, the streams on onnxruntime
+            body_stream, face_stream = self._streams()
+            body_feat = F.normalize(self._flip_sum(body_stream, self._inputs(body)), dim=2)
+            face_feat = torch.zeros_like(body_feat)
+            rows = torch.from_numpy(np.asarray(has_face, bool))
+            if bool(rows.any()):
+                face_feat[rows] = F.normalize(self._flip_sum(face_stream, self._inputs(face)[rows]), dim=2)
+            return {"body": body_feat.numpy(), "face": face_feat.numpy()}
         feats = retrieval_features(
             self.model,
             self._inputs(body),
@@ -177,6 +207,8 @@ class FeatureExtractor:
 
     Options not given are the checkpoint's (its shards' detect stage); `detect_options` overrides
     DetectOptions fields (min_score, upscale, ...). A bad image is an error row, never an exception.
+    `engine`: where the networks run (deskpro.inference.engine: "auto" is onnxruntime on the CPU
+    when installed; "torch" is eager PyTorch, as `deskpro evaluate`).
     """
 
     def __init__(
@@ -190,6 +222,7 @@ class FeatureExtractor:
         root: str | os.PathLike | None = None,
         trust: bool = False,
         max_pixels: int | None = images.DEFAULT_MAX_PIXELS,
+        engine: str = "auto",
         **detect_options,
     ) -> None:
         if batch_size < 1:
@@ -202,6 +235,7 @@ class FeatureExtractor:
             device=device,
             root=None if root is None else str(root),
             trust=trust,
+            engine=engine,
         )
         self.root = None if root is None else Path(root)
         self.batch_size = batch_size
