@@ -297,6 +297,7 @@ def test_read_manifest_errors(prcc_root: Path, tmp_path: Path) -> None:
         ("split", "Train", r"column 'split' holds 'Train'; allowed: train, val, query, gallery"),
         ("subset", "query-diff", r"column 'subset' holds 'query-diff'; allowed: train, val"),
         ("pid", -3, r"column 'pid' holds -3; its values are >= 0"),
+        ("camid", -2, r"column 'camid' holds -2; its values are >= -1"),
         ("clothes_id", -2, r"column 'clothes_id' holds -2; its values are >= -1"),
         ("path", "../outside/a.jpg", r"column 'path' holds '../outside/a.jpg'; paths are relative"),
     ],

@@ -42,7 +42,7 @@ SUBSETS = ("train", "val", "query", "gallery", "query_same", "query_diff")
 # (a split "Train" would be packed, then never used by any step).
 CLOSED_COLUMNS = {"split": SPLITS, "subset": SUBSETS}
 # Smallest value of the integer columns (clothes_id -1: the layout has no clothes labels).
-MIN_VALUES = {"pid": 0, "camid": 0, "clothes_id": -1}
+MIN_VALUES = {"pid": 0, "camid": -1, "clothes_id": -1}  # -1: unknown (LaST has no cameras)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # How many offending names an error message quotes.
 EXAMPLES_SHOWN = 3
