@@ -188,7 +188,8 @@ def test_resume_of_a_finished_run_without_its_checkpoint_is_refused(shards, fini
     args = ["train", str(shards), "-o", str(run), *TRAIN_ARGS, "--epochs", "2", "--resume"]
     result = CliRunner().invoke(main, [*args, "--workers", "0"])
     assert result.exit_code != 0
-    assert "checkpoint.pt: missing, and the run had finished (2 epochs): nothing to resume" in result.output
+    assert "finished (2 of 2 epochs) but" in result.output
+    assert "checkpoint.pt is missing; nothing to resume" in result.output
 
 
 def test_a_torn_last_log_line_blocks_neither_plot_nor_resume(shards, finished, tmp_path, caplog):
