@@ -20,6 +20,7 @@ WEIGHTS = {
     "Resnet50_Final.pth": ("retinaface_keys.json", "retinaface_resnet50"),
     "GPEN-BFR-512.pth": ("gpen_keys.json", "gpen_bfr_512"),
     "osnet_x1_0_imagenet.pth": ("osnet_keys.json", "osnet_x1_0_imagenet"),
+    "mobilenet0.25_Final.pth": ("retinaface_keys.json", "retinaface_mobilenet0.25"),
 }
 # 4 people x 3 cameras at 96x32; the networks' examples get the first rows only (SCHP is 153 GFLOPs
 # an image whatever its size).
@@ -37,7 +38,7 @@ def _weights_state(name: str) -> dict:
     state = random_state(reference_shapes(file, key), seed=len(name))
     if key.startswith("schp"):  # the official file: wrapped, every key prefixed module.
         return {"state_dict": {f"module.{k}": v for k, v in state.items()}, "cycle_n": 1}
-    if key == "retinaface_resnet50":
+    if key.startswith("retinaface"):
         return {f"module.{k}": v for k, v in state.items()}
     if key.startswith("gpen"):  # blur kernels are constants of the architecture, not weights
         from deskpro.pipeline.nets import gpen
@@ -80,6 +81,29 @@ class StandIns:
             run_preprocess(manifest, path, backends, StageRunOptions(executor="local", progress=False))
 
         return self._once("work", make)
+
+    def photos(self) -> Path:
+        """A folder of raw JPEGs (the synthetic set's test images) and `query.jpg`, one of them."""
+
+        def make(path: Path) -> None:
+            images = sorted((self.dataset() / "rgb" / "test").rglob("*.jpg"))[:6]
+            path.mkdir(parents=True)
+            for i, image in enumerate(images):
+                (path / f"person{i}.jpg").write_bytes(image.read_bytes())
+            (path / "query.jpg").write_bytes(images[0].read_bytes())
+
+        return self._once("photos", make)
+
+    def features(self) -> Path:
+        """A features table of `photos()` by the DeSKPro stand-in run, as `deskpro embed` writes it."""
+
+        def make(path: Path) -> None:
+            weights = self.weights("mobilenet0.25_Final.pth")
+            checkpoint = self.run("deskpro") / "checkpoint.pt"
+            detector = ("--detector", "retinaface-mobilenet0.25", "--detect-weights", weights)
+            _invoke(["embed", self.photos(), "--checkpoint", checkpoint, "-o", path, *detector])
+
+        return self._once("features.parquet", make)
 
     def shards(self) -> Path:
         return self._once(

@@ -68,6 +68,10 @@ def prepare(example: Example, argv: list[str], sandbox: Path, stand_ins: StandIn
             _copy(stand_ins.weights(path.name), target)
         elif path.name == "weights":  # weights verify DIR: the one stand-in without a published sha256
             _copy(stand_ins.weights("osnet_x1_0_imagenet.pth"), target / "osnet_x1_0_imagenet.pth")
+        elif path.parts[:1] == ("photos",):
+            _copy(stand_ins.photos(), sandbox / "photos")
+        elif command == ("search",) and word == positional[1]:
+            _copy(stand_ins.features(), target)
         elif path.suffix == ".parquet" and command[0] in ("parse", "detect", "restore", "preprocess"):
             stand_ins.manifest(target, NET_ROWS)
         elif command == ("manifest",) and word in positional[2:] and argv[2] == "prcc":
