@@ -28,10 +28,13 @@ CAPS = {
     "train": ("--max-iters", "1", "--workers", "0"),
     "train-teacher": ("--max-iters", "1", "--workers", "0"),
     "ablate": ("--max-iters", "1", "--trials", "1", "--workers", "0"),
+    # the CPU size trains for tens of minutes: an example without --size runs at the tiny size
+    "experiment": ("--size", "tiny", "--seeds", "0"),
 }
 # Examples that take minutes, or full-size networks on the CPU: run in CI (slow), not in test-fast.
 # Training at the official widths is slow on a loaded 2-core machine (about a minute an example).
 SLOW_COMMANDS = {"parse", "detect", "restore", "preprocess", "ablate", "demo", "train", "train-teacher"}
+SLOW_COMMANDS |= {"experiment", "embed", "search", "export"}
 SKIPPED = {
     "deskpro demo": "the full demo trains for about 7 minutes; `make demo` runs it and "
     "test_demo.py runs the same steps with --quick",
