@@ -60,7 +60,7 @@ def method_cmd(out_dir: Path, size: str, seeds, executor: str, progress: bool | 
 
     \b
     Example:
-      deskpro experiment method --size tiny --seeds 0,1 -o method-tiny
+      deskpro experiment method --size tiny --seeds 0 -o method-tiny
       deskpro experiment method -o method-out
     """
     from deskpro.experiments.method import run_method, size_named
