@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -90,6 +92,10 @@ def _boom(kind: str) -> None:
             "'out/shard-00001.h5', file descriptor = 5, errno = 28, "
             "error message = 'No space left on device')"
         )
+    if kind == "sigterm":  # a command with no signal handling of its own, killed by an operator
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the command")
     raise KeyboardInterrupt
 
 
@@ -119,6 +125,15 @@ def test_ctrl_c_is_one_line_and_status_130(group_with_boom, monkeypatch):
     monkeypatch.delenv("DESKPRO_TRACEBACK", raising=False)
     result = CliRunner().invoke(group_with_boom, ["boom", "interrupt"])
     assert result.exit_code == 130 and result.output.strip() == "Error: interrupted (Ctrl-C or SIGTERM)"
+
+
+def test_sigterm_stops_any_command_as_ctrl_c_does(group_with_boom, monkeypatch):
+    monkeypatch.delenv("DESKPRO_TRACEBACK", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(group_with_boom, ["boom", "sigterm"])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip() == "Error: stopped by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone after it
 
 
 def test_deskpro_traceback_shows_the_traceback(group_with_boom, monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from deskpro.common.stops import Interrupted, StopSignals
 from deskpro.common.threads import ENV_OVERRIDE, set_thread_env
 
 VERBOSITY_KEY = "deskpro.verbosity"
@@ -181,7 +182,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with StopSignals():  # SIGTERM unwinds every command as Ctrl-C does (finally blocks, locks)
+                return super().invoke(ctx)
         except (ValueError, FileNotFoundError, FileExistsError) as exc:
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise
@@ -194,10 +196,12 @@ class _Group(click.Group):
             if os.environ.get("DESKPRO_TRACEBACK") or not _is_write_failure(exc):
                 raise
             raise click.ClickException(write_failure_line(exc, ctx.meta.get(OUTPUT_KEY))) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if os.environ.get("DESKPRO_TRACEBACK"):
                 raise
-            click.echo("Error: interrupted (Ctrl-C or SIGTERM)", err=True)
+            # an Interrupted says which signal and what the command kept
+            said = str(exc) if isinstance(exc, Interrupted) else "interrupted (Ctrl-C or SIGTERM)"
+            click.echo(f"Error: {said}", err=True)
             ctx.exit(130)
 
 

@@ -5,11 +5,7 @@ Both lines say what the run directory keeps and what to do next, for the CLI to 
 
 from __future__ import annotations
 
-import logging
-
 from deskpro.common.stops import Interrupted
-
-_log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(ValueError):
@@ -36,11 +32,9 @@ def nonfinite_loss_error(
 
 
 def interrupted_message(stop: Interrupted, config, run, epoch: int, step: int) -> str:
-    """What a stopped run says (also logged as a warning: click prints only "Aborted!")."""
+    """What a stopped run says (the command prints it as its one error line)."""
     if run.state.is_file():
         kept = f"{run.state} keeps step {step}: continue with --resume"
     else:
         kept = "nothing was saved yet (no step finished): start it again"
-    message = f"{config.phase}: stopped by {stop.signal_name} at epoch {epoch + 1}, step {step}; {kept}"
-    _log.warning(message)
-    return message
+    return f"{config.phase}: stopped by {stop.signal_name} at epoch {epoch + 1}, step {step}; {kept}"
