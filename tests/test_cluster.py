@@ -376,7 +376,7 @@ def test_a_killed_command_leaves_no_local_ray_processes(dataset, tmp_path):
         "    def __call__(self, batch):\n"
         "        time.sleep(60); return super().__call__(batch)\n"
         "r.run_stage('parse', {m!r}, {w!r}, {{'backend': 'oracle'}}, "
-        "r.StageRunOptions(part_size=4, batch_size=2, progress=False), stage_class=Slow)\n"
+        "r.StageRunOptions(executor='ray', part_size=4, batch_size=2, progress=False), stage_class=Slow)\n"
     ).format(m=str(dataset), w=str(tmp_path / "w"))
     proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), stderr=subprocess.DEVNULL)
     deadline, helpers = time.monotonic() + 240, set()

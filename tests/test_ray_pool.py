@@ -134,7 +134,9 @@ def test_restore_on_a_reused_ray_whose_pool_holds_every_cpu_completes(tmp_path, 
         saved = ctx.execution_no_progress_timeout_s
         ctx.execution_no_progress_timeout_s = 240  # a hang fails this test instead of stalling the suite
         try:
-            ray_options = StageRunOptions(part_size=4, batch_size=2, progress=False, num_actors=cpus)
+            ray_options = StageRunOptions(
+                part_size=4, batch_size=2, progress=False, num_actors=cpus, executor="ray"
+            )
             run_stage("restore", manifest, tmp_path / "ray", BACKENDS["restore"], ray_options)
             # Without --actors the light backend runs as plain tasks, which read their slices too.
             tasks = dataclasses.replace(ray_options, num_actors=None, overwrite=True)
